@@ -1,0 +1,121 @@
+//! The one error type of the request pipeline, and the one place that turns it into an HTTP response.
+//!
+//! Every refusal is a small JSON body `{"error": "<code>", "message": "<text>"}`. Messages are static
+//! strings chosen here, never echoes of request or token contents, so a refusal cannot reflect
+//! attacker-controlled bytes back to the client or into a browser.
+
+use bytes::Bytes;
+use http::header::{HeaderValue, ALLOW, CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::{Response, StatusCode};
+
+use crate::auth::TokenError;
+
+/// Why a request was refused. Each variant maps to exactly one status code.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum GatewayError {
+    /// The request-target is ambiguous or not origin-form; we refuse rather than normalize.
+    #[error("bad request target: {0}")]
+    BadTarget(&'static str),
+    /// The request is malformed in a way that is not about the target (headers, Host, Connection).
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    /// No route matches: default deny.
+    #[error("no route matches")]
+    NoRoute,
+    /// A route matches the path but not the method.
+    #[error("method not allowed")]
+    MethodNotAllowed(HeaderValue),
+    /// No usable bearer token (missing, malformed, or failed verification).
+    #[error("unauthorized: {0}")]
+    Unauthorized(TokenError),
+    /// The path or an owner query parameter names another user (the owner rule).
+    #[error("owner mismatch: {0}")]
+    OwnerMismatch(&'static str),
+    /// The upstream refused, reset, or spoke garbage.
+    #[error("upstream unavailable")]
+    UpstreamUnavailable,
+    /// The upstream did not answer within the configured timeout.
+    #[error("upstream timed out")]
+    UpstreamTimeout,
+}
+
+impl GatewayError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            GatewayError::BadTarget(_) | GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            GatewayError::NoRoute => StatusCode::NOT_FOUND,
+            GatewayError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            GatewayError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            GatewayError::OwnerMismatch(_) => StatusCode::FORBIDDEN,
+            GatewayError::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
+            GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// Short machine-readable code: the `error` field of the body, and the refusal reason in logs.
+    pub fn code(&self) -> &'static str {
+        match self {
+            GatewayError::BadTarget(_) => "bad_target",
+            GatewayError::BadRequest(_) => "bad_request",
+            GatewayError::NoRoute => "no_route",
+            GatewayError::MethodNotAllowed(_) => "method_not_allowed",
+            GatewayError::Unauthorized(TokenError::Missing) => "no_token",
+            GatewayError::Unauthorized(TokenError::Expired) => "expired",
+            GatewayError::Unauthorized(_) => "invalid_token",
+            GatewayError::OwnerMismatch(_) => "owner_mismatch",
+            GatewayError::UpstreamUnavailable => "upstream_unavailable",
+            GatewayError::UpstreamTimeout => "upstream_timeout",
+        }
+    }
+
+    pub fn message(&self) -> &'static str {
+        match self {
+            GatewayError::BadTarget(why) | GatewayError::BadRequest(why) => why,
+            GatewayError::NoRoute => "no route matches this path",
+            GatewayError::MethodNotAllowed(_) => "method not allowed on this route",
+            GatewayError::Unauthorized(err) => err.description(),
+            GatewayError::OwnerMismatch(why) => why,
+            GatewayError::UpstreamUnavailable => "the upstream service is unavailable",
+            GatewayError::UpstreamTimeout => "the upstream service did not answer in time",
+        }
+    }
+
+    /// Renders the refusal. This is the only place a refusal becomes bytes on the wire.
+    pub fn into_response<B: From<Bytes>>(self) -> Response<B> {
+        let body = json_body(self.code(), self.message());
+        let mut response = Response::new(B::from(body));
+        *response.status_mut() = self.status();
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        match self {
+            GatewayError::MethodNotAllowed(allow) => {
+                headers.insert(ALLOW, allow);
+            }
+            GatewayError::Unauthorized(TokenError::Missing) => {
+                headers.insert(
+                    WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"authgate\""),
+                );
+            }
+            GatewayError::Unauthorized(err) => {
+                // RFC 6750 section 3: a token was presented but is bad. The description is one of
+                // our static strings, so it is always a valid quoted-string.
+                let value = format!(
+                    "Bearer realm=\"authgate\", error=\"invalid_token\", error_description=\"{}\"",
+                    err.description()
+                );
+                if let Ok(value) = HeaderValue::from_str(&value) {
+                    headers.insert(WWW_AUTHENTICATE, value);
+                }
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+/// `{"error": code, "message": message}`; both are static ASCII chosen by us, escaped anyway.
+pub fn json_body(code: &str, message: &str) -> Bytes {
+    let body = serde_json::json!({ "error": code, "message": message });
+    Bytes::from(body.to_string())
+}

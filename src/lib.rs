@@ -1,0 +1,17 @@
+//! authgate: a strict reverse-proxy authorization gateway.
+//!
+//! The binary is a thin CLI over this library; the integration tests drive the same library over
+//! real sockets. `pipeline` is where to start reading.
+
+pub mod auth;
+pub mod authz;
+pub mod config;
+pub mod demo_backend;
+pub mod error;
+pub mod headers;
+pub mod pipeline;
+pub mod routes;
+pub mod server;
+pub mod target;
+pub mod token;
+pub mod upstream;

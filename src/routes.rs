@@ -1,0 +1,257 @@
+//! The compiled route table: default deny, case-sensitive, matched on decoded segments.
+//!
+//! Precedence does not depend on the order of `[[route]]` tables. For a given path, matchit picks
+//! the most specific pattern segment by segment: a static segment beats a `{param}`, which beats a
+//! trailing `{*rest}`. Two tables with the same pattern are alternatives chosen by method; if their
+//! method sets overlap, one could never be reached, and that is a config error. Two patterns of the
+//! same shape with different parameter names (`/a/{x}` and `/a/{y}`) are also an error.
+
+use http::header::HeaderValue;
+use http::Method;
+
+use crate::config::{AuthMode, ConfigError, RouteConfig, SUPPORTED_METHODS};
+use crate::error::GatewayError;
+
+/// One `[[route]]`, ready to use.
+#[derive(Debug)]
+pub struct Route {
+    pub pattern: Box<str>,
+    pub auth: AuthMode,
+    /// The path parameter that must equal the authenticated user id.
+    pub owner: Option<Box<str>>,
+    /// Query parameters that must equal the authenticated user id wherever they appear.
+    pub owner_query_params: Box<[Box<str>]>,
+    methods: MethodSet,
+}
+
+/// The routes that share one pattern, and the `Allow` header for them.
+#[derive(Debug)]
+struct PathEntry {
+    routes: Vec<Route>,
+    allow: HeaderValue,
+}
+
+#[derive(Debug)]
+pub struct RouteTable {
+    router: matchit::Router<usize>,
+    entries: Vec<PathEntry>,
+}
+
+pub struct RouteMatch<'table, 'path> {
+    pub route: &'table Route,
+    pub params: matchit::Params<'table, 'path>,
+}
+
+impl RouteMatch<'_, '_> {
+    /// The decoded value of a path parameter.
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params.get(name)
+    }
+}
+
+impl RouteTable {
+    pub fn compile(configs: &[RouteConfig]) -> Result<RouteTable, ConfigError> {
+        let mut router = matchit::Router::new();
+        let mut entries: Vec<PathEntry> = Vec::new();
+        let mut first_config_of_entry: Vec<&RouteConfig> = Vec::new();
+        for config in configs {
+            let methods = MethodSet::from_config(config.methods.as_deref());
+            let route = Route {
+                pattern: config.path.as_str().into(),
+                auth: config.auth,
+                owner: config.owner.as_deref().map(Into::into),
+                owner_query_params: config
+                    .owner_query_params
+                    .iter()
+                    .map(|name| name.as_str().into())
+                    .collect(),
+                methods,
+            };
+            if let Some(index) = entries
+                .iter()
+                .position(|entry| *entry.routes[0].pattern == *config.path)
+            {
+                let entry = &mut entries[index];
+                if let Some(earlier) = entry
+                    .routes
+                    .iter()
+                    .position(|other| other.methods.overlaps(methods))
+                {
+                    let earlier_location = &first_config_of_entry[index].location;
+                    return Err(config.location.error(format!(
+                        "can never be reached: an earlier route for `{}` (line {}, route #{}) already handles some of the same methods",
+                        config.path, earlier_location.line, earlier + 1
+                    )));
+                }
+                entry.routes.push(route);
+                entry.allow = allow_header(&entry.routes);
+                continue;
+            }
+            router
+                .insert(config.path.as_str(), entries.len())
+                .map_err(|err| config.location.error(format!("route conflicts: {err}")))?;
+            let allow = allow_header(std::slice::from_ref(&route));
+            entries.push(PathEntry {
+                routes: vec![route],
+                allow,
+            });
+            first_config_of_entry.push(config);
+        }
+        Ok(RouteTable { router, entries })
+    }
+
+    /// Finds the route for a decoded path and method. No match is 404; a path match with the
+    /// wrong method is 405 with `Allow`.
+    pub fn lookup<'table, 'path>(
+        &'table self,
+        method: &Method,
+        path: &'path str,
+    ) -> Result<RouteMatch<'table, 'path>, GatewayError> {
+        let matched = self.router.at(path).map_err(|_| GatewayError::NoRoute)?;
+        let entry = &self.entries[*matched.value];
+        let bit = MethodSet::bit(method);
+        match entry
+            .routes
+            .iter()
+            .find(|route| route.methods.contains(bit))
+        {
+            Some(route) => Ok(RouteMatch {
+                route,
+                params: matched.params,
+            }),
+            None => Err(GatewayError::MethodNotAllowed(entry.allow.clone())),
+        }
+    }
+}
+
+fn allow_header(routes: &[Route]) -> HeaderValue {
+    let union = routes.iter().fold(MethodSet(0), |all, route| {
+        MethodSet(all.0 | route.methods.0)
+    });
+    let names: Vec<&str> = SUPPORTED_METHODS
+        .iter()
+        .enumerate()
+        .filter(|(index, _)| union.0 & (1 << index) != 0)
+        .map(|(_, method)| method.as_str())
+        .collect();
+    HeaderValue::from_str(&names.join(", ")).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// A set of `SUPPORTED_METHODS`, one bit each. Any other method is in no set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct MethodSet(u8);
+
+impl MethodSet {
+    const ALL: MethodSet = MethodSet((1 << SUPPORTED_METHODS.len()) - 1);
+
+    fn from_config(methods: Option<&[Method]>) -> MethodSet {
+        match methods {
+            None => MethodSet::ALL,
+            Some(methods) => MethodSet(methods.iter().fold(0, |set, m| set | MethodSet::bit(m))),
+        }
+    }
+
+    fn bit(method: &Method) -> u8 {
+        SUPPORTED_METHODS
+            .iter()
+            .position(|supported| supported == method)
+            .map_or(0, |index| 1 << index)
+    }
+
+    fn contains(self, bit: u8) -> bool {
+        self.0 & bit != 0
+    }
+
+    fn overlaps(self, other: MethodSet) -> bool {
+        self.0 & other.0 != 0
+    }
+}
+
+/// Checks a route pattern's syntax and returns its parameter names in order.
+///
+/// Patterns are `/`-separated segments; a segment is literal text, a whole-segment `{name}`, or a
+/// final `{*name}` that takes the rest of the path. Literal segments are compared with decoded
+/// request segments, so they must be decoded text that a valid request could contain.
+pub fn parse_pattern(pattern: &str) -> Result<Vec<String>, String> {
+    if !pattern.starts_with('/') {
+        return Err("a route path must start with `/`".into());
+    }
+    if pattern == "/" {
+        return Ok(Vec::new());
+    }
+    let segments: Vec<&str> = pattern[1..].split('/').collect();
+    let mut params: Vec<String> = Vec::new();
+    for (index, segment) in segments.iter().enumerate() {
+        if segment.is_empty() {
+            return Err("empty segment in route path (`//` or a trailing `/`)".into());
+        }
+        if let Some(inner) = segment.strip_prefix('{') {
+            let Some(inner) = inner.strip_suffix('}') else {
+                return Err(format!(
+                    "segment `{segment}`: a parameter must be a whole segment `{{name}}`"
+                ));
+            };
+            let (name, catch_all) = match inner.strip_prefix('*') {
+                Some(name) => (name, true),
+                None => (inner, false),
+            };
+            if catch_all && index + 1 != segments.len() {
+                return Err(format!("`{{*{name}}}` must be the last segment"));
+            }
+            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                return Err(format!(
+                    "parameter name `{name}` must be letters, digits or `_`"
+                ));
+            }
+            if params.iter().any(|param| param == name) {
+                return Err(format!("parameter `{name}` appears twice"));
+            }
+            params.push(name.to_string());
+            continue;
+        }
+        if segment == &"." || segment == &".." {
+            return Err(format!(
+                "segment `{segment}` can never match a valid request"
+            ));
+        }
+        if let Some(bad) = segment
+            .chars()
+            .find(|c| matches!(c, '{' | '}' | '%' | '\\' | ';' | '?' | '#') || c.is_control())
+        {
+            return Err(format!(
+                "segment `{segment}` contains `{bad}`; write literal segments as decoded text without delimiters"
+            ));
+        }
+    }
+    Ok(params)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pattern_syntax() {
+        assert_eq!(
+            parse_pattern("/api/{user_id}/tasks/{*rest}").unwrap(),
+            vec!["user_id", "rest"]
+        );
+        assert!(parse_pattern("/").unwrap().is_empty());
+        for bad in [
+            "api",
+            "/a//b",
+            "/a/",
+            "/{x}{y}",
+            "/a{x}",
+            "/{*rest}/x",
+            "/{x}/{x}",
+            "/{}",
+            "/{a-b}",
+            "/a%20",
+            "/..",
+            "/a;b",
+        ] {
+            assert!(parse_pattern(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+}
