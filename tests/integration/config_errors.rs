@@ -1,0 +1,230 @@
+//! A bad config stops start-up with the file, the line and the key.
+
+use std::process::Command;
+
+use authgate::config::Config;
+
+use crate::common::BASE_CONFIG;
+
+fn parse_error(toml: &str) -> String {
+    let env = |name: &str| (name == "BETTER_AUTH_SECRET").then(|| "x".repeat(32));
+    match Config::parse(toml, "bad.toml", &env) {
+        Ok(_) => panic!("config should be invalid:\n{toml}"),
+        Err(err) => err.to_string(),
+    }
+}
+
+/// Replaces the first occurrence of `from` and returns the 1-based line where `to` now starts.
+fn mutate(from: &str, to: &str) -> (String, usize) {
+    let start = BASE_CONFIG
+        .find(from)
+        .unwrap_or_else(|| panic!("{from:?} not in base config"));
+    let line = BASE_CONFIG[..start].matches('\n').count() + 1;
+    (BASE_CONFIG.replacen(from, to, 1), line)
+}
+
+#[test]
+fn each_invalid_config_names_file_line_and_key() {
+    let cases = [
+        (
+            "user_claim = \"sub\"",
+            "user_clam = \"sub\"",
+            "unknown field `user_clam`",
+            "",
+        ),
+        (
+            "path = \"/api/{user_id}/tasks\"",
+            "path = \"/api//{user_id}/tasks\"",
+            "empty segment",
+            "`route[1].path`",
+        ),
+        (
+            "path = \"/health\"",
+            "path = \"/health/{*rest}/x\"",
+            "must be the last segment",
+            "`route[0].path`",
+        ),
+        (
+            "owner = \"user_id\"",
+            "owner = \"uid\"",
+            "has no parameter `{uid}`",
+            "`route[1].owner`",
+        ),
+        (
+            "secret_env = \"BETTER_AUTH_SECRET\"",
+            "secret_env = \"AUTHGATE_TEST_UNSET_VARIABLE\"",
+            "AUTHGATE_TEST_UNSET_VARIABLE is not set",
+            "`auth.secret_env`",
+        ),
+        (
+            "leeway = \"30s\"",
+            "leeway = \"30\"",
+            "is not a duration",
+            "`auth.leeway`",
+        ),
+        (
+            "timeout = \"2s\"",
+            "timeout = \"soon\"",
+            "is not a duration",
+            "`upstream.timeout`",
+        ),
+        (
+            "algorithms = [\"HS256\"]",
+            "algorithms = []",
+            "the algorithm list is empty",
+            "`auth.algorithms`",
+        ),
+        (
+            "algorithms = [\"HS256\"]",
+            "algorithms = [\"none\"]",
+            "unknown or unsupported algorithm `none`",
+            "`auth.algorithms`",
+        ),
+        (
+            "methods = [\"GET\", \"POST\"]",
+            "methods = [\"get\"]",
+            "unsupported method `get`",
+            "`route[1].methods`",
+        ),
+        (
+            "auth = \"public\"",
+            "auth = \"maybe\"",
+            "expected \"required\" or \"public\"",
+            "`route[0].auth`",
+        ),
+        (
+            "identity_header = \"X-User-Id\"",
+            "identity_header = \"Authorization\"",
+            "reserved",
+            "`auth.identity_header`",
+        ),
+        (
+            "url = \"http://127.0.0.1:1\"",
+            "url = \"ftp://127.0.0.1:1\"",
+            "scheme must be http",
+            "`upstream.url`",
+        ),
+    ];
+    for (from, to, message, key) in cases {
+        let (toml, line) = mutate(from, to);
+        let error = parse_error(&toml);
+        assert!(
+            error.starts_with(&format!("bad.toml:{line}:")),
+            "{to}: wrong location in {error:?} (want line {line})"
+        );
+        assert!(
+            error.contains(message),
+            "{to}: {error:?} should say {message:?}"
+        );
+        assert!(error.contains(key), "{to}: {error:?} should name {key}");
+    }
+}
+
+#[test]
+fn unreachable_and_conflicting_routes_are_reported() {
+    let duplicate = format!("{BASE_CONFIG}\n[[route]]\npath = \"/api/{{user_id}}/tasks\"\nmethods = [\"POST\"]\nowner = \"user_id\"\n");
+    let error = parse_error(&duplicate);
+    assert!(
+        error.contains("`route[3]`") && error.contains("can never be reached"),
+        "{error}"
+    );
+    let renamed = format!(
+        "{BASE_CONFIG}\n[[route]]\npath = \"/api/{{uid}}/tasks\"\nmethods = [\"DELETE\"]\n"
+    );
+    let error = parse_error(&renamed);
+    assert!(
+        error.contains("`route[3]`") && error.contains("conflicts"),
+        "{error}"
+    );
+}
+
+#[test]
+fn owner_on_a_public_route_is_refused() {
+    let (toml, _) = mutate(
+        "path = \"/health\"\nauth = \"public\"",
+        "path = \"/u/{id}\"\nauth = \"public\"\nowner = \"id\"",
+    );
+    assert!(parse_error(&toml).contains("a public route has no authenticated user"));
+}
+
+fn authgate() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_authgate"))
+}
+
+#[test]
+fn check_command_exit_codes() {
+    let repo_config = concat!(env!("CARGO_MANIFEST_DIR"), "/gateway.toml");
+    let ok = authgate()
+        .args(["check", "--config", repo_config])
+        .env("BETTER_AUTH_SECRET", "x".repeat(32))
+        .output()
+        .unwrap();
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("ok (3 routes"));
+
+    let unset = authgate()
+        .args(["check", "--config", repo_config])
+        .env_remove("BETTER_AUTH_SECRET")
+        .output()
+        .unwrap();
+    assert_eq!(unset.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&unset.stderr);
+    assert!(
+        stderr.contains("gateway.toml:")
+            && stderr.contains("`auth.secret_env`")
+            && stderr.contains("BETTER_AUTH_SECRET is not set"),
+        "{stderr}"
+    );
+
+    let missing = authgate()
+        .args(["check", "--config", "/nonexistent/authgate.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot read config file"));
+}
+
+#[test]
+fn token_command_mints_a_token_the_gateway_accepts() {
+    let repo_config = concat!(env!("CARGO_MANIFEST_DIR"), "/gateway.toml");
+    let secret = "y".repeat(40);
+    let out = authgate()
+        .args([
+            "token",
+            "--config",
+            repo_config,
+            "--sub",
+            "carol",
+            "--ttl",
+            "15m",
+            "--claim",
+            "role=\"admin\"",
+        ])
+        .env("BETTER_AUTH_SECRET", &secret)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let env = |name: &str| (name == "BETTER_AUTH_SECRET").then(|| secret.clone());
+    let config = Config::parse(
+        &std::fs::read_to_string(repo_config).unwrap(),
+        "gateway.toml",
+        &env,
+    )
+    .unwrap();
+    let identity = authgate::auth::Verifier::new(&config.auth)
+        .verify(&token, crate::common::now())
+        .unwrap();
+    assert_eq!(identity.user_id, "carol");
+    assert_eq!(identity.claims["role"], "admin");
+}

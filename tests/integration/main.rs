@@ -1,0 +1,13 @@
+//! Integration tests: the real gateway and real backends on 127.0.0.1 sockets. Each test asserts
+//! both the answer and what the backend actually received (or that it received nothing).
+
+mod common;
+
+mod config_errors;
+mod crud;
+mod identity_headers;
+mod owner_rule;
+mod request_targets;
+mod routing;
+mod tokens;
+mod upstream_failures;

@@ -1,0 +1,137 @@
+//! Another user's resources get 403 and nothing reaches the backend.
+
+use crate::common::*;
+
+#[tokio::test]
+async fn alice_on_bobs_paths_is_forbidden_for_every_method() {
+    let (backend, gateway) = setup().await;
+    let auth = bearer(&token_for("alice"));
+    let cases = [
+        ("GET", "/api/bob/tasks"),
+        ("POST", "/api/bob/tasks"),
+        ("GET", "/api/bob/tasks/1"),
+        ("PUT", "/api/bob/tasks/1"),
+        ("DELETE", "/api/bob/tasks/1"),
+        ("PATCH", "/api/bob/tasks/1/complete"),
+        ("HEAD", "/api/bob/tasks/1"),
+        ("OPTIONS", "/api/bob/tasks/1"),
+    ];
+    for (method, path) in cases {
+        let response = request(
+            gateway.addr,
+            method,
+            path,
+            &[("Authorization", &auth)],
+            b"{}",
+        )
+        .await;
+        assert_eq!(response.status, 403, "{method} {path}");
+        if method != "HEAD" {
+            assert_eq!(response.json()["error"], "owner_mismatch");
+        }
+    }
+    assert_eq!(backend.count(), 0);
+}
+
+#[tokio::test]
+async fn owner_comparison_is_byte_for_byte() {
+    let (backend, gateway) = setup().await;
+    let auth = bearer(&token_for("alice"));
+    // Case, encoded look-alikes and trailing bytes are all different users.
+    for path in [
+        "/api/Alice/tasks",
+        "/api/ALICE/tasks",
+        "/api/alice%20/tasks",
+        "/api/alic%C3%A9/tasks",
+        "/api/alice.x/tasks",
+    ] {
+        let response = request(gateway.addr, "GET", path, &[("Authorization", &auth)], b"").await;
+        assert_eq!(response.status, 403, "{path}");
+    }
+    assert_eq!(backend.count(), 0);
+}
+
+#[tokio::test]
+async fn encoded_owner_segment_matches_after_decoding_and_is_forwarded_as_sent() {
+    let (backend, gateway) = setup().await;
+    let auth = bearer(&token_for("alice"));
+    let response = request(
+        gateway.addr,
+        "GET",
+        "/api/%61lice/tasks",
+        &[("Authorization", &auth)],
+        b"",
+    )
+    .await;
+    assert_eq!(response.status, 200);
+    let received = backend.only();
+    assert_eq!(received.target, "/api/%61lice/tasks");
+    assert_eq!(received.header_values("x-user-id"), vec!["alice"]);
+}
+
+#[tokio::test]
+async fn owner_query_parameters() {
+    let (backend, gateway) = setup().await;
+    let auth = bearer(&token_for("alice"));
+    for query in [
+        "user_id=bob",
+        "user_id=alice&user_id=bob",
+        "user_id=bob&user_id=alice",
+        "user%5Fid=bob",
+        "x=1&user_id=",
+        "user_id=alice%20",
+    ] {
+        let target = format!("/api/alice/tasks?{query}");
+        let response = request(
+            gateway.addr,
+            "GET",
+            &target,
+            &[("Authorization", &auth)],
+            b"",
+        )
+        .await;
+        assert_eq!(response.status, 403, "{query}");
+        assert_eq!(response.json()["error"], "owner_mismatch");
+    }
+    assert_eq!(backend.count(), 0);
+    let response = request(
+        gateway.addr,
+        "GET",
+        "/api/alice/tasks?user_id=alice&page=2",
+        &[("Authorization", &auth)],
+        b"",
+    )
+    .await;
+    assert_eq!(response.status, 200);
+    assert_eq!(
+        backend.only().target,
+        "/api/alice/tasks?user_id=alice&page=2"
+    );
+}
+
+#[tokio::test]
+async fn own_paths_pass_for_every_method() {
+    let (backend, gateway) = setup().await;
+    let auth = bearer(&token_for("bob"));
+    for (method, path) in [
+        ("GET", "/api/bob/tasks/7"),
+        ("PUT", "/api/bob/tasks/7"),
+        ("DELETE", "/api/bob/tasks/7"),
+        ("PATCH", "/api/bob/tasks/7/complete"),
+    ] {
+        let response = request(
+            gateway.addr,
+            method,
+            path,
+            &[("Authorization", &auth)],
+            b"{}",
+        )
+        .await;
+        assert_eq!(response.status, 200, "{method} {path}");
+    }
+    let received = backend.received();
+    assert_eq!(received.len(), 4);
+    for r in received {
+        assert_eq!(r.header_values("x-user-id"), vec!["bob"]);
+    }
+}
