@@ -5,7 +5,7 @@
 //! attacker-controlled bytes back to the client or into a browser.
 
 use bytes::Bytes;
-use http::header::{HeaderValue, ALLOW, CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::header::{HeaderValue, ALLOW, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{Response, StatusCode};
 
 use crate::auth::TokenError;
@@ -31,6 +31,10 @@ pub enum GatewayError {
     /// The path or an owner query parameter names another user (the owner rule).
     #[error("owner mismatch: {0}")]
     OwnerMismatch(&'static str),
+    /// No key set was ever obtained from a JWKS, so no token can be checked yet. Not the client's
+    /// fault: 503 with Retry-After, rather than a 401 that would log users out.
+    #[error("signing keys unavailable")]
+    KeysUnavailable,
     /// The upstream refused, reset, or spoke garbage.
     #[error("upstream unavailable")]
     UpstreamUnavailable,
@@ -47,6 +51,7 @@ impl GatewayError {
             GatewayError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             GatewayError::OwnerMismatch(_) => StatusCode::FORBIDDEN,
+            GatewayError::KeysUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -63,6 +68,7 @@ impl GatewayError {
             GatewayError::Unauthorized(TokenError::Expired) => "expired",
             GatewayError::Unauthorized(_) => "invalid_token",
             GatewayError::OwnerMismatch(_) => "owner_mismatch",
+            GatewayError::KeysUnavailable => "keys_unavailable",
             GatewayError::UpstreamUnavailable => "upstream_unavailable",
             GatewayError::UpstreamTimeout => "upstream_timeout",
         }
@@ -75,6 +81,9 @@ impl GatewayError {
             GatewayError::MethodNotAllowed(_) => "method not allowed on this route",
             GatewayError::Unauthorized(err) => err.description(),
             GatewayError::OwnerMismatch(why) => why,
+            GatewayError::KeysUnavailable => {
+                "the signing keys are not available yet; retry shortly"
+            }
             GatewayError::UpstreamUnavailable => "the upstream service is unavailable",
             GatewayError::UpstreamTimeout => "the upstream service did not answer in time",
         }
@@ -90,6 +99,9 @@ impl GatewayError {
         match self {
             GatewayError::MethodNotAllowed(allow) => {
                 headers.insert(ALLOW, allow);
+            }
+            GatewayError::KeysUnavailable => {
+                headers.insert(RETRY_AFTER, HeaderValue::from_static("5"));
             }
             GatewayError::Unauthorized(TokenError::Missing) => {
                 headers.insert(

@@ -159,19 +159,13 @@ async fn shutdown_signal() {
 }
 
 fn mint(config: &Config, sub: &str, ttl: &str, claims: &[String]) -> ExitCode {
-    let Some(secret) = &config.auth.secret else {
-        eprintln!("authgate: `token` needs an HS* secret (auth.secret_env) in the config");
+    let Some((secret, algorithm)) = config.auth.hmac_secret() else {
+        eprintln!(
+            "authgate: `token` needs an HS* algorithm and its secret (secret_env) in the config"
+        );
         return ExitCode::from(EXIT_CONFIG);
     };
-    let Some(algorithm) = config.auth.algorithms.iter().copied().find(|algorithm| {
-        matches!(
-            algorithm,
-            jsonwebtoken::Algorithm::HS256
-                | jsonwebtoken::Algorithm::HS384
-                | jsonwebtoken::Algorithm::HS512
-        )
-    }) else {
-        eprintln!("authgate: `token` needs an HS* algorithm in auth.algorithms");
+    let Some(algorithm) = algorithm.primitive() else {
         return ExitCode::from(EXIT_CONFIG);
     };
     let ttl = match parse_duration(ttl) {

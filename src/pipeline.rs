@@ -13,7 +13,9 @@ use http::{Request, Response};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
-use crate::auth::{self, Identity, Verifier};
+use std::sync::Arc;
+
+use crate::auth::{self, Authenticator, Identity, VerifyError};
 use crate::authz;
 use crate::config::{AuthMode, Config, ConfigError};
 use crate::error::GatewayError;
@@ -28,16 +30,21 @@ pub type ResponseBody = Either<Incoming, Full<Bytes>>;
 /// Everything compiled from one config: the hot path only looks things up in here.
 pub struct Gateway {
     routes: RouteTable,
-    verifier: Verifier,
+    authenticator: Authenticator,
     headers: HeaderPolicy,
     upstream: Upstream,
 }
 
 impl Gateway {
+    /// The authenticator, for readiness checks.
+    pub fn authenticator(&self) -> &Authenticator {
+        &self.authenticator
+    }
+
     pub fn new(config: &Config) -> Result<Gateway, ConfigError> {
         Ok(Gateway {
             routes: RouteTable::compile(&config.routes)?,
-            verifier: Verifier::new(&config.auth),
+            authenticator: Authenticator::new(&config.auth),
             headers: HeaderPolicy::new(&config.auth),
             upstream: Upstream::new(&config.upstream),
         })
@@ -64,15 +71,20 @@ impl Gateway {
         client: &ClientInfo,
     ) -> Result<Response<Incoming>, GatewayError> {
         let (mut parts, body) = request.into_parts();
-        let identity: Option<Identity> = {
+        let identity: Option<Arc<Identity>> = {
             let target = target::validate(&parts.uri, parts.version)?;
             let matched = self.routes.lookup(&parts.method, &target.path)?;
             match matched.route.auth {
                 AuthMode::Public => None,
                 AuthMode::Required => {
-                    let identity = auth::extract_bearer(&parts.headers)
-                        .and_then(|token| self.verifier.verify(token, unix_now()))
-                        .map_err(GatewayError::Unauthorized)?;
+                    let token =
+                        auth::extract_bearer(&parts.headers).map_err(GatewayError::Unauthorized)?;
+                    let identity = self.authenticator.verify(token, unix_now()).await.map_err(
+                        |err| match err {
+                            VerifyError::Invalid(err) => GatewayError::Unauthorized(err),
+                            VerifyError::KeysUnavailable => GatewayError::KeysUnavailable,
+                        },
+                    )?;
                     authz::authorize(&matched, &identity, target.query)?;
                     Some(identity)
                 }

@@ -1,11 +1,18 @@
 //! Authentication: the bearer token is taken from exactly one place and verified in exactly one
 //! place. Everything that can fail here is a `TokenError`, which the pipeline answers with 401.
 
+mod algorithm;
 mod bearer;
+mod cache;
+mod jwks;
 mod jwt;
+mod keys;
 
+pub use algorithm::JwsAlgorithm;
 pub use bearer::{extract_bearer, MAX_TOKEN_BYTES};
-pub use jwt::{parse_algorithm, Identity, Verifier};
+pub use jwks::{RemoteJwks, MAX_JWKS_BYTES};
+pub use jwt::{parse_algorithm, Authenticator, Identity, VerifyError};
+pub use keys::KeySet;
 
 /// Why a request carries no usable token. The descriptions are static so they can go into the
 /// JSON body and the `WWW-Authenticate` header without echoing anything the client sent.

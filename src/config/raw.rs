@@ -33,15 +33,72 @@ pub struct RawUpstream {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawAuth {
+    /// Either the issuer URL of the single-issuer form, or `[[auth.issuer]]` tables.
+    pub issuer: Option<Spanned<IssuerField>>,
+    pub audience: Option<Spanned<String>>,
     pub algorithms: Option<Spanned<Vec<Spanned<String>>>>,
+    pub leeway: Option<Spanned<String>>,
     pub secret_env: Option<Spanned<String>>,
+    pub jwks_url: Option<Spanned<String>>,
+    pub jwks_file: Option<Spanned<String>>,
+    pub jwks_refresh: Option<Spanned<String>>,
+    pub jwks_cooldown: Option<Spanned<String>>,
+    pub jwks_timeout: Option<Spanned<String>>,
     pub user_claim: Option<Spanned<String>>,
     pub identity_header: Option<Spanned<String>>,
-    pub leeway: Option<Spanned<String>>,
-    pub issuer: Option<Spanned<String>>,
-    pub audience: Option<Spanned<String>>,
     pub strip_headers: Option<Vec<Spanned<String>>>,
     pub owner_query_params: Option<Vec<Spanned<String>>>,
+    pub token_cache_size: Option<Spanned<i64>>,
+}
+
+/// One `[[auth.issuer]]` table: the same key-source keys as the single-issuer `[auth]` form.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIssuer {
+    pub issuer: Option<Spanned<String>>,
+    pub audience: Option<Spanned<String>>,
+    pub algorithms: Option<Spanned<Vec<Spanned<String>>>>,
+    pub leeway: Option<Spanned<String>>,
+    pub secret_env: Option<Spanned<String>>,
+    pub jwks_url: Option<Spanned<String>>,
+    pub jwks_file: Option<Spanned<String>>,
+    pub jwks_refresh: Option<Spanned<String>>,
+    pub jwks_cooldown: Option<Spanned<String>>,
+    pub jwks_timeout: Option<Spanned<String>>,
+}
+
+#[derive(Debug)]
+pub enum IssuerField {
+    Url(String),
+    Tables(Vec<Spanned<RawIssuer>>),
+}
+
+/// Hand-written so that the tables are read by the TOML deserializer itself: their keys keep their
+/// spans (for line numbers) and unknown keys are still refused.
+impl<'de> serde::Deserialize<'de> for IssuerField {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct FieldVisitor;
+        impl<'de> serde::de::Visitor<'de> for FieldVisitor {
+            type Value = IssuerField;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an issuer URL string, or [[auth.issuer]] tables")
+            }
+            fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<IssuerField, E> {
+                Ok(IssuerField::Url(value.to_string()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<IssuerField, A::Error> {
+                let mut tables = Vec::new();
+                while let Some(table) = seq.next_element()? {
+                    tables.push(table);
+                }
+                Ok(IssuerField::Tables(tables))
+            }
+        }
+        deserializer.deserialize_any(FieldVisitor)
+    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -222,8 +222,12 @@ fn token_command_mints_a_token_the_gateway_accepts() {
         &env,
     )
     .unwrap();
-    let identity = authgate::auth::Verifier::new(&config.auth)
-        .verify(&token, crate::common::now())
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let authenticator = authgate::auth::Authenticator::new(&config.auth);
+    let identity = runtime
+        .block_on(authenticator.verify(&token, crate::common::now()))
         .unwrap();
     assert_eq!(identity.user_id, "carol");
     assert_eq!(identity.claims["role"], "admin");

@@ -6,11 +6,7 @@ use crate::common::*;
 
 #[tokio::test]
 async fn backend_down_is_502() {
-    let closed = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let closed = unused_addr().await;
     let gateway = start_gateway(BASE_CONFIG, closed).await;
     let auth = bearer(&token_for("alice"));
     let response = request(
@@ -50,11 +46,7 @@ async fn slow_backend_is_504_after_the_timeout() {
 
 #[tokio::test]
 async fn gateway_recovers_when_the_backend_comes_back() {
-    let closed = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let closed = unused_addr().await;
     let gateway = start_gateway(BASE_CONFIG, closed).await;
     let auth = bearer(&token_for("alice"));
     let response = request(
