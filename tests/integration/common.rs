@@ -173,30 +173,38 @@ owner = "user_id"
 "#;
 
 pub fn parse_config(toml: &str) -> Config {
-    Config::parse(toml, "test.toml", &|name| {
+    parse_config_with(toml, &|name| {
         (name == "BETTER_AUTH_SECRET").then(|| SECRET.to_string())
     })
-    .unwrap_or_else(|err| panic!("test config invalid: {err}"))
+}
+
+pub fn parse_config_with(toml: &str, env: &dyn Fn(&str) -> Option<String>) -> Config {
+    Config::parse(toml, "test.toml", env).unwrap_or_else(|err| panic!("test config invalid: {err}"))
 }
 
 /// A running gateway on an ephemeral port, forwarding to `upstream`.
 pub struct GatewayHandle {
     pub addr: SocketAddr,
+    pub gateway: Arc<Gateway>,
     _shutdown: tokio::sync::oneshot::Sender<()>,
 }
 
 pub async fn start_gateway(toml: &str, upstream: SocketAddr) -> GatewayHandle {
-    let mut config = parse_config(toml);
+    start_gateway_with(parse_config(toml), upstream).await
+}
+
+pub async fn start_gateway_with(mut config: Config, upstream: SocketAddr) -> GatewayHandle {
     config.upstream.authority = upstream.to_string().parse().unwrap();
     let gateway = Arc::new(Gateway::new(&config).unwrap());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(authgate::server::serve(listener, gateway, async {
+    tokio::spawn(authgate::server::serve(listener, gateway.clone(), async {
         let _ = rx.await;
     }));
     GatewayHandle {
         addr,
+        gateway,
         _shutdown: tx,
     }
 }

@@ -6,6 +6,8 @@ mod common;
 mod config_errors;
 mod crud;
 mod identity_headers;
+mod jwks;
+mod keys;
 mod owner_rule;
 mod request_targets;
 mod routing;
