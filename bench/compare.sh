@@ -1,0 +1,215 @@
+#!/usr/bin/env bash
+# Side-by-side throughput and latency of the same request through each target, in one run:
+#   direct          nginx backend on :18080 returning a small JSON body (the ceiling)
+#   nginx           nginx plain reverse proxy, no auth, :18082 (what a proxy hop costs at best)
+#   haproxy         HAProxy doing authgate's work (HS256 jwt_verify, exp, X-User-Id, owner 403), :18081
+#   authgate-hs256  authgate with an HS256 token, :18083
+# Load: wrk -t1, keep-alive, GET /api/alice/tasks with alice's token, for each connection count in
+# CONNS, ROUNDS rounds that alternate between the targets, SECS seconds per run.
+# Writes bench/results/<date>-compare.md and prints it. See bench/README.md.
+#
+# env: SECS (5)  ROUNDS (3)  CONNS ("1 32 256")  AUTHGATE_BIN (default: cargo build --release)
+#      AUTHGATE_WORKERS (unset: authgate's default)  TARGETS (unset: all; e.g. "nginx authgate-hs256")
+#      WARMUP (1 s per target)  KEEP_TMP=1 (keep logs)
+set -euo pipefail
+# shellcheck source=SCRIPTDIR/lib.sh
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
+
+SECS=${SECS:-5}
+ROUNDS=${ROUNDS:-3}
+CONNS=${CONNS:-"1 32 256"}
+WARMUP=${WARMUP:-1}
+PATH_OK=/api/alice/tasks
+for v in SECS ROUNDS WARMUP; do [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a whole number of seconds/rounds"; done
+((SECS >= 1 && ROUNDS >= 1)) || die "SECS and ROUNDS must be at least 1"
+read -r -a CONN_LIST <<<"$CONNS"
+((${#CONN_LIST[@]})) || die "CONNS is empty"
+for c in "${CONN_LIST[@]}"; do [[ $c =~ ^[1-9][0-9]*$ ]] || die "CONNS: '$c' is not a positive integer"; done
+
+# ---------------------------------------------------------------------------------------------
+# The targets. One line each: NAME  URL-BASE  TOKEN-VARIABLE  START-FUNCTION  AUTH(yes|no)
+# AUTH=yes also checks that GET /api/bob/tasks with alice's token is 403 and no token is 401.
+# A name starting with "authgate" gets ratio rows against haproxy, nginx and direct.
+ALL_TARGETS=(
+  "direct          http://127.0.0.1:18080  TOKEN_HS256  start_direct          no"
+  "nginx           http://127.0.0.1:18082  TOKEN_HS256  start_nginx_proxy     no"
+  "haproxy         http://127.0.0.1:18081  TOKEN_HS256  start_haproxy         yes"
+  "authgate-hs256  http://127.0.0.1:18083  TOKEN_HS256  start_authgate_hs256  yes"
+  # HOOK (later): add one line here and write its start_* function below, e.g.
+  # "authgate-eddsa  http://127.0.0.1:18085  TOKEN_EDDSA  start_authgate_eddsa  yes"  # EdDSA token, key from a JWKS
+  # "authgate-tls    https://127.0.0.1:18443 TOKEN_HS256  start_authgate_tls    yes"  # TLS (wrk and curl speak https)
+)
+
+# The start functions: each brings its target up and returns once it accepts connections.
+# The backend (direct) is started first, whatever TARGETS says, since every other target uses it.
+start_direct() { :; }
+start_nginx_proxy() { start_nginx nginx-proxy "$BENCH_DIR/nginx-proxy.conf" 18082; }
+start_haproxy() {
+  JWT_SECRET=$BENCH_SECRET haproxy -c -f "$BENCH_DIR/haproxy.cfg" >"$BENCH_TMP/haproxy-check.log" 2>&1 ||
+    { cat "$BENCH_TMP/haproxy-check.log" >&2; die "haproxy rejected bench/haproxy.cfg"; }
+  spawn haproxy env JWT_SECRET="$BENCH_SECRET" haproxy -db -f "$BENCH_DIR/haproxy.cfg"
+  wait_port 18081 "$SPAWNED_PID" haproxy
+}
+start_authgate_hs256() { start_authgate authgate-hs256; }
+# start_authgate_eddsa() { ...; }   # HOOK: JWKS server + EdDSA-configured authgate on :18085
+# start_authgate_tls() { ...; }     # HOOK: authgate with a self-signed cert on :18443
+# ---------------------------------------------------------------------------------------------
+
+TARGET_LINES=()
+for line in "${ALL_TARGETS[@]}"; do
+  read -r name _ <<<"$line"
+  if [[ -z "${TARGETS:-}" ]] || [[ " $TARGETS " == *" $name "* ]]; then TARGET_LINES+=("$line"); fi
+done
+((${#TARGET_LINES[@]})) || die "TARGETS='${TARGETS:-}' selects none of the targets"
+NT=${#TARGET_LINES[@]}
+NC=${#CONN_LIST[@]}
+
+# Bounded runtime: every measured run, the warm-ups, ~2 s of wrk start/stop per run, and start-up.
+RUNS=$((NC * NT * ROUNDS))
+EXPECTED=$((RUNS * SECS + RUNS / 2 + NT * WARMUP + 5))
+CAP=${MAX_SECS:-$((EXPECTED * 2 + 60))}
+printf 'authgate bench: %d target(s) x %d connection count(s) x %d round(s) x %d s  => about %d s (%dm%02ds), hard cap %d s (not counting the build)\n' \
+  "$NT" "$NC" "$ROUNDS" "$SECS" "$EXPECTED" $((EXPECTED / 60)) $((EXPECTED % 60)) "$CAP"
+
+need_tools nginx haproxy wrk curl
+build_authgate
+port_free_or_die 18080 18081 18082 18083
+bench_init
+raise_nofile 16384  # haproxy asks for 2 x maxconn (8000) + a few
+
+# Watchdog: after CAP seconds, terminate this script (its EXIT trap stops everything it started).
+# It checks once a second whether we are gone, so it never outlives us by more than a second.
+(
+  trap - EXIT INT TERM
+  end=$((SECONDS + CAP))
+  while ((SECONDS < end)); do sleep 1; kill -0 $$ 2>/dev/null || exit 0; done
+  echo "bench: hard cap of ${CAP}s reached, stopping" >&2
+  kill -TERM $$ 2>/dev/null
+) &
+BENCH_PIDS+=($!)
+
+# Other work on the machine skews everything: sample the CPU for a second before starting.
+cpu_sample() { awk '/^cpu / { print $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9, $5 + $6 }' /proc/stat; }
+read -r total0 idle0 < <(cpu_sample)
+sleep 1
+read -r total1 idle1 < <(cpu_sample)
+BUSY_PCT=$(awk -v t=$((total1 - total0)) -v i=$((idle1 - idle0)) 'BEGIN { printf "%.0f", t ? 100 * (t - i) / t : 0 }')
+((BUSY_PCT <= 20)) || warn "the machine was ${BUSY_PCT}% busy (all cores) in the second before the run: expect noise"
+TOKEN_HS256=$(mint_token alice) || die "could not mint a token (pyjwt?)"
+export TOKEN_HS256
+
+log "starting the backend and the targets"
+start_backend
+for line in "${TARGET_LINES[@]}"; do
+  read -r name _ _ start _ <<<"$line"
+  "$start"
+done
+
+# Sanity checks before measuring; a failure prints a WARNING line and goes into the report.
+for line in "${TARGET_LINES[@]}"; do
+  read -r name url tokvar _ auth <<<"$line"
+  tok=${!tokvar}
+  code=$(http_status "$url$PATH_OK" "$tok")
+  [[ $code == 200 ]] || warn "$name: GET $PATH_OK with alice's token answered $code, expected 200"
+  if [[ $auth == yes ]]; then
+    # The backend echoes the X-User-Id it got: a spoofed one must be replaced by the token's user.
+    body=$(curl -s -k --max-time 5 -H "Authorization: Bearer $tok" -H 'X-User-Id: mallory' "$url$PATH_OK" || true)
+    [[ $body == *'"user":"alice"'* ]] ||
+      warn "$name: with a spoofed X-User-Id the backend saw: ${body:0:120} (expected \"user\":\"alice\")"
+    code=$(http_status "$url/api/bob/tasks" "$tok")
+    [[ $code == 403 ]] || warn "$name: GET /api/bob/tasks with alice's token answered $code, expected 403"
+    code=$(http_status "$url$PATH_OK")
+    [[ $code == 401 ]] || warn "$name: GET $PATH_OK without a token answered $code, expected 401"
+  fi
+done
+
+# wrk reports through this script's done() (exact microseconds, no unit parsing); --latency also
+# prints the human distribution to the raw log. A script with only done() keeps wrk's static request.
+cat >"$BENCH_TMP/report.lua" <<'EOF'
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    "AGBENCH requests=%d duration_us=%d p50_us=%.0f p90_us=%.0f p99_us=%.0f max_us=%.0f non2xx=%d sockerr=%d\n",
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(90),
+    latency:percentile(99), latency.max, e.status, e.connect + e.read + e.write + e.timeout))
+end
+EOF
+
+RESULTS=$BENCH_TMP/results.tsv
+printf 'conns\tround\ttarget\trps\tp50_us\tp90_us\tp99_us\tmax_us\tnon2xx\tsockerr\trequests\n' >"$RESULTS"
+
+run_wrk() { # URL TOKEN CONNS SECS -> prints wrk's output
+  timeout --foreground --signal=INT $(($4 + 20)) \
+    wrk -t1 -c"$3" -d"$4s" --latency --timeout 5s -s "$BENCH_TMP/report.lua" \
+    -H "Authorization: Bearer $2" "$1$PATH_OK"
+}
+
+if ((WARMUP > 0)); then
+  log "warm-up: ${WARMUP}s per target at 32 connections"
+  for line in "${TARGET_LINES[@]}"; do
+    read -r name url tokvar _ _ <<<"$line"
+    run_wrk "$url" "${!tokvar}" 32 "$WARMUP" >>"$BENCH_TMP/wrk-raw.log" 2>&1 || warn "$name: warm-up wrk failed"
+  done
+fi
+
+for c in "${CONN_LIST[@]}"; do
+  for r in $(seq "$ROUNDS"); do
+    for line in "${TARGET_LINES[@]}"; do
+      read -r name url tokvar _ _ <<<"$line"
+      out=$(run_wrk "$url" "${!tokvar}" "$c" "$SECS" 2>&1) || { warn "$name c=$c round $r: wrk failed"; echo "$out" >&2; continue; }
+      printf '### c=%s round=%s target=%s\n%s\n' "$c" "$r" "$name" "$out" >>"$BENCH_TMP/wrk-raw.log"
+      res=$(grep '^AGBENCH ' <<<"$out" | tail -n 1) || { warn "$name c=$c round $r: no result from wrk"; continue; }
+      declare -A R=()
+      for kv in ${res#AGBENCH }; do R[${kv%%=*}]=${kv#*=}; done
+      requests=${R[requests]} non2xx=${R[non2xx]} sockerr=${R[sockerr]} p50_us=${R[p50_us]} p99_us=${R[p99_us]}
+      rps=$(awk -v n="$requests" -v d="${R[duration_us]}" 'BEGIN { printf "%.1f", n / (d / 1e6) }')
+      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$c" "$r" "$name" "$rps" "$p50_us" "${R[p90_us]}" \
+        "$p99_us" "${R[max_us]}" "$non2xx" "$sockerr" "$requests" >>"$RESULTS"
+      printf '  c=%-4s round %s/%s  %-15s %10s req/s  p50 %6.2f ms  p99 %6.2f ms  non-2xx %s  socket errors %s\n' \
+        "$c" "$r" "$ROUNDS" "$name" "$rps" "$(awk -v u="$p50_us" 'BEGIN{print u/1000}')" \
+        "$(awk -v u="$p99_us" 'BEGIN{print u/1000}')" "$non2xx" "$sockerr" >&2
+      ((non2xx == 0)) || warn "$name c=$c round $r: $non2xx non-2xx/3xx responses"
+      ((sockerr == 0)) || warn "$name c=$c round $r: $sockerr socket errors (connect/read/write/timeout)"
+    done
+  done
+done
+
+# Authgate must still be alive and still answering correctly after the load.
+for line in "${TARGET_LINES[@]}"; do
+  read -r name url tokvar _ _ <<<"$line"
+  code=$(http_status "$url$PATH_OK" "${!tokvar}")
+  [[ $code == 200 ]] || warn "$name: after the load, GET $PATH_OK answered $code, expected 200"
+done
+
+# ----- the report -----
+{
+  printf 'date\t%s\n' "$(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+  commit=$(git -C "$ROOT_DIR" rev-parse --short HEAD 2>/dev/null || echo unknown)
+  if [[ -n "$(git -C "$ROOT_DIR" status --porcelain --untracked-files=no -- src Cargo.toml Cargo.lock 2>/dev/null)" ]]; then
+    commit="$commit (with uncommitted changes in src/ or Cargo.*)"
+  fi
+  printf 'commit\t%s\n' "$commit"
+  printf 'machine\t%s cores (nproc), kernel %s, %s\n' "$(nproc)" "$(uname -r)" \
+    "$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)"
+  printf 'busy before\t%s%% of all cores in the second before the run (other work on the machine)\n' "$BUSY_PCT"
+  printf 'loadavg at the end\t%s\n' "$(cut -d' ' -f1-3 /proc/loadavg)"
+  printf 'nginx\t%s\n' "$(nginx -v 2>&1 | head -n 1)"
+  printf 'haproxy\t%s\n' "$(haproxy -v 2>&1 | head -n 1)"
+  printf 'wrk\t%s\n' "$(wrk -v 2>&1 | head -n 1 || true)"
+  printf 'authgate\t%s, workers=%s\n' "$AUTHGATE_BIN" "${AUTHGATE_WORKERS:-default (one per core)}"
+  printf 'load\twrk -t1 -c{%s} -d%ss, keep-alive, GET %s with an HS256 bearer token, %s round(s) alternating between targets, %ss warm-up each\n' \
+    "$(IFS=,; echo "${CONN_LIST[*]}")" "$SECS" "$PATH_OK" "$ROUNDS" "$WARMUP"
+  if ((${#BENCH_WARNINGS[@]})); then for w in "${BENCH_WARNINGS[@]}"; do printf 'warning\t%s\n' "$w"; done; fi
+} >"$BENCH_TMP/meta.tsv"
+
+mkdir -p "$BENCH_DIR/results"
+base="$BENCH_DIR/results/$(date +%Y-%m-%d)-compare"
+out="$base.md"
+n=2
+while [[ -e $out ]]; do out="$base-$n.md"; n=$((n + 1)); done
+python3 "$BENCH_DIR/report.py" "$BENCH_TMP/meta.tsv" "$RESULTS" >"$out.tmp"
+mv "$out.tmp" "$out"
+echo
+cat "$out"
+echo
+echo "report saved to ${out#"$ROOT_DIR"/}"

@@ -1,0 +1,123 @@
+#!/usr/bin/env python3
+"""Turn compare.sh's raw results into the Markdown report.
+
+usage: report.py META_TSV RESULTS_TSV > report.md
+META_TSV: key<TAB>value lines (repeated `warning` keys allowed).
+RESULTS_TSV: one row per wrk run, with a header line (conns, round, target, rps, p50_us, ...).
+"""
+import csv
+import sys
+from collections import OrderedDict
+from statistics import mean
+
+BASELINES = ("haproxy", "nginx", "direct")
+
+
+def ms(us):
+    return f"{us / 1000:.2f}"
+
+
+def rps_fmt(x):
+    return f"{x:,.0f}"
+
+
+def main(meta_path, results_path):
+    meta, warnings = [], []
+    with open(meta_path) as f:
+        for line in f:
+            key, _, value = line.rstrip("\n").partition("\t")
+            (warnings.append(value) if key == "warning" else meta.append((key, value)))
+    with open(results_path) as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+
+    # conns -> target -> list of rows, in the order the runs happened.
+    runs = OrderedDict()
+    for r in rows:
+        runs.setdefault(int(r["conns"]), OrderedDict()).setdefault(r["target"], []).append(r)
+
+    out = []
+    meta_d = dict(meta)
+    out.append(f"# authgate side-by-side benchmark, {meta_d.get('date', '?')}")
+    out.append("")
+    out.append("| | |")
+    out.append("|---|---|")
+    for k, v in meta:
+        out.append(f"| {k} | {v.replace('|', '/')} |")
+    out.append("")
+    out.append("Everything (load generator, backend, proxies) shares this machine's cores, and the machine is "
+               "shared and noisy: absolute numbers move from run to run. Only the ratios between targets "
+               "measured in the same run mean anything.")
+    out.append("")
+    if warnings:
+        out.append("**Warnings**")
+        out.append("")
+        for w in warnings:
+            out.append(f"- {w}")
+        out.append("")
+
+    summary = {}  # (conns, target) -> dict
+    for conns, targets in runs.items():
+        out.append(f"## {conns} connection{'s' if conns != 1 else ''}")
+        out.append("")
+        out.append("| target | mean req/s | spread (min–max) | p50 ms | p99 ms | non-2xx | socket errors | rounds |")
+        out.append("|---|---:|---:|---:|---:|---:|---:|---:|")
+        for target, rs in targets.items():
+            rps = [float(r["rps"]) for r in rs]
+            s = {
+                "rps": mean(rps),
+                "min": min(rps),
+                "max": max(rps),
+                "p50": mean(float(r["p50_us"]) for r in rs),
+                "p99": mean(float(r["p99_us"]) for r in rs),
+                "non2xx": sum(int(r["non2xx"]) for r in rs),
+                "sockerr": sum(int(r["sockerr"]) for r in rs),
+                "n": len(rs),
+            }
+            summary[(conns, target)] = s
+            pct = (s["max"] - s["min"]) / 2 / s["rps"] * 100 if s["rps"] else 0
+            spread = f"{rps_fmt(s['min'])}–{rps_fmt(s['max'])} (±{pct:.0f}%)"
+            out.append(f"| {target} | {rps_fmt(s['rps'])} | {spread} | {ms(s['p50'])} | {ms(s['p99'])} | "
+                       f"{s['non2xx']} | {s['sockerr']} | {s['n']} |")
+        out.append("")
+
+    gateways = [t for t in OrderedDict.fromkeys(r["target"] for r in rows) if t.startswith("authgate")]
+    if gateways:
+        out.append("## Ratios")
+        out.append("")
+        out.append("req/s ratio above 1: authgate serves more than the other; p99 ratio below 1: authgate's p99 "
+                   "latency is lower. p50/p99 are the mean over rounds of each round's percentile.")
+        out.append("")
+        cols = [b for b in BASELINES if any((c, b) in summary for c in runs)]
+        head = " | ".join([f"req/s ÷ {b}" for b in cols] + [f"p99 ÷ {b}" for b in cols])
+        out.append(f"| connections | target | {head} |")
+        out.append("|" + "---|" * 2 + "---:|" * (2 * len(cols)))
+        for conns in runs:
+            for g in gateways:
+                if (conns, g) not in summary:
+                    continue
+                gs = summary[(conns, g)]
+                cells = []
+                for key in ("rps", "p99"):
+                    for b in cols:
+                        bs = summary.get((conns, b))
+                        cells.append(f"{gs[key] / bs[key]:.2f}" if bs and bs[key] else "–")
+                out.append(f"| {conns} | {g} | " + " | ".join(cells) + " |")
+        out.append("")
+
+    out.append("<details><summary>every run</summary>")
+    out.append("")
+    out.append("| connections | round | target | req/s | p50 ms | p90 ms | p99 ms | max ms | non-2xx | socket errors |")
+    out.append("|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        out.append(f"| {r['conns']} | {r['round']} | {r['target']} | {rps_fmt(float(r['rps']))} | "
+                   f"{ms(float(r['p50_us']))} | {ms(float(r['p90_us']))} | {ms(float(r['p99_us']))} | "
+                   f"{ms(float(r['max_us']))} | {r['non2xx']} | {r['sockerr']} |")
+    out.append("")
+    out.append("</details>")
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3:
+        sys.exit(__doc__)
+    main(sys.argv[1], sys.argv[2])
