@@ -31,6 +31,9 @@ pub enum GatewayError {
     /// The path or an owner query parameter names another user (the owner rule).
     #[error("owner mismatch: {0}")]
     OwnerMismatch(&'static str),
+    /// Over a rate limit (or the auth-failure guard): 429 with Retry-After and RateLimit-*.
+    #[error("rate limited")]
+    RateLimited { limit: u32, retry_after: u64 },
     /// No key set was ever obtained from a JWKS, so no token can be checked yet. Not the client's
     /// fault: 503 with Retry-After, rather than a 401 that would log users out.
     #[error("signing keys unavailable")]
@@ -51,6 +54,7 @@ impl GatewayError {
             GatewayError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             GatewayError::OwnerMismatch(_) => StatusCode::FORBIDDEN,
+            GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::KeysUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -68,6 +72,7 @@ impl GatewayError {
             GatewayError::Unauthorized(TokenError::Expired) => "expired",
             GatewayError::Unauthorized(_) => "invalid_token",
             GatewayError::OwnerMismatch(_) => "owner_mismatch",
+            GatewayError::RateLimited { .. } => "rate_limited",
             GatewayError::KeysUnavailable => "keys_unavailable",
             GatewayError::UpstreamUnavailable => "upstream_unavailable",
             GatewayError::UpstreamTimeout => "upstream_timeout",
@@ -81,6 +86,9 @@ impl GatewayError {
             GatewayError::MethodNotAllowed(_) => "method not allowed on this route",
             GatewayError::Unauthorized(err) => err.description(),
             GatewayError::OwnerMismatch(why) => why,
+            GatewayError::RateLimited { .. } => {
+                "too many requests; retry after the time in Retry-After"
+            }
             GatewayError::KeysUnavailable => {
                 "the signing keys are not available yet; retry shortly"
             }
@@ -102,6 +110,15 @@ impl GatewayError {
             }
             GatewayError::KeysUnavailable => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("5"));
+            }
+            GatewayError::RateLimited { limit, retry_after } => {
+                headers.insert(RETRY_AFTER, HeaderValue::from(retry_after));
+                crate::ratelimit::Allowance {
+                    limit,
+                    remaining: 0,
+                    reset: retry_after,
+                }
+                .write_headers(headers);
             }
             GatewayError::Unauthorized(TokenError::Missing) => {
                 headers.insert(

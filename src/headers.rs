@@ -54,7 +54,7 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 #[derive(Debug, Clone)]
 pub struct ClientInfo {
     pub peer: std::net::SocketAddr,
-    /// The peer address as a header value, for `X-Forwarded-For`.
+    /// The peer address as a header value, for `X-Forwarded-For`; computed once per connection.
     pub forwarded_for: HeaderValue,
     /// `http` or `https`.
     pub proto: HeaderValue,
@@ -118,6 +118,7 @@ impl HeaderPolicy {
         &self,
         headers: &mut HeaderMap,
         client: &ClientInfo,
+        forwarded_for: &HeaderValue,
         version: Version,
         authority: Option<&str>,
         identity: Option<&HeaderValue>,
@@ -144,7 +145,7 @@ impl HeaderPolicy {
             }
         }
 
-        headers.insert(X_FORWARDED_FOR.clone(), client.forwarded_for.clone());
+        headers.insert(X_FORWARDED_FOR.clone(), forwarded_for.clone());
         headers.insert(X_FORWARDED_PROTO.clone(), client.proto.clone());
         if let Some(host) = host {
             headers.insert(X_FORWARDED_HOST.clone(), host);

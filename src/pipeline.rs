@@ -1,6 +1,6 @@
 //! The request pipeline, top to bottom, in one place:
 //!
-//! target -> route -> authenticate -> authorize -> rewrite headers -> forward -> respond.
+//! client -> target -> route -> limit / authenticate -> authorize -> rewrite -> forward -> respond.
 //!
 //! Each stage is one module with a narrow interface. A stage either hands the next one what it
 //! needs or returns a `GatewayError`; `error.rs` alone turns that into a response. Nothing reaches
@@ -19,7 +19,9 @@ use crate::auth::{self, Authenticator, Identity, VerifyError};
 use crate::authz;
 use crate::config::{AuthMode, Config, ConfigError};
 use crate::error::GatewayError;
+use crate::forwarded::TrustedProxies;
 use crate::headers::{ClientInfo, HeaderPolicy};
+use crate::ratelimit::RateLimits;
 use crate::routes::RouteTable;
 use crate::target;
 use crate::upstream::Upstream;
@@ -30,6 +32,8 @@ pub type ResponseBody = Either<Incoming, Full<Bytes>>;
 /// Everything compiled from one config: the hot path only looks things up in here.
 pub struct Gateway {
     routes: RouteTable,
+    trusted_proxies: TrustedProxies,
+    limits: RateLimits,
     authenticator: Authenticator,
     headers: HeaderPolicy,
     upstream: Upstream,
@@ -41,9 +45,16 @@ impl Gateway {
         &self.authenticator
     }
 
+    /// The rate limiters, for metrics and memory checks.
+    pub fn limits(&self) -> &RateLimits {
+        &self.limits
+    }
+
     pub fn new(config: &Config) -> Result<Gateway, ConfigError> {
         Ok(Gateway {
             routes: RouteTable::compile(&config.routes)?,
+            trusted_proxies: TrustedProxies::new(config.server.trusted_proxies.clone()),
+            limits: RateLimits::new(&config.rate_limit, &config.routes),
             authenticator: Authenticator::new(&config.auth),
             headers: HeaderPolicy::new(&config.auth),
             upstream: Upstream::new(&config.upstream),
@@ -71,22 +82,25 @@ impl Gateway {
         client: &ClientInfo,
     ) -> Result<Response<Incoming>, GatewayError> {
         let (mut parts, body) = request.into_parts();
-        let identity: Option<Arc<Identity>> = {
+        let address =
+            self.trusted_proxies
+                .client(client.peer.ip(), &client.forwarded_for, &parts.headers);
+        let (identity, allowance) = {
             let target = target::validate(&parts.uri, parts.version)?;
             let matched = self.routes.lookup(&parts.method, &target.path)?;
-            match matched.route.auth {
-                AuthMode::Public => None,
+            let route = matched.route;
+            match route.auth {
+                AuthMode::Public => (None, self.limits.check_ip(route.index, address.ip)?),
                 AuthMode::Required => {
-                    let token =
-                        auth::extract_bearer(&parts.headers).map_err(GatewayError::Unauthorized)?;
-                    let identity = self.authenticator.verify(token, unix_now()).await.map_err(
-                        |err| match err {
-                            VerifyError::Invalid(err) => GatewayError::Unauthorized(err),
-                            VerifyError::KeysUnavailable => GatewayError::KeysUnavailable,
-                        },
-                    )?;
+                    self.limits.auth_guard(address.ip)?;
+                    let identity = self.authenticate(&parts.headers).await.inspect_err(|err| {
+                        if matches!(err, GatewayError::Unauthorized(_)) {
+                            self.limits.record_auth_failure(address.ip);
+                        }
+                    })?;
+                    let allowance = self.limits.check_user(route.index, &identity.user_id)?;
                     authz::authorize(&matched, &identity, target.query)?;
-                    Some(identity)
+                    (Some(identity), allowance)
                 }
             }
         };
@@ -94,13 +108,28 @@ impl Gateway {
         self.headers.rewrite_request(
             &mut parts.headers,
             client,
+            &address.forwarded_for,
             parts.version,
             authority.as_ref().map(|a| a.as_str()),
             identity.as_ref().map(|identity| &identity.header_value),
         )?;
         let mut response = self.upstream.forward(parts, body).await?;
         self.headers.rewrite_response(response.headers_mut());
+        if let (true, Some(allowance)) = (self.limits.headers, allowance) {
+            allowance.write_headers(response.headers_mut());
+        }
         Ok(response)
+    }
+
+    async fn authenticate(&self, headers: &http::HeaderMap) -> Result<Arc<Identity>, GatewayError> {
+        let token = auth::extract_bearer(headers).map_err(GatewayError::Unauthorized)?;
+        self.authenticator
+            .verify(token, unix_now())
+            .await
+            .map_err(|err| match err {
+                VerifyError::Invalid(err) => GatewayError::Unauthorized(err),
+                VerifyError::KeysUnavailable => GatewayError::KeysUnavailable,
+            })
     }
 }
 

@@ -15,6 +15,8 @@ use crate::error::GatewayError;
 /// One `[[route]]`, ready to use.
 #[derive(Debug)]
 pub struct Route {
+    /// Position in the config, for per-route state kept elsewhere (rate limiters).
+    pub index: usize,
     pub pattern: Box<str>,
     pub auth: AuthMode,
     /// The path parameter that must equal the authenticated user id.
@@ -54,9 +56,10 @@ impl RouteTable {
         let mut router = matchit::Router::new();
         let mut entries: Vec<PathEntry> = Vec::new();
         let mut first_config_of_entry: Vec<&RouteConfig> = Vec::new();
-        for config in configs {
+        for (index, config) in configs.iter().enumerate() {
             let methods = MethodSet::from_config(config.methods.as_deref());
             let route = Route {
+                index,
                 pattern: config.path.as_str().into(),
                 auth: config.auth,
                 owner: config.owner.as_deref().map(Into::into),

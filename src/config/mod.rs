@@ -16,8 +16,12 @@ use http::{Method, Uri};
 use toml::Spanned;
 
 use crate::auth::JwsAlgorithm;
+pub use crate::forwarded::IpNet;
 pub use duration::parse_duration;
-use raw::{IssuerField, RawAuth, RawConfig, RawIssuer, RawRoute, RawUpstream};
+use raw::{
+    IssuerField, RawAuth, RawConfig, RawIssuer, RawRateLimit, RawRoute, RawRouteRateLimit,
+    RawUpstream,
+};
 
 /// A config problem, located in the file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,6 +72,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub upstream: UpstreamConfig,
     pub auth: AuthConfig,
+    pub rate_limit: RateLimitConfig,
     pub routes: Vec<RouteConfig>,
 }
 
@@ -76,6 +81,37 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Tokio worker threads; `None` means one per core.
     pub workers: Option<usize>,
+    /// Peers whose X-Forwarded-For we believe. Empty: we believe nobody.
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+/// A GCRA quota: `count` requests per `period`, with bursts of up to `burst`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuotaConfig {
+    pub count: u32,
+    pub period: Duration,
+    pub burst: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct RateLimitConfig {
+    /// Keyed by the authenticated user id.
+    pub per_user: Option<QuotaConfig>,
+    /// Keyed by client IP, for requests without a valid identity.
+    pub per_ip: Option<QuotaConfig>,
+    /// Keyed by client IP, counting failed authentications: the brute-force guard.
+    pub auth_failures: Option<QuotaConfig>,
+    /// Add RateLimit-* headers to allowed responses too.
+    pub headers: bool,
+    /// How often idle limiter state is dropped.
+    pub cleanup_interval: Duration,
+}
+
+/// A route's own quotas (route keys override the global ones; unset keys inherit them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteRateLimit {
+    pub per_user: Option<QuotaConfig>,
+    pub per_ip: Option<QuotaConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -160,6 +196,8 @@ pub struct RouteConfig {
     pub auth: AuthMode,
     pub owner: Option<String>,
     pub owner_query_params: Vec<String>,
+    /// `Some` when the route overrides the global quotas (it then has buckets of its own).
+    pub rate_limit: Option<RouteRateLimit>,
     pub location: Location,
 }
 
@@ -226,16 +264,18 @@ impl Config {
         let server = validate_server(&ctx, raw.server)?;
         let upstream = validate_upstream(&ctx, &raw.upstream)?;
         let auth = validate_auth(&ctx, &raw.auth, env)?;
+        let rate_limit = validate_rate_limit(&ctx, raw.rate_limit.as_ref())?;
         let routes = raw
             .routes
             .iter()
             .enumerate()
-            .map(|(index, route)| validate_route(&ctx, index, route, &auth))
+            .map(|(index, route)| validate_route(&ctx, index, route, &auth, &rate_limit))
             .collect::<Result<Vec<_>, _>>()?;
         let config = Config {
             server,
             upstream,
             auth,
+            rate_limit,
             routes,
         };
         // Compiling the route table finds conflicts and unreachable routes; doing it here means
@@ -278,6 +318,7 @@ fn validate_server(ctx: &Ctx, raw: Option<raw::RawServer>) -> Result<ServerConfi
     let mut server = ServerConfig {
         listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
         workers: None,
+        trusted_proxies: Vec::new(),
     };
     let Some(raw) = raw else { return Ok(server) };
     if let Some(listen) = &raw.listen {
@@ -295,6 +336,16 @@ fn validate_server(ctx: &Ctx, raw: Option<raw::RawServer>) -> Result<ServerConfi
             return Err(ctx.error(workers, "server.workers", "must be between 1 and 1024"));
         }
         server.workers = Some(count as usize);
+    }
+    for net in raw.trusted_proxies.iter().flatten() {
+        let parsed = net.get_ref().parse().map_err(|why| {
+            ctx.error(
+                net,
+                "server.trusted_proxies",
+                format!("`{}`: {why}", net.get_ref()),
+            )
+        })?;
+        server.trusted_proxies.push(parsed);
     }
     Ok(server)
 }
@@ -766,11 +817,200 @@ fn validate_query_params(
         .map(Some)
 }
 
+const DEFAULT_AUTH_FAILURES: QuotaConfig = QuotaConfig {
+    count: 10,
+    period: Duration::from_secs(60),
+    burst: 20,
+};
+const DEFAULT_CLEANUP_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Parses `"100/s"`, `"20/m"`, `"1000/h"` or `"off"` (None), with an optional burst that defaults
+/// to the count.
+fn validate_quota(
+    ctx: &Ctx,
+    rate: &Spanned<String>,
+    burst: Option<&Spanned<i64>>,
+    key: &str,
+    burst_key: &str,
+) -> Result<Option<QuotaConfig>, ConfigError> {
+    let text = rate.get_ref().as_str();
+    if text == "off" {
+        return Ok(None);
+    }
+    let bad = || {
+        ctx.error(
+            rate,
+            key,
+            format!(
+                "`{text}` is not a rate; write e.g. \"100/s\", \"20/m\", \"1000/h\" or \"off\""
+            ),
+        )
+    };
+    let (count, unit) = text.split_once('/').ok_or_else(bad)?;
+    let count: u32 = count.parse().map_err(|_| bad())?;
+    let period = match unit {
+        "s" => Duration::from_secs(1),
+        "m" => Duration::from_secs(60),
+        "h" => Duration::from_secs(3600),
+        _ => return Err(bad()),
+    };
+    if count == 0 || count > 1_000_000 {
+        return Err(ctx.error(rate, key, "the count must be between 1 and 1000000"));
+    }
+    let burst = match burst {
+        None => count,
+        Some(burst) => match u32::try_from(*burst.get_ref()) {
+            Ok(value) if (1..=1_000_000).contains(&value) => value,
+            _ => {
+                return Err(ctx.error(burst, burst_key, "must be between 1 and 1000000"));
+            }
+        },
+    };
+    Ok(Some(QuotaConfig {
+        count,
+        period,
+        burst,
+    }))
+}
+
+fn validate_rate_limit(
+    ctx: &Ctx,
+    raw: Option<&Spanned<RawRateLimit>>,
+) -> Result<RateLimitConfig, ConfigError> {
+    let mut config = RateLimitConfig {
+        per_user: None,
+        per_ip: None,
+        auth_failures: Some(DEFAULT_AUTH_FAILURES),
+        headers: false,
+        cleanup_interval: DEFAULT_CLEANUP_INTERVAL,
+    };
+    let Some(raw) = raw.map(Spanned::get_ref) else {
+        return Ok(config);
+    };
+    let orphan_burst = [
+        (
+            &raw.burst,
+            raw.per_user.is_none(),
+            "rate_limit.burst",
+            "per_user",
+        ),
+        (
+            &raw.per_ip_burst,
+            raw.per_ip.is_none(),
+            "rate_limit.per_ip_burst",
+            "per_ip",
+        ),
+        (
+            &raw.auth_failures_burst,
+            false,
+            "rate_limit.auth_failures_burst",
+            "auth_failures",
+        ),
+    ];
+    for (burst, orphan, key, rate) in orphan_burst {
+        if let (Some(burst), true) = (burst, orphan) {
+            return Err(ctx.error(burst, key, format!("a burst needs `{rate}`")));
+        }
+    }
+    if let Some(rate) = &raw.per_user {
+        config.per_user = validate_quota(
+            ctx,
+            rate,
+            raw.burst.as_ref(),
+            "rate_limit.per_user",
+            "rate_limit.burst",
+        )?;
+    }
+    if let Some(rate) = &raw.per_ip {
+        config.per_ip = validate_quota(
+            ctx,
+            rate,
+            raw.per_ip_burst.as_ref(),
+            "rate_limit.per_ip",
+            "rate_limit.per_ip_burst",
+        )?;
+    }
+    match (&raw.auth_failures, &raw.auth_failures_burst) {
+        (Some(rate), burst) => {
+            config.auth_failures = validate_quota(
+                ctx,
+                rate,
+                burst.as_ref(),
+                "rate_limit.auth_failures",
+                "rate_limit.auth_failures_burst",
+            )?;
+        }
+        (None, Some(burst)) => {
+            let rate = Spanned::new(burst.span(), "10/m".to_string());
+            config.auth_failures = validate_quota(
+                ctx,
+                &rate,
+                Some(burst),
+                "rate_limit.auth_failures",
+                "rate_limit.auth_failures_burst",
+            )?;
+        }
+        (None, None) => {}
+    }
+    config.headers = raw.rate_limit_headers.unwrap_or(false);
+    config.cleanup_interval = validate_duration(
+        ctx,
+        &raw.cleanup_interval,
+        "rate_limit.cleanup_interval",
+        DEFAULT_CLEANUP_INTERVAL,
+        false,
+    )?;
+    Ok(config)
+}
+
+fn validate_route_rate_limit(
+    ctx: &Ctx,
+    raw: &RawRouteRateLimit,
+    table: &str,
+    global: &RateLimitConfig,
+) -> Result<RouteRateLimit, ConfigError> {
+    let key = |name: &str| format!("{table}.rate_limit.{name}");
+    let quota = |rate: &Option<Spanned<String>>,
+                 burst: &Option<Spanned<i64>>,
+                 rate_name: &str,
+                 burst_name: &str,
+                 inherited: Option<QuotaConfig>| {
+        match (rate, burst) {
+            (Some(rate), burst) => {
+                validate_quota(ctx, rate, burst.as_ref(), &key(rate_name), &key(burst_name))
+            }
+            (None, Some(burst)) => Err(ctx.error(
+                burst,
+                &key(burst_name),
+                format!("a burst needs `{rate_name}` in the same table"),
+            )),
+            (None, None) => Ok(inherited),
+        }
+    };
+    Ok(RouteRateLimit {
+        per_user: quota(
+            &raw.per_user,
+            &raw.burst,
+            "per_user",
+            "burst",
+            global.per_user,
+        )?,
+        per_ip: quota(
+            &raw.per_ip,
+            &raw.per_ip_burst,
+            "per_ip",
+            "per_ip_burst",
+            global.per_ip,
+        )?,
+    })
+}
+
 fn validate_route(
     ctx: &Ctx,
     index: usize,
     raw: &Spanned<RawRoute>,
     auth: &AuthConfig,
+    rate_limit: &RateLimitConfig,
 ) -> Result<RouteConfig, ConfigError> {
     let route = raw.get_ref();
     let table = format!("route[{index}]");
@@ -847,6 +1087,15 @@ fn validate_route(
     };
     let owner_query_params = validate_query_params(ctx, &route.owner_query_params, &table)?
         .unwrap_or_else(|| auth.owner_query_params.clone());
+    let route_rate_limit = match &route.rate_limit {
+        None => None,
+        Some(raw) => Some(validate_route_rate_limit(
+            ctx,
+            raw.get_ref(),
+            &table,
+            rate_limit,
+        )?),
+    };
     Ok(RouteConfig {
         path: route.path.get_ref().clone(),
         params,
@@ -854,6 +1103,7 @@ fn validate_route(
         auth: auth_mode,
         owner,
         owner_query_params,
+        rate_limit: route_rate_limit,
         location: ctx.location(raw, &table),
     })
 }

@@ -11,6 +11,7 @@ pub struct RawConfig {
     pub server: Option<RawServer>,
     pub upstream: Spanned<RawUpstream>,
     pub auth: Spanned<RawAuth>,
+    pub rate_limit: Option<Spanned<RawRateLimit>>,
     #[serde(default, rename = "route")]
     pub routes: Vec<Spanned<RawRoute>>,
 }
@@ -20,6 +21,30 @@ pub struct RawConfig {
 pub struct RawServer {
     pub listen: Option<Spanned<String>>,
     pub workers: Option<Spanned<i64>>,
+    pub trusted_proxies: Option<Vec<Spanned<String>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    pub per_user: Option<Spanned<String>>,
+    pub burst: Option<Spanned<i64>>,
+    pub per_ip: Option<Spanned<String>>,
+    pub per_ip_burst: Option<Spanned<i64>>,
+    pub auth_failures: Option<Spanned<String>>,
+    pub auth_failures_burst: Option<Spanned<i64>>,
+    pub rate_limit_headers: Option<bool>,
+    pub cleanup_interval: Option<Spanned<String>>,
+}
+
+/// A route's `rate_limit = { ... }` override.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRouteRateLimit {
+    pub per_user: Option<Spanned<String>>,
+    pub burst: Option<Spanned<i64>>,
+    pub per_ip: Option<Spanned<String>>,
+    pub per_ip_burst: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -109,4 +134,5 @@ pub struct RawRoute {
     pub auth: Option<Spanned<String>>,
     pub owner: Option<Spanned<String>>,
     pub owner_query_params: Option<Vec<Spanned<String>>>,
+    pub rate_limit: Option<Spanned<RawRouteRateLimit>>,
 }

@@ -121,6 +121,55 @@ fn each_invalid_config_names_file_line_and_key() {
 }
 
 #[test]
+fn rate_limit_errors_name_the_key() {
+    let cases = [
+        (
+            "per_user = \"10/d\"",
+            "`rate_limit.per_user`",
+            "is not a rate",
+        ),
+        (
+            "per_user = \"0/s\"",
+            "`rate_limit.per_user`",
+            "between 1 and 1000000",
+        ),
+        (
+            "per_ip = \"5/m\"\nper_ip_burst = 0",
+            "`rate_limit.per_ip_burst`",
+            "between 1 and 1000000",
+        ),
+        (
+            "burst = 5",
+            "`rate_limit.burst`",
+            "a burst needs `per_user`",
+        ),
+        (
+            "auth_failures = \"often\"",
+            "`rate_limit.auth_failures`",
+            "is not a rate",
+        ),
+        ("per_usr = \"1/s\"", "", "unknown field `per_usr`"),
+    ];
+    for (table, key, message) in cases {
+        let toml = format!("{BASE_CONFIG}\n[rate_limit]\n{table}\n");
+        let error = parse_error(&toml);
+        assert!(
+            error.contains(key) && error.contains(message),
+            "{table}: {error}"
+        );
+    }
+    let bad_proxy = BASE_CONFIG.replace(
+        "[server]\n",
+        "[server]\ntrusted_proxies = [\"10.0.0.0/33\"]\n",
+    );
+    let error = parse_error(&bad_proxy);
+    assert!(
+        error.contains("`server.trusted_proxies`") && error.contains("prefix length"),
+        "{error}"
+    );
+}
+
+#[test]
 fn unreachable_and_conflicting_routes_are_reported() {
     let duplicate = format!("{BASE_CONFIG}\n[[route]]\npath = \"/api/{{user_id}}/tasks\"\nmethods = [\"POST\"]\nowner = \"user_id\"\n");
     let error = parse_error(&duplicate);

@@ -350,12 +350,14 @@ async fn unknown_kid_flood_makes_at_most_one_fetch_per_cooldown() {
     let key = TestKey::generate("EdDSA", "real");
     let server = JwksServer::start(jwks(&[&key])).await;
     let backend = Backend::start().await;
-    // Default cooldown (30 s): the whole flood fits in one cooldown window.
-    let gateway = start_gateway(
-        &better_auth_config(&server.url(), &["EdDSA"], ""),
-        backend.addr,
-    )
-    .await;
+    // Default cooldown (30 s): the whole flood fits in one cooldown window. The brute-force guard
+    // is off here so that every request reaches key lookup (it has its own tests).
+    let config = better_auth_config(
+        &server.url(),
+        &["EdDSA"],
+        "[rate_limit]\nauth_failures = \"off\"",
+    );
+    let gateway = start_gateway(&config, backend.addr).await;
     eventually("first fetch", || async {
         gateway.gateway.authenticator().keys_ready()
     })

@@ -9,6 +9,7 @@ mod identity_headers;
 mod jwks;
 mod keys;
 mod owner_rule;
+mod rate_limits;
 mod request_targets;
 mod routing;
 mod tokens;
