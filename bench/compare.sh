@@ -35,8 +35,8 @@ ALL_TARGETS=(
   "nginx           http://127.0.0.1:18082  TOKEN_HS256  start_nginx_proxy     no"
   "haproxy         http://127.0.0.1:18081  TOKEN_HS256  start_haproxy         yes"
   "authgate-hs256  http://127.0.0.1:18083  TOKEN_HS256  start_authgate_hs256  yes"
+  "authgate-eddsa  http://127.0.0.1:18085  TOKEN_EDDSA  start_authgate_eddsa  yes"
   # HOOK (later): add one line here and write its start_* function below, e.g.
-  # "authgate-eddsa  http://127.0.0.1:18085  TOKEN_EDDSA  start_authgate_eddsa  yes"  # EdDSA token, key from a JWKS
   # "authgate-tls    https://127.0.0.1:18443 TOKEN_HS256  start_authgate_tls    yes"  # TLS (wrk and curl speak https)
 )
 
@@ -51,7 +51,20 @@ start_haproxy() {
   wait_port 18081 "$SPAWNED_PID" haproxy
 }
 start_authgate_hs256() { start_authgate authgate-hs256; }
-# start_authgate_eddsa() { ...; }   # HOOK: JWKS server + EdDSA-configured authgate on :18085
+# authgate verifying Better Auth-style EdDSA tokens whose key comes from a JWKS served on :18086.
+start_authgate_eddsa() {
+  port_free_or_die 18086
+  spawn jwks-server python3 -m http.server 18086 --bind 127.0.0.1 --directory "$BENCH_TMP/jwks"
+  wait_port 18086 "$SPAWNED_PID" jwks-server
+  local config=$BENCH_TMP/gateway-eddsa.toml
+  sed -e 's/127.0.0.1:18083/127.0.0.1:18085/' \
+      -e 's|^algorithms = .*|algorithms = ["EdDSA"]\njwks_url = "http://127.0.0.1:18086/jwks.json"\nissuer = "http://127.0.0.1:3000"\naudience = "http://127.0.0.1:3000"|' \
+      -e '/^secret_env/d' "$AUTHGATE_CONFIG" >"$config"
+  "$AUTHGATE_BIN" check --config "$config" >"$BENCH_TMP/check-eddsa.log" 2>&1 ||
+    { cat "$BENCH_TMP/check-eddsa.log" >&2; die "authgate check rejected $config"; }
+  spawn authgate-eddsa "$AUTHGATE_BIN" --config "$config"
+  wait_port 18085 "$SPAWNED_PID" authgate-eddsa
+}
 # start_authgate_tls() { ...; }     # HOOK: authgate with a self-signed cert on :18443
 # ---------------------------------------------------------------------------------------------
 
@@ -73,7 +86,7 @@ printf 'authgate bench: %d target(s) x %d connection count(s) x %d round(s) x %d
 
 need_tools nginx haproxy wrk curl
 build_authgate
-port_free_or_die 18080 18081 18082 18083
+port_free_or_die 18080 18081 18082 18083 18085 18086
 bench_init
 raise_nofile 16384  # haproxy asks for 2 x maxconn (8000) + a few
 
@@ -97,6 +110,11 @@ BUSY_PCT=$(awk -v t=$((total1 - total0)) -v i=$((idle1 - idle0)) 'BEGIN { printf
 ((BUSY_PCT <= 20)) || warn "the machine was ${BUSY_PCT}% busy (all cores) in the second before the run: expect noise"
 TOKEN_HS256=$(mint_token alice) || die "could not mint a token (pyjwt?)"
 export TOKEN_HS256
+[[ -n "${AUTHGATE_CONFIG:-}" ]] || authgate_config
+mkdir -p "$BENCH_TMP/jwks"
+TOKEN_EDDSA=$(python3 "$BENCH_DIR/mint_eddsa.py" "$BENCH_TMP/jwks/jwks.json" http://127.0.0.1:3000 alice) ||
+  die "could not mint an EdDSA token (pip install 'pyjwt[crypto]')"
+export TOKEN_EDDSA
 
 log "starting the backend and the targets"
 start_backend

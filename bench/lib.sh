@@ -87,9 +87,9 @@ need_tools() {
     for t in "${missing[@]}"; do command -v "$t" >/dev/null 2>&1 || die "$t still missing after apt-get install"; done
   fi
   command -v python3 >/dev/null 2>&1 || die "python3 is required"
-  if ! python3 -c 'import jwt' 2>/dev/null; then
-    log "installing pyjwt"
-    PIP_ROOT_USER_ACTION=ignore python3 -m pip install -q pyjwt >&2 || die "pip install pyjwt failed"
+  if ! python3 -c 'import jwt, cryptography' 2>/dev/null; then
+    log "installing pyjwt[crypto]"
+    PIP_ROOT_USER_ACTION=ignore python3 -m pip install -q 'pyjwt[crypto]' >&2 || die "pip install pyjwt[crypto] failed"
   fi
 }
 

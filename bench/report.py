@@ -104,6 +104,24 @@ def main(meta_path, results_path):
                 out.append(f"| {conns} | {g} | " + " | ".join(cells) + " |")
         out.append("")
 
+    if any(r["target"] == "authgate-eddsa" for r in rows) and any(r["target"] == "authgate-hs256" for r in rows):
+        out.append("## EdDSA (JWKS) vs HS256 through authgate")
+        out.append("")
+        out.append("Target: EdDSA ≥ 0.9 × HS256 (the verified-token cache makes a repeated token skip "
+                   "signature verification). Per-round ratios pair the two runs of the same round.")
+        out.append("")
+        out.append("| connections | mean req/s ratio | per-round ratios |")
+        out.append("|---:|---:|---|")
+        for conns in runs:
+            ed = {r["round"]: float(r["rps"]) for r in rows if int(r["conns"]) == conns and r["target"] == "authgate-eddsa"}
+            hs = {r["round"]: float(r["rps"]) for r in rows if int(r["conns"]) == conns and r["target"] == "authgate-hs256"}
+            pairs = [ed[k] / hs[k] for k in ed if k in hs and hs[k]]
+            if not pairs:
+                continue
+            mean_ratio = (sum(ed.values()) / len(ed)) / (sum(hs.values()) / len(hs))
+            out.append(f"| {conns} | {mean_ratio:.2f} | " + ", ".join(f"{p:.2f}" for p in pairs) + " |")
+        out.append("")
+
     out.append("<details><summary>every run</summary>")
     out.append("")
     out.append("| connections | round | target | req/s | p50 ms | p90 ms | p99 ms | max ms | non-2xx | socket errors |")

@@ -192,6 +192,15 @@ impl Authenticator {
             .iter()
             .map(|config| {
                 let issuer = Issuer::new(config, &generation);
+                tracing::info!(
+                    source = %config.label,
+                    issuer = config.issuer.as_deref().unwrap_or("(any)"),
+                    algorithms = ?config.algorithms,
+                    hmac_secret = config.secret.is_some(),
+                    jwks_file_keys = issuer.file_keys.as_ref().map_or(0, KeySet::len),
+                    jwks_url = config.jwks_url.as_ref().map(|url| url.to_string()),
+                    "key sources configured; a jwks_url is fetched in the background"
+                );
                 if let Some(remote) = &issuer.remote {
                     match tokio::runtime::Handle::try_current() {
                         Ok(runtime) => {

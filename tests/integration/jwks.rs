@@ -104,6 +104,10 @@ impl JwksServer {
         document.body = body;
     }
 
+    fn set_cache_control(&self, value: &str) {
+        self.document.lock().unwrap().cache_control = Some(value.into());
+    }
+
     fn fetches(&self) -> usize {
         self.fetches.load(Ordering::SeqCst)
     }
@@ -720,4 +724,59 @@ async fn jwks_file_source() {
     assert_eq!(get_tasks(&gateway, &token).await.status, 200);
     assert_eq!(backend.only().header_values("x-user-id"), vec!["alice"]);
     std::fs::remove_dir_all(&dir).ok();
+}
+
+#[tokio::test]
+async fn cache_control_max_age_is_honoured_within_bounds() {
+    let key = TestKey::generate("EdDSA", "k1");
+    let server = JwksServer::start(jwks(&[&key])).await;
+    server.set_cache_control("public, max-age=1");
+    let backend = Backend::start().await;
+    // The configured refresh is an hour; the server asks for 1 s, which is above the cooldown.
+    let config = better_auth_config(
+        &server.url(),
+        &["EdDSA"],
+        "jwks_refresh = \"1h\"\njwks_cooldown = \"500ms\"",
+    );
+    let _gateway = start_gateway(&config, backend.addr).await;
+    eventually("the first fetch", || async { server.fetches() >= 1 }).await;
+    eventually(
+        "refetches at the server's max-age, not the hour",
+        || async { server.fetches() >= 3 },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_hanging_auth_server_times_out_instead_of_hanging_requests() {
+    // Accepts connections and never answers.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    let backend = Backend::start().await;
+    let config = better_auth_config(
+        &format!("http://{addr}/jwks"),
+        &["EdDSA"],
+        "jwks_timeout = \"300ms\"",
+    );
+    let gateway = start_gateway(&config, backend.addr).await;
+    let token = TestKey::generate("EdDSA", "k1").token(&better_auth_claims("alice", BASE_URL));
+    let started = std::time::Instant::now();
+    let response = get_tasks(&gateway, &token).await;
+    assert_eq!(response.status, 503);
+    // Bounded by the fetch timeout, not by the auth server: not a performance assertion.
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let remote = gateway
+        .gateway
+        .authenticator()
+        .remote_sources()
+        .next()
+        .unwrap();
+    assert!(remote.fetches_failed.load(Ordering::Relaxed) >= 1);
+    assert_eq!(backend.count(), 0);
 }
