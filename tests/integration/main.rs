@@ -3,12 +3,14 @@
 
 mod common;
 
+mod compose;
 mod config_errors;
 mod crud;
 mod identity_headers;
 mod jwks;
 mod keys;
 mod owner_rule;
+mod properties;
 mod rate_limits;
 mod request_targets;
 mod routing;

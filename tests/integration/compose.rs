@@ -1,0 +1,1 @@
+//! Placeholder: the compose checks are being written.

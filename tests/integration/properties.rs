@@ -1,0 +1,1 @@
+//! Placeholder: the property tests are being written.
