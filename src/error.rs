@@ -41,6 +41,12 @@ pub enum GatewayError {
     /// The upstream refused, reset, or spoke garbage.
     #[error("upstream unavailable")]
     UpstreamUnavailable,
+    /// The request body went past `max_body_bytes`.
+    #[error("request body too large")]
+    PayloadTooLarge,
+    /// The whole exchange up to the response head took longer than `request_timeout`.
+    #[error("request timed out")]
+    RequestTimeout,
     /// The upstream did not answer within the configured timeout.
     #[error("upstream timed out")]
     UpstreamTimeout,
@@ -57,7 +63,10 @@ impl GatewayError {
             GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::KeysUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
-            GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::UpstreamTimeout | GatewayError::RequestTimeout => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
+            GatewayError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         }
     }
 
@@ -76,6 +85,8 @@ impl GatewayError {
             GatewayError::KeysUnavailable => "keys_unavailable",
             GatewayError::UpstreamUnavailable => "upstream_unavailable",
             GatewayError::UpstreamTimeout => "upstream_timeout",
+            GatewayError::RequestTimeout => "request_timeout",
+            GatewayError::PayloadTooLarge => "body_too_large",
         }
     }
 
@@ -94,6 +105,8 @@ impl GatewayError {
             }
             GatewayError::UpstreamUnavailable => "the upstream service is unavailable",
             GatewayError::UpstreamTimeout => "the upstream service did not answer in time",
+            GatewayError::RequestTimeout => "the request took longer than the gateway allows",
+            GatewayError::PayloadTooLarge => "the request body is larger than the gateway allows",
         }
     }
 

@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod authz;
+pub mod body;
 pub mod config;
 pub mod demo_backend;
 pub mod error;

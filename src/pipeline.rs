@@ -17,7 +17,8 @@ use std::sync::Arc;
 
 use crate::auth::{self, Authenticator, Identity, VerifyError};
 use crate::authz;
-use crate::config::{AuthMode, Config, ConfigError};
+use crate::body::RequestBody;
+use crate::config::{AuthMode, Config, ConfigError, LimitsConfig};
 use crate::error::GatewayError;
 use crate::forwarded::TrustedProxies;
 use crate::headers::{ClientInfo, HeaderPolicy};
@@ -37,12 +38,18 @@ pub struct Gateway {
     authenticator: Authenticator,
     headers: HeaderPolicy,
     upstream: Upstream,
+    server_limits: LimitsConfig,
 }
 
 impl Gateway {
     /// The authenticator, for readiness checks.
     pub fn authenticator(&self) -> &Authenticator {
         &self.authenticator
+    }
+
+    /// Connection-level limits, for the server.
+    pub fn server_limits(&self) -> &LimitsConfig {
+        &self.server_limits
     }
 
     /// The rate limiters, for metrics and memory checks.
@@ -58,6 +65,7 @@ impl Gateway {
             authenticator: Authenticator::new(&config.auth),
             headers: HeaderPolicy::new(&config.auth),
             upstream: Upstream::new(&config.upstream),
+            server_limits: config.limits,
         })
     }
 
@@ -67,7 +75,13 @@ impl Gateway {
         client: &ClientInfo,
     ) -> Response<ResponseBody> {
         let method = request.method().clone();
-        match self.run(request, client).await {
+        let outcome = tokio::time::timeout(
+            self.server_limits.request_timeout,
+            self.run(request, client),
+        )
+        .await
+        .unwrap_or(Err(GatewayError::RequestTimeout));
+        match outcome {
             Ok(response) => response.map(Either::Left),
             Err(err) => {
                 tracing::debug!(%method, peer = %client.peer, reason = err.code(), "refused: {err}");
@@ -82,6 +96,10 @@ impl Gateway {
         client: &ClientInfo,
     ) -> Result<Response<Incoming>, GatewayError> {
         let (mut parts, body) = request.into_parts();
+        let max_body = self.server_limits.max_body_bytes;
+        if http_body::Body::size_hint(&body).lower() > max_body {
+            return Err(GatewayError::PayloadTooLarge);
+        }
         let address =
             self.trusted_proxies
                 .client(client.peer.ip(), &client.forwarded_for, &parts.headers);
@@ -113,6 +131,7 @@ impl Gateway {
             authority.as_ref().map(|a| a.as_str()),
             identity.as_ref().map(|identity| &identity.header_value),
         )?;
+        let body = RequestBody::limited(body, max_body);
         let mut response = self.upstream.forward(parts, body).await?;
         self.headers.rewrite_response(response.headers_mut());
         if let (true, Some(allowance)) = (self.limits.headers, allowance) {

@@ -1,53 +1,75 @@
 //! Listeners and connections: accept TCP, speak HTTP/1.1 or h2c (detected per connection), hand
 //! each request to the pipeline, and shut down gracefully.
+//!
+//! Limits enforced here, all from `[limits]`:
+//! - `max_connections`: a connection slot is taken *before* `accept`, so connections above the cap
+//!   wait in the kernel's listen backlog until a slot frees; nothing is crashed or reset.
+//! - `header_read_timeout`: hyper enforces it only when a timer is installed on the builder, which
+//!   `connection_builder` does; without it a slowloris client holds a connection forever. hyper
+//!   also arms it while an HTTP/1 keep-alive connection waits for its next request, so an idle
+//!   HTTP/1 connection is closed after `min(idle_timeout, header_read_timeout)`.
+//! - `idle_timeout`: no bytes either way for this long closes the connection (`IdleTimeout`).
+//! - HTTP/2: `max_concurrent_streams`, header list size, keep-alive pings.
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::time::{Instant, Sleep};
 
+use crate::config::LimitsConfig;
 use crate::headers::ClientInfo;
 use crate::pipeline::Gateway;
 
-/// How long a client may take to send a complete request head. hyper only enforces this when a
-/// timer is installed on the builder, which `connection_builder` does: without it, a slowloris
-/// client could hold a connection open forever.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long in-flight requests get to finish after a shutdown signal.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
-
-fn connection_builder() -> auto::Builder<TokioExecutor> {
+fn connection_builder(limits: &LimitsConfig) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes)
         .keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(100)
-        .max_header_list_size(16 * 1024);
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .max_header_list_size(limits.max_header_bytes as u32)
+        .keep_alive_interval(Some(Duration::from_secs(20)))
+        .keep_alive_timeout(Duration::from_secs(20));
     builder
 }
 
 /// Serves the gateway on `listener` until `shutdown` resolves, then stops accepting and waits up
-/// to `SHUTDOWN_GRACE` for open connections to finish their requests.
+/// to `shutdown_grace` for open connections to finish their requests.
 pub async fn serve(
     listener: TcpListener,
     gateway: Arc<Gateway>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let builder = Arc::new(connection_builder());
+    let limits = *gateway.server_limits();
+    let builder = Arc::new(connection_builder(&limits));
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -65,13 +87,15 @@ pub async fn serve(
         let gateway = gateway.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
+        let io = TokioIo::new(IdleTimeout::new(stream, limits.idle_timeout));
         tokio::spawn(async move {
+            let _slot = slot;
             let service = service_fn(move |request| {
                 let gateway = gateway.clone();
                 let client = client.clone();
                 async move { Ok::<_, Infallible>(gateway.handle(request, &client).await) }
             });
-            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            let connection = builder.serve_connection(io, service);
             if let Err(err) = watcher.watch(connection).await {
                 tracing::debug!(error = %err, %peer, "connection ended with an error");
             }
@@ -79,10 +103,116 @@ pub async fn serve(
     }
     drop(listener);
     tracing::info!("shutting down: waiting for in-flight requests");
-    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+    if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown())
         .await
         .is_err()
     {
         tracing::warn!("shutdown grace period elapsed with connections still open");
+    }
+}
+
+/// Closes a connection that moved no bytes in either direction for `idle`.
+///
+/// The timer is re-armed lazily: reads and writes only record the time, and when the timer fires
+/// early because of recent activity it is pushed to the new deadline. That keeps the per-IO cost to
+/// one clock read instead of a timer-wheel update.
+pub struct IdleTimeout<T> {
+    inner: T,
+    idle: Duration,
+    last_activity: Instant,
+    timer: Pin<Box<Sleep>>,
+}
+
+impl<T> IdleTimeout<T> {
+    pub fn new(inner: T, idle: Duration) -> IdleTimeout<T> {
+        let now = Instant::now();
+        IdleTimeout {
+            inner,
+            idle,
+            last_activity: now,
+            timer: Box::pin(tokio::time::sleep_until(now + idle)),
+        }
+    }
+
+    /// Called when the inner IO is pending: Ready(error) once the connection has been idle too long.
+    fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        loop {
+            if self.timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let deadline = self.last_activity + self.idle;
+            if deadline <= Instant::now() {
+                return Poll::Ready(io::Error::new(io::ErrorKind::TimedOut, "connection idle"));
+            }
+            self.timer.as_mut().reset(deadline);
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for IdleTimeout<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(result) => {
+                if buf.filled().len() > before {
+                    this.last_activity = Instant::now();
+                }
+                Poll::Ready(result)
+            }
+            Poll::Pending => this.poll_idle(cx).map(Err),
+        }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for IdleTimeout<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_write(cx, data) {
+            Poll::Ready(result) => {
+                if matches!(result, Ok(written) if written > 0) {
+                    this.last_activity = Instant::now();
+                }
+                Poll::Ready(result)
+            }
+            Poll::Pending => this.poll_idle(cx).map(Err),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_write_vectored(cx, bufs) {
+            Poll::Ready(result) => {
+                if matches!(result, Ok(written) if written > 0) {
+                    this.last_activity = Instant::now();
+                }
+                Poll::Ready(result)
+            }
+            Poll::Pending => this.poll_idle(cx).map(Err),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }

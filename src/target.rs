@@ -101,9 +101,14 @@ pub fn decode_path(path: &str) -> Result<Cow<'_, str>, &'static str> {
         return Ok(Cow::Borrowed(path));
     }
     // Overlong encodings (`%c0%ae`), lone surrogates and stray continuation bytes all fail here.
-    String::from_utf8(decoded)
-        .map(Cow::Owned)
-        .map_err(|_| "path is not valid UTF-8 after decoding")
+    let decoded =
+        String::from_utf8(decoded).map_err(|_| "path is not valid UTF-8 after decoding")?;
+    // C1 controls (U+0080..U+009F) arrive as two-byte sequences the byte checks above cannot see;
+    // some parsers treat U+0085 (NEL) as a line break.
+    if decoded.chars().any(char::is_control) {
+        return Err("encoded control character in path");
+    }
+    Ok(Cow::Owned(decoded))
 }
 
 /// An escape may not produce a byte that changes how the path splits or ends, nor a second round

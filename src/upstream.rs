@@ -5,17 +5,19 @@ use std::time::Duration;
 
 use http::request::Parts;
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Request, Response, Uri, Version};
+use http::{Method, Request, Response, Uri, Version};
+use http_body::Body;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use crate::body::{BodyTooLarge, RequestBody};
 use crate::config::UpstreamConfig;
 use crate::error::GatewayError;
 
 pub struct Upstream {
-    client: Client<HttpConnector, Incoming>,
+    client: Client<HttpConnector, RequestBody>,
     scheme: Scheme,
     authority: Authority,
     timeout: Duration,
@@ -32,6 +34,9 @@ impl Upstream {
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(1024)
+            // A request that never got written (its pooled connection turned out dead) is resent
+            // by hyper: nothing reached the backend, so this is safe for every method.
+            .retry_canceled_requests(true)
             .build(connector);
         Upstream {
             client,
@@ -43,11 +48,15 @@ impl Upstream {
 
     /// Sends the request to the backend with the original path and query bytes, and returns the
     /// response head as soon as it arrives (its body streams). Refused or reset: 502. No response
-    /// head within the timeout: 504.
+    /// head within the timeout: 504. Body over the limit: 413.
+    ///
+    /// A body-less GET or HEAD whose connection closed before any response byte (a stale pooled
+    /// connection racing the backend's keep-alive timeout) is retried once on a new connection:
+    /// those requests are idempotent. Nothing else is retried.
     pub async fn forward(
         &self,
         mut parts: Parts,
-        body: Incoming,
+        body: RequestBody,
     ) -> Result<Response<Incoming>, GatewayError> {
         let path_and_query = parts
             .uri
@@ -62,17 +71,89 @@ impl Upstream {
             Uri::from_parts(uri).map_err(|_| GatewayError::BadTarget("unforwardable target"))?;
         // The backend speaks HTTP/1.1 whatever the client spoke to us.
         parts.version = Version::HTTP_11;
-        let request = Request::from_parts(parts, body);
-        match tokio::time::timeout(self.timeout, self.client.request(request)).await {
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(err)) => {
-                tracing::warn!(error = %err, source = ?std::error::Error::source(&err), "upstream request failed");
-                Err(GatewayError::UpstreamUnavailable)
+        let idempotent = parts.method == Method::GET || parts.method == Method::HEAD;
+        let retry = if idempotent && body.is_end_stream() {
+            retry_head(&parts)
+        } else {
+            None
+        };
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let first = self.send(Request::from_parts(parts, body), deadline).await;
+        match (first, retry) {
+            (Err(Attempt::Stale), Some(parts)) => {
+                tracing::debug!("stale upstream connection; retrying the idempotent request once");
+                match self
+                    .send(Request::from_parts(parts, RequestBody::empty()), deadline)
+                    .await
+                {
+                    Ok(response) => Ok(response),
+                    Err(attempt) => Err(attempt.into_error()),
+                }
             }
+            (Ok(response), _) => Ok(response),
+            (Err(attempt), _) => Err(attempt.into_error()),
+        }
+    }
+
+    async fn send(
+        &self,
+        request: Request<RequestBody>,
+        deadline: tokio::time::Instant,
+    ) -> Result<Response<Incoming>, Attempt> {
+        match tokio::time::timeout_at(deadline, self.client.request(request)).await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(err)) => Err(classify(&err)),
             Err(_) => {
                 tracing::warn!(timeout = ?self.timeout, "upstream timed out");
-                Err(GatewayError::UpstreamTimeout)
+                Err(Attempt::TimedOut)
             }
         }
     }
+}
+
+enum Attempt {
+    /// The connection closed before any response byte: safe to retry if idempotent.
+    Stale,
+    BodyTooLarge,
+    TimedOut,
+    Failed,
+}
+
+impl Attempt {
+    fn into_error(self) -> GatewayError {
+        match self {
+            Attempt::BodyTooLarge => GatewayError::PayloadTooLarge,
+            Attempt::TimedOut => GatewayError::UpstreamTimeout,
+            Attempt::Stale | Attempt::Failed => GatewayError::UpstreamUnavailable,
+        }
+    }
+}
+
+/// The parts needed to resend a body-less request; cloned only for GET and HEAD.
+fn retry_head(parts: &Parts) -> Option<Parts> {
+    let mut request = Request::builder()
+        .method(parts.method.clone())
+        .uri(parts.uri.clone())
+        .version(parts.version)
+        .body(())
+        .ok()?;
+    *request.headers_mut() = parts.headers.clone();
+    Some(request.into_parts().0)
+}
+
+fn classify(err: &hyper_util::client::legacy::Error) -> Attempt {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(err);
+    while let Some(cause) = source {
+        if cause.is::<BodyTooLarge>() {
+            return Attempt::BodyTooLarge;
+        }
+        if let Some(hyper_error) = cause.downcast_ref::<hyper::Error>() {
+            if hyper_error.is_incomplete_message() || hyper_error.is_canceled() {
+                return Attempt::Stale;
+            }
+        }
+        source = cause.source();
+    }
+    tracing::warn!(error = %err, source = ?std::error::Error::source(err), "upstream request failed");
+    Attempt::Failed
 }

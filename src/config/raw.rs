@@ -12,6 +12,7 @@ pub struct RawConfig {
     pub upstream: Spanned<RawUpstream>,
     pub auth: Spanned<RawAuth>,
     pub rate_limit: Option<Spanned<RawRateLimit>>,
+    pub limits: Option<Spanned<RawLimits>>,
     #[serde(default, rename = "route")]
     pub routes: Vec<Spanned<RawRoute>>,
 }
@@ -22,6 +23,19 @@ pub struct RawServer {
     pub listen: Option<Spanned<String>>,
     pub workers: Option<Spanned<i64>>,
     pub trusted_proxies: Option<Vec<Spanned<String>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub header_read_timeout: Option<Spanned<String>>,
+    pub idle_timeout: Option<Spanned<String>>,
+    pub request_timeout: Option<Spanned<String>>,
+    pub shutdown_grace: Option<Spanned<String>>,
+    pub max_header_bytes: Option<Spanned<i64>>,
+    pub max_body_bytes: Option<Spanned<i64>>,
+    pub max_connections: Option<Spanned<i64>>,
+    pub max_concurrent_streams: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

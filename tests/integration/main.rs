@@ -6,6 +6,7 @@ mod common;
 mod compose;
 mod config_errors;
 mod crud;
+mod hardening;
 mod identity_headers;
 mod jwks;
 mod keys;

@@ -1,0 +1,82 @@
+//! The request body as forwarded: the client's body, counted while it streams.
+//!
+//! Threat: a chunked body has no Content-Length to check up front, so a limit checked only on the
+//! header is no limit. Counting every frame as it passes bounds what a client can push through us
+//! without ever buffering the body.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+/// The body went past `max_body_bytes`; found in the upstream error's source chain, becomes 413.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body is larger than the configured limit")]
+pub struct BodyTooLarge;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+pub struct RequestBody {
+    inner: Option<Incoming>,
+    remaining: u64,
+}
+
+impl RequestBody {
+    pub fn limited(inner: Incoming, limit: u64) -> RequestBody {
+        RequestBody {
+            inner: Some(inner),
+            remaining: limit,
+        }
+    }
+
+    /// No body: what a retried GET/HEAD carries.
+    pub fn empty() -> RequestBody {
+        RequestBody {
+            inner: None,
+            remaining: 0,
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let len = data.len() as u64;
+                    if len > this.remaining {
+                        this.inner = None;
+                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
+                    }
+                    this.remaining -= len;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(err))) => Poll::Ready(Some(Err(Box::new(err)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+    }
+}
