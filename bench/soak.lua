@@ -37,6 +37,7 @@ local function report()
   local line = "soak-statuses"
   for status, n in pairs(counts) do line = line .. " " .. status .. "=" .. n end
   io.write(line .. " total=" .. total .. "\n")
+  io.stdout:flush() -- soak.sh polls for this line while wrk runs
 end
 
 response = function(status, headers, body)

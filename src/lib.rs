@@ -3,6 +3,7 @@
 //! The binary is a thin CLI over this library; the integration tests drive the same library over
 //! real sockets. `pipeline` is where to start reading.
 
+pub mod admin;
 pub mod auth;
 pub mod authz;
 pub mod body;
@@ -11,6 +12,8 @@ pub mod demo_backend;
 pub mod error;
 pub mod forwarded;
 pub mod headers;
+pub mod live;
+pub mod metrics;
 pub mod pipeline;
 pub mod ratelimit;
 pub mod routes;

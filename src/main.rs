@@ -4,15 +4,14 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use serde_json::{Map, Value};
 use tokio::net::TcpListener;
 
-use authgate::config::{parse_duration, Config};
-use authgate::pipeline::Gateway;
+use authgate::config::{parse_duration, Config, LogFormat};
+use authgate::live::Live;
 
 const EXIT_RUNTIME: u8 = 1;
 const EXIT_CONFIG: u8 = 2;
@@ -55,10 +54,17 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
-    match cli.command.unwrap_or(Command::Run) {
+    let command = cli.command.unwrap_or(Command::Run);
+    // The format comes from the config's [log] table, read before full validation so that
+    // validation warnings already use it. The guard flushes buffered lines at exit.
+    let format = match command {
+        Command::Run => peek_log_format(&cli.config),
+        _ => LogFormat::Pretty,
+    };
+    let _log_guard = init_tracing(format);
+    match command {
         Command::Run => match Config::load(&cli.config) {
-            Ok(config) => run_gateway(config),
+            Ok(config) => run_gateway(config, cli.config.clone()),
             Err(err) => config_error(err),
         },
         Command::Check => match Config::load(&cli.config) {
@@ -82,13 +88,35 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing() {
+fn peek_log_format(path: &std::path::Path) -> LogFormat {
+    let format = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|text| text.parse::<toml::Table>().ok())
+        .and_then(|table| {
+            let log = table.get("log")?.as_table()?;
+            Some(log.get("format")?.as_str()? == "pretty")
+        });
+    if format == Some(true) {
+        LogFormat::Pretty
+    } else {
+        LogFormat::Json
+    }
+}
+
+/// Logs go to stderr through a non-blocking writer: a slow log consumer must never stall requests.
+/// The level comes from `RUST_LOG` (default `info`).
+fn init_tracing(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(writer);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Pretty => builder.init(),
+    }
+    guard
 }
 
 fn config_error(err: authgate::config::ConfigError) -> ExitCode {
@@ -104,7 +132,7 @@ fn runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
     builder.enable_all().build()
 }
 
-fn run_gateway(config: Config) -> ExitCode {
+fn run_gateway(config: Config, config_path: PathBuf) -> ExitCode {
     let runtime = match runtime(config.server.workers) {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -120,17 +148,49 @@ fn run_gateway(config: Config) -> ExitCode {
                 return ExitCode::from(EXIT_RUNTIME);
             }
         };
-        let gateway = match Gateway::new(&config) {
-            Ok(gateway) => Arc::new(gateway),
+        let admin = match config.admin_listen {
+            None => None,
+            Some(address) => match TcpListener::bind(address).await {
+                Ok(listener) => Some(listener),
+                Err(err) => {
+                    eprintln!("authgate: cannot listen on {address} (admin): {err}");
+                    return ExitCode::from(EXIT_RUNTIME);
+                }
+            },
+        };
+        let live = match Live::new(config.clone()) {
+            Ok(live) => live,
             Err(err) => return config_error(err),
         };
         tracing::info!(
             listen = %config.server.listen,
+            admin = ?config.admin_listen,
             upstream = %format!("{}://{}", config.upstream.scheme, config.upstream.authority),
             routes = config.routes.len(),
             "authgate listening"
         );
-        authgate::server::serve(listener, gateway, shutdown_signal()).await;
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            let _ = stop.send(true);
+        });
+        let until_stopped = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        };
+        if let Some(admin) = admin {
+            tokio::spawn(authgate::admin::serve(
+                admin,
+                live.clone(),
+                until_stopped(stopped.clone()),
+            ));
+        }
+        let watcher = tokio::spawn(authgate::live::watch(
+            live.clone(),
+            config_path,
+            Duration::from_secs(2),
+        ));
+        authgate::server::serve(listener, live, until_stopped(stopped)).await;
+        watcher.abort();
         ExitCode::SUCCESS
     })
 }
@@ -252,7 +312,7 @@ async fn run_demo() -> Result<(), String> {
             .map_err(|err| format!("cannot bind the gateway: {err}"))?,
     };
     let gateway_addr = listener.local_addr().map_err(|err| err.to_string())?;
-    let gateway = Arc::new(Gateway::new(&config).map_err(|err| err.to_string())?);
+    let live = Live::new(config).map_err(|err| err.to_string())?;
 
     let mint = |sub: &str| {
         authgate::token::mint_hmac(
@@ -287,6 +347,6 @@ async fn run_demo() -> Result<(), String> {
          \x20 curl -i --path-as-is -H \"Authorization: Bearer $BOB\" {base}/api/bob/../alice/tasks\n\n\
          Ctrl-C to stop."
     );
-    authgate::server::serve(listener, gateway, shutdown_signal()).await;
+    authgate::server::serve(listener, live, shutdown_signal()).await;
     Ok(())
 }

@@ -6,14 +6,16 @@
 //! needs or returns a `GatewayError`; `error.rs` alone turns that into a response. Nothing reaches
 //! `forward` without passing every stage before it.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-
-use std::sync::Arc;
 
 use crate::auth::{self, Authenticator, Identity, VerifyError};
 use crate::authz;
@@ -22,6 +24,7 @@ use crate::config::{AuthMode, Config, ConfigError, LimitsConfig};
 use crate::error::GatewayError;
 use crate::forwarded::TrustedProxies;
 use crate::headers::{ClientInfo, HeaderPolicy};
+use crate::metrics::Metrics;
 use crate::ratelimit::RateLimits;
 use crate::routes::RouteTable;
 use crate::target;
@@ -30,7 +33,10 @@ use crate::upstream::Upstream;
 /// What the gateway answers with: the backend's streamed body, or our own small JSON refusal.
 pub type ResponseBody = Either<Incoming, Full<Bytes>>;
 
-/// Everything compiled from one config: the hot path only looks things up in here.
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Everything compiled from one config: the hot path only looks things up in here. A reload builds
+/// a new `Gateway` and swaps it in; requests in flight keep the one they started with.
 pub struct Gateway {
     routes: RouteTable,
     trusted_proxies: TrustedProxies,
@@ -39,7 +45,24 @@ pub struct Gateway {
     headers: HeaderPolicy,
     upstream: Upstream,
     server_limits: LimitsConfig,
+    access_log: bool,
+    metrics: Arc<Metrics>,
 }
+
+/// What one request did, filled in by the stages as they run: the access log and the metrics
+/// read it at the end.
+#[derive(Default)]
+struct Exchange {
+    client_ip: Option<IpAddr>,
+    /// Set only once the target passed validation: refused targets are never logged raw.
+    path_validated: bool,
+    route: Option<Arc<String>>,
+    user: Option<Arc<Identity>>,
+    upstream_time: Option<Duration>,
+}
+
+static NO_ROUTE: std::sync::LazyLock<Arc<String>> =
+    std::sync::LazyLock::new(|| Arc::new("none".to_string()));
 
 impl Gateway {
     /// The authenticator, for readiness checks.
@@ -57,43 +80,116 @@ impl Gateway {
         &self.limits
     }
 
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     pub fn new(config: &Config) -> Result<Gateway, ConfigError> {
+        Gateway::with_metrics(config, Metrics::new(), None)
+    }
+
+    /// Builds a gateway that reports into `metrics`. With `previous`, remote JWKS sources whose
+    /// settings did not change are carried over, keys and all, so a reload never answers 503.
+    pub fn with_metrics(
+        config: &Config,
+        metrics: Arc<Metrics>,
+        previous: Option<&Gateway>,
+    ) -> Result<Gateway, ConfigError> {
         Ok(Gateway {
             routes: RouteTable::compile(&config.routes)?,
             trusted_proxies: TrustedProxies::new(config.server.trusted_proxies.clone()),
             limits: RateLimits::new(&config.rate_limit, &config.routes),
-            authenticator: Authenticator::new(&config.auth),
+            authenticator: Authenticator::with_previous(
+                &config.auth,
+                &metrics,
+                previous.map(|gateway| &gateway.authenticator),
+            ),
             headers: HeaderPolicy::new(&config.auth),
             upstream: Upstream::new(&config.upstream),
             server_limits: config.limits,
+            access_log: config.log.access,
+            metrics,
         })
     }
 
     pub async fn handle(
         &self,
-        request: Request<Incoming>,
+        mut request: Request<Incoming>,
         client: &ClientInfo,
     ) -> Response<ResponseBody> {
+        let started = Instant::now();
         let method = request.method().clone();
+        let uri = request.uri().clone();
+        let request_id = self.request_id(request.headers(), client);
+        request
+            .headers_mut()
+            .insert(X_REQUEST_ID.clone(), request_id.clone());
+        let mut exchange = Exchange::default();
         let outcome = tokio::time::timeout(
             self.server_limits.request_timeout,
-            self.run(request, client),
+            self.run(request, client, &mut exchange),
         )
         .await
         .unwrap_or(Err(GatewayError::RequestTimeout));
-        match outcome {
-            Ok(response) => response.map(Either::Left),
+        let (mut response, reason) = match outcome {
+            Ok(response) => (response.map(Either::Left), None),
             Err(err) => {
-                tracing::debug!(%method, peer = %client.peer, reason = err.code(), "refused: {err}");
-                err.into_response().map(Either::Right)
+                let reason = err.code();
+                self.metrics.record_refusal(reason);
+                (err.into_response().map(Either::Right), Some(reason))
+            }
+        };
+        response
+            .headers_mut()
+            .insert(X_REQUEST_ID.clone(), request_id.clone());
+        let took = started.elapsed();
+        let route = exchange.route.as_ref().unwrap_or(&NO_ROUTE);
+        self.metrics
+            .record_request(route, &method, response.status().as_u16(), took);
+        if self.access_log {
+            tracing::info!(
+                target: "authgate::access",
+                request_id = request_id.to_str().unwrap_or("-"),
+                client_ip = %exchange.client_ip.unwrap_or(client.peer.ip()),
+                method = %method,
+                path = if exchange.path_validated { uri.path() } else { "-" },
+                route = route.as_str(),
+                status = response.status().as_u16(),
+                reason = reason.unwrap_or("-"),
+                user = exchange.user.as_ref().map_or("-", |user| user.user_id.as_str()),
+                upstream_ms = exchange.upstream_time.map_or(-1.0, |t| t.as_secs_f64() * 1000.0),
+                total_ms = took.as_secs_f64() * 1000.0,
+                "request"
+            );
+        }
+        response
+    }
+
+    /// Keeps a well-formed `X-Request-Id` from a trusted proxy; otherwise makes a new one, so a
+    /// client cannot choose the id that ties log lines together.
+    fn request_id(&self, headers: &HeaderMap, client: &ClientInfo) -> HeaderValue {
+        if self.trusted_proxies.is_trusted(client.peer.ip()) {
+            let mut ids = headers.get_all(&X_REQUEST_ID).iter();
+            if let (Some(id), None) = (ids.next(), ids.next()) {
+                let bytes = id.as_bytes();
+                let well_formed = !bytes.is_empty()
+                    && bytes.len() <= 128
+                    && bytes
+                        .iter()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+                if well_formed {
+                    return id.clone();
+                }
             }
         }
+        new_request_id()
     }
 
     async fn run(
         &self,
         request: Request<Incoming>,
         client: &ClientInfo,
+        exchange: &mut Exchange,
     ) -> Result<Response<Incoming>, GatewayError> {
         let (mut parts, body) = request.into_parts();
         let max_body = self.server_limits.max_body_bytes;
@@ -103,10 +199,13 @@ impl Gateway {
         let address =
             self.trusted_proxies
                 .client(client.peer.ip(), &client.forwarded_for, &parts.headers);
+        exchange.client_ip = Some(address.ip);
         let (identity, allowance) = {
             let target = target::validate(&parts.uri, parts.version)?;
+            exchange.path_validated = true;
             let matched = self.routes.lookup(&parts.method, &target.path)?;
             let route = matched.route;
+            exchange.route = Some(route.label.clone());
             match route.auth {
                 AuthMode::Public => (None, self.limits.check_ip(route.index, address.ip)?),
                 AuthMode::Required => {
@@ -116,6 +215,7 @@ impl Gateway {
                             self.limits.record_auth_failure(address.ip);
                         }
                     })?;
+                    exchange.user = Some(identity.clone());
                     let allowance = self.limits.check_user(route.index, &identity.user_id)?;
                     authz::authorize(&matched, &identity, target.query)?;
                     (Some(identity), allowance)
@@ -132,7 +232,18 @@ impl Gateway {
             identity.as_ref().map(|identity| &identity.header_value),
         )?;
         let body = RequestBody::limited(body, max_body);
-        let mut response = self.upstream.forward(parts, body).await?;
+        let sent = Instant::now();
+        let forwarded = self.upstream.forward(parts, body).await;
+        exchange.upstream_time = Some(sent.elapsed());
+        let mut response = forwarded.inspect_err(|err| {
+            self.metrics
+                .upstream_errors
+                .get_or_create(&crate::metrics::ReasonLabels { reason: err.code() })
+                .inc();
+        })?;
+        self.metrics
+            .upstream_duration
+            .observe(sent.elapsed().as_secs_f64());
         self.headers.rewrite_response(response.headers_mut());
         if let (true, Some(allowance)) = (self.limits.headers, allowance) {
             allowance.write_headers(response.headers_mut());
@@ -150,6 +261,19 @@ impl Gateway {
                 VerifyError::KeysUnavailable => GatewayError::KeysUnavailable,
             })
     }
+}
+
+/// A fresh request id: a random per-process prefix and a counter. Unique, cheap, and not a secret.
+fn new_request_id() -> HeaderValue {
+    static PREFIX: std::sync::LazyLock<u64> = std::sync::LazyLock::new(|| {
+        let mut bytes = [0u8; 8];
+        let _ = getrandom::fill(&mut bytes);
+        u64::from_le_bytes(bytes)
+    });
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let sequence = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let id = format!("{:016x}-{sequence:012x}", *PREFIX);
+    HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
 fn unix_now() -> u64 {

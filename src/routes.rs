@@ -18,6 +18,8 @@ pub struct Route {
     /// Position in the config, for per-route state kept elsewhere (rate limiters).
     pub index: usize,
     pub pattern: Box<str>,
+    /// The pattern as a metrics label, shared rather than copied per request.
+    pub label: std::sync::Arc<String>,
     pub auth: AuthMode,
     /// The path parameter that must equal the authenticated user id.
     pub owner: Option<Box<str>>,
@@ -61,6 +63,7 @@ impl RouteTable {
             let route = Route {
                 index,
                 pattern: config.path.as_str().into(),
+                label: std::sync::Arc::new(config.path.clone()),
                 auth: config.auth,
                 owner: config.owner.as_deref().map(Into::into),
                 owner_query_params: config

@@ -30,7 +30,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::config::LimitsConfig;
 use crate::headers::ClientInfo;
-use crate::pipeline::Gateway;
+use crate::live::Live;
 
 fn connection_builder(limits: &LimitsConfig) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -52,12 +52,9 @@ fn connection_builder(limits: &LimitsConfig) -> auto::Builder<TokioExecutor> {
 
 /// Serves the gateway on `listener` until `shutdown` resolves, then stops accepting and waits up
 /// to `shutdown_grace` for open connections to finish their requests.
-pub async fn serve(
-    listener: TcpListener,
-    gateway: Arc<Gateway>,
-    shutdown: impl Future<Output = ()>,
-) {
-    let limits = *gateway.server_limits();
+pub async fn serve(listener: TcpListener, live: Arc<Live>, shutdown: impl Future<Output = ()>) {
+    // Per-connection limits are read once: changing them needs a restart (a reload says so).
+    let limits = *live.gateway().server_limits();
     let builder = Arc::new(connection_builder(&limits));
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
@@ -84,14 +81,17 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let client = Arc::new(ClientInfo::new(peer, false));
-        let gateway = gateway.clone();
+        let live = live.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
         let io = TokioIo::new(IdleTimeout::new(stream, limits.idle_timeout));
         tokio::spawn(async move {
             let _slot = slot;
+            let open = live.metrics().open_connections.clone();
+            open.inc();
             let service = service_fn(move |request| {
-                let gateway = gateway.clone();
+                // The gateway of the moment; the request keeps it even if a reload happens.
+                let gateway = live.gateway();
                 let client = client.clone();
                 async move { Ok::<_, Infallible>(gateway.handle(request, &client).await) }
             });
@@ -99,6 +99,7 @@ pub async fn serve(
             if let Err(err) = watcher.watch(connection).await {
                 tracing::debug!(error = %err, %peer, "connection ended with an error");
             }
+            open.dec();
         });
     }
     drop(listener);

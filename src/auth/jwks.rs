@@ -11,7 +11,7 @@
 //!   keeps the last good set (stale-if-error) and is logged.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
@@ -25,6 +25,7 @@ use hyper_util::rt::TokioExecutor;
 
 use super::KeySet;
 use crate::config::IssuerConfig;
+use crate::metrics::Metrics;
 
 /// A JWKS larger than this is refused: real sets are a few KiB.
 pub const MAX_JWKS_BYTES: usize = 256 * 1024;
@@ -43,14 +44,15 @@ pub struct RemoteJwks {
     last_attempt: Mutex<Option<Instant>>,
     /// Counts completed fetch attempts; lets a waiter see that a fetch happened while it waited.
     attempts: AtomicU64,
-    /// Shared with the other key sources of the authenticator; bumped when this set changes.
-    generation: Arc<AtomicU64>,
+    /// Bumped whenever the installed set changes; verified-token cache entries remember it.
+    generation: AtomicU64,
     pub fetches_ok: AtomicU64,
     pub fetches_failed: AtomicU64,
+    metrics: Arc<Metrics>,
 }
 
 impl RemoteJwks {
-    pub fn new(url: Uri, issuer: &IssuerConfig, generation: Arc<AtomicU64>) -> RemoteJwks {
+    pub fn new(url: Uri, issuer: &IssuerConfig, metrics: Arc<Metrics>) -> RemoteJwks {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(issuer.jwks_timeout));
         connector.set_nodelay(true);
@@ -65,10 +67,34 @@ impl RemoteJwks {
             fetch_lock: tokio::sync::Mutex::new(()),
             last_attempt: Mutex::new(None),
             attempts: AtomicU64::new(0),
-            generation,
+            generation: AtomicU64::new(0),
             fetches_ok: AtomicU64::new(0),
             fetches_failed: AtomicU64::new(0),
+            metrics,
         }
+    }
+
+    /// True when a new config asks for exactly this source, so a reload can keep it (and its keys).
+    pub fn same_settings(&self, url: &Uri, issuer: &IssuerConfig) -> bool {
+        self.url == *url
+            && self.timeout == issuer.jwks_timeout
+            && self.refresh == issuer.jwks_refresh
+            && self.cooldown == issuer.jwks_cooldown
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    pub fn url(&self) -> &Uri {
+        &self.url
+    }
+
+    /// Starts the background refresh. The task holds only a weak reference: it ends by itself once
+    /// no gateway uses this source any more (after a reload that dropped it, or at shutdown).
+    pub fn spawn_refresher(self: &Arc<Self>, runtime: &tokio::runtime::Handle) {
+        let weak = Arc::downgrade(self);
+        runtime.spawn(refresh_while_used(weak));
     }
 
     /// The current set, if one was ever fetched.
@@ -94,24 +120,6 @@ impl RemoteJwks {
             let _ = self.fetch_now().await;
         }
         self.keys()
-    }
-
-    /// Keeps the set fresh until the task is aborted.
-    pub async fn refresh_forever(self: Arc<Self>) {
-        loop {
-            let outcome = {
-                let _guard = self.fetch_lock.lock().await;
-                self.fetch_now().await
-            };
-            let wait = match outcome {
-                Ok(Some(max_age)) => max_age.clamp(self.cooldown, self.refresh),
-                Ok(None) => self.refresh,
-                // Retry a failing source at the cooldown pace, not the refresh pace, so recovery
-                // after an outage is quick.
-                Err(()) => self.cooldown,
-            };
-            tokio::time::sleep(wait).await;
-        }
     }
 
     /// One fetch attempt. Callers hold `fetch_lock`. Ok carries the server's max-age, if any.
@@ -143,10 +151,12 @@ impl RemoteJwks {
         match outcome {
             Ok(max_age) => {
                 self.fetches_ok.fetch_add(1, Ordering::Relaxed);
+                self.metrics.record_jwks_fetch(&self.url.to_string(), true);
                 Ok(max_age)
             }
             Err(why) => {
                 self.fetches_failed.fetch_add(1, Ordering::Relaxed);
+                self.metrics.record_jwks_fetch(&self.url.to_string(), false);
                 let stale = self.keys.load().is_some();
                 tracing::warn!(source = %self.label, url = %self.url, keeping_last_good_set = stale, "JWKS fetch failed: {why}");
                 Err(())
@@ -208,6 +218,27 @@ impl RemoteJwks {
             })?
             .to_bytes();
         Ok((body, max_age))
+    }
+}
+
+async fn refresh_while_used(source: Weak<RemoteJwks>) {
+    loop {
+        let Some(this) = source.upgrade() else {
+            return;
+        };
+        let outcome = {
+            let _guard = this.fetch_lock.lock().await;
+            this.fetch_now().await
+        };
+        let wait = match outcome {
+            Ok(Some(max_age)) => max_age.clamp(this.cooldown, this.refresh),
+            Ok(None) => this.refresh,
+            // Retry a failing source at the cooldown pace, not the refresh pace, so recovery
+            // after an outage is quick.
+            Err(()) => this.cooldown,
+        };
+        drop(this);
+        tokio::time::sleep(wait).await;
     }
 }
 

@@ -13,7 +13,6 @@
 
 use std::borrow::Cow;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -23,13 +22,13 @@ use jsonwebtoken::DecodingKey;
 use serde::de::{self, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
-use tokio::task::JoinHandle;
 
 use super::cache::TokenCache;
 use super::jwks::RemoteJwks;
 use super::keys::{KeySet, Lookup};
 use super::{JwsAlgorithm, TokenError};
 use crate::config::{AuthConfig, IssuerConfig};
+use crate::metrics::Metrics;
 
 /// The authenticated caller.
 #[derive(Debug, Clone)]
@@ -72,22 +71,11 @@ struct Issuer {
 }
 
 /// Verifies tokens for every configured issuer. Build it inside a tokio runtime when a `jwks_url`
-/// is configured: it starts the background refresh tasks, and stops them when dropped.
+/// is configured: that starts the background refresh, which ends once the source is unused.
 pub struct Authenticator {
     issuers: Vec<Issuer>,
     cache: TokenCache,
-    /// Moves whenever any key set changes; cached verifications from older generations are void.
-    generation: Arc<AtomicU64>,
     user_claim: Box<str>,
-    refreshers: Vec<JoinHandle<()>>,
-}
-
-impl Drop for Authenticator {
-    fn drop(&mut self) {
-        for task in &self.refreshers {
-            task.abort();
-        }
-    }
 }
 
 impl fmt::Debug for Authenticator {
@@ -185,13 +173,41 @@ impl<'t> UnverifiedToken<'t> {
 
 impl Authenticator {
     pub fn new(auth: &AuthConfig) -> Authenticator {
-        let generation = Arc::new(AtomicU64::new(0));
-        let mut refreshers = Vec::new();
+        Authenticator::with_previous(auth, &Metrics::new(), None)
+    }
+
+    /// Builds the authenticator for a (re)loaded config. Remote JWKS sources of `previous` whose
+    /// settings are unchanged are reused with their keys, so a reload never starts from no keys.
+    pub fn with_previous(
+        auth: &AuthConfig,
+        metrics: &Arc<Metrics>,
+        previous: Option<&Authenticator>,
+    ) -> Authenticator {
+        let runtime = tokio::runtime::Handle::try_current().ok();
         let issuers = auth
             .issuers
             .iter()
             .map(|config| {
-                let issuer = Issuer::new(config, &generation);
+                let remote = config.jwks_url.as_ref().map(|url| {
+                    let reused = previous.and_then(|previous| {
+                        previous
+                            .remote_sources()
+                            .find(|remote| remote.same_settings(url, config))
+                            .cloned()
+                    });
+                    reused.unwrap_or_else(|| {
+                        let remote = Arc::new(RemoteJwks::new(url.clone(), config, metrics.clone()));
+                        match &runtime {
+                            Some(runtime) => remote.spawn_refresher(runtime),
+                            None => tracing::warn!(
+                                source = %config.label,
+                                "no runtime: the JWKS will be fetched on first use only"
+                            ),
+                        }
+                        remote
+                    })
+                });
+                let issuer = Issuer::new(config, remote);
                 tracing::info!(
                     source = %config.label,
                     issuer = config.issuer.as_deref().unwrap_or("(any)"),
@@ -199,29 +215,25 @@ impl Authenticator {
                     hmac_secret = config.secret.is_some(),
                     jwks_file_keys = issuer.file_keys.as_ref().map_or(0, KeySet::len),
                     jwks_url = config.jwks_url.as_ref().map(|url| url.to_string()),
+                    jwks_keys_now = issuer.remote.as_ref().and_then(|r| r.keys()).map_or(0, |k| k.len()),
                     "key sources configured; a jwks_url is fetched in the background"
                 );
-                if let Some(remote) = &issuer.remote {
-                    match tokio::runtime::Handle::try_current() {
-                        Ok(runtime) => {
-                            refreshers.push(runtime.spawn(remote.clone().refresh_forever()))
-                        }
-                        Err(_) => tracing::warn!(
-                            source = %config.label,
-                            "no runtime: the JWKS will be fetched on first use only"
-                        ),
-                    }
-                }
                 issuer
             })
             .collect();
         Authenticator {
             issuers,
             cache: TokenCache::new(auth.token_cache_size),
-            generation,
             user_claim: auth.user_claim.as_str().into(),
-            refreshers,
         }
+    }
+
+    /// Moves whenever any key set changes: the sum of the sources' own counters, each of which
+    /// only grows.
+    fn generation(&self) -> u64 {
+        self.remote_sources()
+            .map(|remote| remote.generation())
+            .sum()
     }
 
     /// The remote key sources, for readiness and metrics.
@@ -238,7 +250,7 @@ impl Authenticator {
 
     /// Verifies a compact JWS at time `now` (seconds since the epoch).
     pub async fn verify(&self, token: &str, now: u64) -> Result<Arc<Identity>, VerifyError> {
-        let generation = self.generation.load(Ordering::Acquire);
+        let generation = self.generation();
         if let Some(identity) = self.cache.get(token, now, generation) {
             return Ok(identity);
         }
@@ -276,7 +288,7 @@ impl Authenticator {
 }
 
 impl Issuer {
-    fn new(config: &IssuerConfig, generation: &Arc<AtomicU64>) -> Issuer {
+    fn new(config: &IssuerConfig, remote: Option<Arc<RemoteJwks>>) -> Issuer {
         let file_keys = config.jwks_file.as_ref().and_then(|file| {
             // Validated at config load; a file that changed since is re-checked here.
             match KeySet::parse(&file.json) {
@@ -300,10 +312,7 @@ impl Issuer {
                 .as_ref()
                 .map(|secret| DecodingKey::from_secret(&secret.0)),
             file_keys,
-            remote: config
-                .jwks_url
-                .clone()
-                .map(|url| Arc::new(RemoteJwks::new(url, config, generation.clone()))),
+            remote,
         }
     }
 

@@ -19,8 +19,8 @@ use crate::auth::JwsAlgorithm;
 pub use crate::forwarded::IpNet;
 pub use duration::parse_duration;
 use raw::{
-    IssuerField, RawAuth, RawConfig, RawIssuer, RawLimits, RawRateLimit, RawRoute,
-    RawRouteRateLimit, RawUpstream,
+    IssuerField, RawAdmin, RawAuth, RawConfig, RawIssuer, RawLimits, RawLog, RawRateLimit,
+    RawRoute, RawRouteRateLimit, RawUpstream,
 };
 
 /// A config problem, located in the file.
@@ -74,7 +74,23 @@ pub struct Config {
     pub auth: AuthConfig,
     pub rate_limit: RateLimitConfig,
     pub limits: LimitsConfig,
+    /// The admin listener (health, readiness, metrics); off when unset.
+    pub admin_listen: Option<SocketAddr>,
+    pub log: LogConfig,
     pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// One line per request on the `authgate::access` target.
+    pub access: bool,
 }
 
 /// Limits on what one client may cost us. Every default is documented in the README.
@@ -258,6 +274,14 @@ const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 impl Config {
     /// Reads and validates a config file, resolving secrets from the process environment.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::load_with(path, &|name| std::env::var(name).ok())
+    }
+
+    /// Reads and validates a config file, resolving secrets with `env`.
+    pub fn load_with(
+        path: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
         let file = path.display().to_string();
         let source = std::fs::read_to_string(path).map_err(|err| ConfigError {
             file: file.clone(),
@@ -266,7 +290,7 @@ impl Config {
             message: format!("cannot read config file: {err}"),
         })?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        Config::parse_in(&source, &file, &base, &|name| std::env::var(name).ok())
+        Config::parse_in(&source, &file, &base, env)
     }
 
     /// Validates config text. `env` resolves environment variables (secrets), so that callers such
@@ -301,6 +325,8 @@ impl Config {
         let auth = validate_auth(&ctx, &raw.auth, env)?;
         let rate_limit = validate_rate_limit(&ctx, raw.rate_limit.as_ref())?;
         let limits = validate_limits(&ctx, raw.limits.as_ref())?;
+        let admin_listen = validate_admin(&ctx, raw.admin.as_ref())?;
+        let log = validate_log(&ctx, raw.log.as_ref())?;
         let routes = raw
             .routes
             .iter()
@@ -313,6 +339,8 @@ impl Config {
             auth,
             rate_limit,
             limits,
+            admin_listen,
+            log,
             routes,
         };
         // Compiling the route table finds conflicts and unreachable routes; doing it here means
@@ -852,6 +880,41 @@ fn validate_query_params(
         })
         .collect::<Result<Vec<_>, _>>()
         .map(Some)
+}
+
+fn validate_admin(
+    ctx: &Ctx,
+    raw: Option<&Spanned<RawAdmin>>,
+) -> Result<Option<SocketAddr>, ConfigError> {
+    let Some(admin) = raw.map(Spanned::get_ref) else {
+        return Ok(None);
+    };
+    admin.listen.get_ref().parse().map(Some).map_err(|_| {
+        ctx.error(
+            &admin.listen,
+            "admin.listen",
+            "expected a socket address such as \"127.0.0.1:9090\"",
+        )
+    })
+}
+
+fn validate_log(ctx: &Ctx, raw: Option<&Spanned<RawLog>>) -> Result<LogConfig, ConfigError> {
+    let mut log = LogConfig {
+        format: LogFormat::Json,
+        access: true,
+    };
+    let Some(raw) = raw.map(Spanned::get_ref) else {
+        return Ok(log);
+    };
+    if let Some(format) = &raw.format {
+        log.format = match format.get_ref().as_str() {
+            "json" => LogFormat::Json,
+            "pretty" => LogFormat::Pretty,
+            _ => return Err(ctx.error(format, "log.format", "expected \"json\" or \"pretty\"")),
+        };
+    }
+    log.access = raw.access.unwrap_or(true);
+    Ok(log)
 }
 
 fn validate_limits(

@@ -13,6 +13,8 @@ pub struct RawConfig {
     pub auth: Spanned<RawAuth>,
     pub rate_limit: Option<Spanned<RawRateLimit>>,
     pub limits: Option<Spanned<RawLimits>>,
+    pub admin: Option<Spanned<RawAdmin>>,
+    pub log: Option<Spanned<RawLog>>,
     #[serde(default, rename = "route")]
     pub routes: Vec<Spanned<RawRoute>>,
 }
@@ -23,6 +25,19 @@ pub struct RawServer {
     pub listen: Option<Spanned<String>>,
     pub workers: Option<Spanned<i64>>,
     pub trusted_proxies: Option<Vec<Spanned<String>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub listen: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    pub format: Option<Spanned<String>>,
+    pub access: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

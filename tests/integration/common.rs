@@ -18,6 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use authgate::config::Config;
+use authgate::live::Live;
 use authgate::pipeline::Gateway;
 
 pub const SECRET: &str = "integration-test-secret-0123456789abcdef";
@@ -185,7 +186,9 @@ pub fn parse_config_with(toml: &str, env: &dyn Fn(&str) -> Option<String>) -> Co
 /// A running gateway on an ephemeral port, forwarding to `upstream`.
 pub struct GatewayHandle {
     pub addr: SocketAddr,
+    /// The gateway as started (a reload swaps `live`'s, not this one).
     pub gateway: Arc<Gateway>,
+    pub live: Arc<Live>,
     _shutdown: tokio::sync::oneshot::Sender<()>,
 }
 
@@ -195,16 +198,18 @@ pub async fn start_gateway(toml: &str, upstream: SocketAddr) -> GatewayHandle {
 
 pub async fn start_gateway_with(mut config: Config, upstream: SocketAddr) -> GatewayHandle {
     config.upstream.authority = upstream.to_string().parse().unwrap();
-    let gateway = Arc::new(Gateway::new(&config).unwrap());
+    let live = Live::new(config).unwrap();
+    let gateway = live.gateway();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(authgate::server::serve(listener, gateway.clone(), async {
+    tokio::spawn(authgate::server::serve(listener, live.clone(), async {
         let _ = rx.await;
     }));
     GatewayHandle {
         addr,
         gateway,
+        live,
         _shutdown: tx,
     }
 }

@@ -10,6 +10,7 @@ mod hardening;
 mod identity_headers;
 mod jwks;
 mod keys;
+mod operations;
 mod owner_rule;
 mod properties;
 mod rate_limits;

@@ -1,0 +1,189 @@
+//! Prometheus metrics (prometheus-client), shared by every config generation: a reload swaps the
+//! gateway, not the counters.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// The route pattern, or `none` when no route matched.
+    pub route: Arc<String>,
+    pub method: &'static str,
+    /// `2xx`, `4xx`, ...
+    pub status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct JwksLabels {
+    pub url: String,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub refusals: Family<ReasonLabels, Counter>,
+    pub request_duration: Histogram,
+    pub upstream_duration: Histogram,
+    pub upstream_errors: Family<ReasonLabels, Counter>,
+    pub jwks_fetches: Family<JwksLabels, Counter>,
+    pub open_connections: Gauge,
+    pub config_reloads: Family<OutcomeLabels, Counter>,
+}
+
+fn latency_histogram() -> Histogram {
+    // 100 µs .. ~13 s
+    Histogram::new(exponential_buckets(0.0001, 2.0, 18))
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        let mut registry = Registry::with_prefix("authgate");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let refusals = Family::<ReasonLabels, Counter>::default();
+        let request_duration = latency_histogram();
+        let upstream_duration = latency_histogram();
+        let upstream_errors = Family::<ReasonLabels, Counter>::default();
+        let jwks_fetches = Family::<JwksLabels, Counter>::default();
+        let open_connections = Gauge::default();
+        let config_reloads = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Requests answered, by route, method and status class",
+            requests.clone(),
+        );
+        registry.register(
+            "refusals",
+            "Requests the gateway refused itself, by reason",
+            refusals.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time from request head to response head, through the gateway",
+            request_duration.clone(),
+        );
+        registry.register(
+            "upstream_duration_seconds",
+            "Time from sending to the upstream to its response head",
+            upstream_duration.clone(),
+        );
+        registry.register(
+            "upstream_errors",
+            "Upstream failures, by kind",
+            upstream_errors.clone(),
+        );
+        registry.register(
+            "jwks_fetches",
+            "JWKS fetch attempts, by URL and outcome",
+            jwks_fetches.clone(),
+        );
+        registry.register(
+            "open_connections",
+            "Client connections open now",
+            open_connections.clone(),
+        );
+        registry.register(
+            "config_reloads",
+            "Config reload attempts, by outcome",
+            config_reloads.clone(),
+        );
+        Arc::new(Metrics {
+            registry,
+            requests,
+            refusals,
+            request_duration,
+            upstream_duration,
+            upstream_errors,
+            jwks_fetches,
+            open_connections,
+            config_reloads,
+        })
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+
+    pub fn record_request(
+        &self,
+        route: &Arc<String>,
+        method: &http::Method,
+        status: u16,
+        took: Duration,
+    ) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                route: route.clone(),
+                method: method_label(method),
+                status: status_class(status),
+            })
+            .inc();
+        self.request_duration.observe(took.as_secs_f64());
+    }
+
+    pub fn record_refusal(&self, reason: &'static str) {
+        self.refusals.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    pub fn record_jwks_fetch(&self, url: &str, ok: bool) {
+        self.jwks_fetches
+            .get_or_create(&JwksLabels {
+                url: url.to_string(),
+                outcome: if ok { "ok" } else { "failed" },
+            })
+            .inc();
+    }
+
+    pub fn record_reload(&self, ok: bool) {
+        self.config_reloads
+            .get_or_create(&OutcomeLabels {
+                outcome: if ok { "ok" } else { "failed" },
+            })
+            .inc();
+    }
+}
+
+fn method_label(method: &http::Method) -> &'static str {
+    match *method {
+        http::Method::GET => "GET",
+        http::Method::HEAD => "HEAD",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::DELETE => "DELETE",
+        http::Method::PATCH => "PATCH",
+        http::Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}

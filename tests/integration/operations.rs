@@ -1,0 +1,483 @@
+//! Operations: hot reload under load, the admin endpoints, metrics, access logs, request ids.
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+
+use crate::common::*;
+
+const NOTES_ROUTE: &str = "\n[[route]]\npath = \"/api/{user_id}/notes\"\nowner = \"user_id\"\n";
+
+fn temp_path(name: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("authgate-{name}-{}.toml", std::process::id()))
+}
+
+/// The base config pointing at `backend`, as a file `authgate` can load (secret from the env).
+fn config_file(backend: SocketAddr, extra_routes: &str) -> String {
+    format!(
+        "{}{extra_routes}",
+        BASE_CONFIG.replace(
+            "url = \"http://127.0.0.1:1\"",
+            &format!("url = \"http://{backend}\"")
+        )
+    )
+}
+
+#[tokio::test]
+async fn reload_under_load_loses_no_request_and_refuses_invalid_files() {
+    let env = |name: &str| (name == "BETTER_AUTH_SECRET").then(|| SECRET.to_string());
+    let backend = Backend::start().await;
+    let path = temp_path("reload");
+    std::fs::write(&path, config_file(backend.addr, "")).unwrap();
+    let gateway = start_gateway_with(
+        authgate::config::Config::load_with(&path, &env).unwrap(),
+        backend.addr,
+    )
+    .await;
+    let auth = bearer(&token_for("alice"));
+
+    // Load: four clients in a loop until told to stop; every answer must be 200.
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let answered = Arc::new(AtomicUsize::new(0));
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let (stop, failures, answered, auth, addr) = (
+            stop.clone(),
+            failures.clone(),
+            answered.clone(),
+            auth.clone(),
+            gateway.addr,
+        );
+        clients.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let response = request(
+                    addr,
+                    "GET",
+                    "/api/alice/tasks",
+                    &[("Authorization", &auth)],
+                    b"",
+                )
+                .await;
+                if response.status != 200 {
+                    failures.fetch_add(1, Ordering::Relaxed);
+                }
+                answered.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+
+    let notes = || async {
+        request(
+            gateway.addr,
+            "GET",
+            "/api/alice/notes",
+            &[("Authorization", &auth)],
+            b"",
+        )
+        .await
+        .status
+    };
+    assert_eq!(notes().await, 404);
+    for round in 0..10 {
+        // A valid file that adds a route: in force after the reload.
+        std::fs::write(&path, config_file(backend.addr, NOTES_ROUTE)).unwrap();
+        gateway.live.reload_with(&path, &env).expect("valid config");
+        assert_eq!(notes().await, 200, "round {round}");
+        // An invalid file: refused with file, line and key; the running config stays.
+        std::fs::write(
+            &path,
+            config_file(backend.addr, NOTES_ROUTE)
+                .replace("owner = \"user_id\"\n", "owner = \"uid\"\n"),
+        )
+        .unwrap();
+        let err = gateway
+            .live
+            .reload_with(&path, &env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&path.display().to_string()) && err.contains("`route[1].owner`"),
+            "{err}"
+        );
+        assert_eq!(
+            notes().await,
+            200,
+            "round {round}: the invalid file changed something"
+        );
+        // Back to the original: the route is gone again.
+        std::fs::write(&path, config_file(backend.addr, "")).unwrap();
+        gateway.live.reload_with(&path, &env).expect("valid config");
+        assert_eq!(notes().await, 404, "round {round}");
+    }
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.await.unwrap();
+    }
+    assert!(answered.load(Ordering::Relaxed) > 0);
+    assert_eq!(
+        failures.load(Ordering::Relaxed),
+        0,
+        "requests failed during reloads"
+    );
+    let metrics = gateway.live.metrics().render();
+    assert!(
+        metrics.contains("authgate_config_reloads_total{outcome=\"ok\"} 20"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("authgate_config_reloads_total{outcome=\"failed\"} 10"),
+        "{metrics}"
+    );
+    std::fs::remove_file(&path).ok();
+}
+
+async fn admin_get(addr: SocketAddr, path: &str) -> RawResponse {
+    request(addr, "GET", path, &[], b"").await
+}
+
+async fn start_admin(live: Arc<authgate::live::Live>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(authgate::admin::serve(
+        listener,
+        live,
+        std::future::pending(),
+    ));
+    addr
+}
+
+#[tokio::test]
+async fn readyz_follows_the_key_sources() {
+    let jwks_addr = unused_addr().await;
+    let routes = &BASE_CONFIG[BASE_CONFIG.find("[[route]]").unwrap()..];
+    let config = format!(
+        "[upstream]\nurl = \"http://127.0.0.1:1\"\n[auth]\njwks_url = \"http://{jwks_addr}/jwks\"\nalgorithms = [\"EdDSA\"]\njwks_cooldown = \"200ms\"\njwks_timeout = \"500ms\"\n{routes}"
+    );
+    let backend = Backend::start().await;
+    let gateway = start_gateway(&config, backend.addr).await;
+    let admin = start_admin(gateway.live.clone()).await;
+    assert_eq!(admin_get(admin, "/healthz").await.status, 200);
+    let not_ready = admin_get(admin, "/readyz").await;
+    assert_eq!(not_ready.status, 503);
+    let body = not_ready.json();
+    assert_eq!(body["status"], "not_ready");
+    assert_eq!(body["jwks_waiting"][0], format!("http://{jwks_addr}/jwks"));
+
+    // The auth server comes up with a key: ready.
+    let key = crate::keys::TestKey::generate("EdDSA", "k1");
+    let document = crate::keys::jwks(&[&key]).to_string();
+    let listener = TcpListener::bind(jwks_addr).await.unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let document = document.clone();
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buffer = [0u8; 4096];
+                let _ = stream.read(&mut buffer).await;
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{document}",
+                    document.len()
+                );
+                let _ = stream.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    let mut ready = false;
+    for _ in 0..100 {
+        if admin_get(admin, "/readyz").await.status == 200 {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ready, "readyz never turned 200");
+    assert_eq!(admin_get(admin, "/nope").await.status, 404);
+}
+
+#[tokio::test]
+async fn metrics_count_what_happened() {
+    let (backend, gateway) = setup().await;
+    let admin = start_admin(gateway.live.clone()).await;
+    let auth = bearer(&token_for("alice"));
+    for _ in 0..3 {
+        assert_eq!(
+            request(
+                gateway.addr,
+                "GET",
+                "/api/alice/tasks",
+                &[("Authorization", &auth)],
+                b""
+            )
+            .await
+            .status,
+            200
+        );
+    }
+    for _ in 0..2 {
+        assert_eq!(
+            request(gateway.addr, "GET", "/api/alice/tasks", &[], b"")
+                .await
+                .status,
+            401
+        );
+    }
+    assert_eq!(
+        request(
+            gateway.addr,
+            "GET",
+            "/api/bob/tasks",
+            &[("Authorization", &auth)],
+            b""
+        )
+        .await
+        .status,
+        403
+    );
+    assert_eq!(
+        request(gateway.addr, "GET", "/nope", &[], b"").await.status,
+        404
+    );
+    assert_eq!(
+        request(gateway.addr, "GET", "/api/a/../b", &[], b"")
+            .await
+            .status,
+        400
+    );
+    assert_eq!(backend.count(), 3);
+    let response = admin_get(admin, "/metrics").await;
+    assert_eq!(response.status, 200);
+    let text = String::from_utf8(response.body).unwrap();
+    for expected in [
+        "authgate_requests_total{route=\"/api/{user_id}/tasks\",method=\"GET\",status=\"2xx\"} 3",
+        "authgate_requests_total{route=\"/api/{user_id}/tasks\",method=\"GET\",status=\"4xx\"} 3",
+        "authgate_requests_total{route=\"none\",method=\"GET\",status=\"4xx\"} 2",
+        "authgate_refusals_total{reason=\"no_token\"} 2",
+        "authgate_refusals_total{reason=\"owner_mismatch\"} 1",
+        "authgate_refusals_total{reason=\"no_route\"} 1",
+        "authgate_refusals_total{reason=\"bad_target\"} 1",
+        "authgate_request_duration_seconds_count 8",
+        "authgate_upstream_duration_seconds_count 3",
+        "authgate_open_connections",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn request_ids_are_generated_forwarded_and_returned() {
+    let (backend, gateway) = setup().await;
+    let auth = bearer(&token_for("alice"));
+    // From an untrusted client, a supplied id is replaced.
+    let response = request(
+        gateway.addr,
+        "GET",
+        "/api/alice/tasks",
+        &[
+            ("Authorization", &auth),
+            ("X-Request-Id", "chosen-by-client"),
+        ],
+        b"",
+    )
+    .await;
+    let id = response
+        .header("x-request-id")
+        .expect("x-request-id on the response")
+        .to_string();
+    assert_ne!(id, "chosen-by-client");
+    assert_eq!(
+        backend.only().header_values("x-request-id"),
+        vec![id.as_str()]
+    );
+    // Refusals carry one too.
+    let refused = request(gateway.addr, "GET", "/nope", &[], b"").await;
+    assert!(refused.header("x-request-id").is_some());
+
+    // From a trusted proxy, a well-formed id is kept; a malformed one is replaced.
+    let backend = Backend::start().await;
+    let config = BASE_CONFIG.replace(
+        "[server]\n",
+        "[server]\ntrusted_proxies = [\"127.0.0.1\"]\n",
+    );
+    let trusted = start_gateway(&config, backend.addr).await;
+    let kept = request(
+        trusted.addr,
+        "GET",
+        "/health",
+        &[("X-Request-Id", "lb-1234.abc_DEF")],
+        b"",
+    )
+    .await;
+    assert_eq!(kept.header("x-request-id"), Some("lb-1234.abc_DEF"));
+    let replaced = request(
+        trusted.addr,
+        "GET",
+        "/health",
+        &[("X-Request-Id", "bad id with spaces")],
+        b"",
+    )
+    .await;
+    assert_ne!(replaced.header("x-request-id"), Some("bad id with spaces"));
+    let ids: Vec<String> = backend
+        .received()
+        .iter()
+        .map(|r| r.header_values("x-request-id").join(","))
+        .collect();
+    assert_eq!(ids[0], "lb-1234.abc_DEF");
+    assert_eq!(Some(ids[1].as_str()), replaced.header("x-request-id"));
+}
+
+/// The real binary: JSON access log lines with every field and never the token; SIGHUP reloads.
+#[test]
+fn access_log_and_sighup_reload_with_the_binary() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let backend = runtime.block_on(Backend::start());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let path = temp_path("access");
+    let write_config = |extra: &str| {
+        let config = config_file(backend.addr, extra).replace(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"127.0.0.1:{port}\""),
+        );
+        std::fs::write(&path, config).unwrap();
+    };
+    write_config("");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_authgate"))
+        .args(["--config", path.to_str().unwrap()])
+        .env("BETTER_AUTH_SECRET", SECRET)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let send = |target: &str, auth: &str| -> (u16, Option<String>) {
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        write!(stream, "GET {target} HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\nConnection: close\r\n\r\n").unwrap();
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).unwrap();
+        let response = parse_response(&raw);
+        (
+            response.status,
+            response.header("x-request-id").map(String::from),
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "the gateway did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let token = token_for("alice");
+    let (status, id) = send("/api/alice/tasks", &bearer(&token));
+    assert_eq!(status, 200);
+    let (status, _) = send("/api/alice/../bob/tasks", &bearer(&token));
+    assert_eq!(status, 400);
+    assert_eq!(send("/api/alice/notes", &bearer(&token)).0, 404);
+
+    // SIGHUP after a config change: the new route is served.
+    write_config(NOTES_ROUTE);
+    assert!(Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while send("/api/alice/notes", &bearer(&token)).0 != 200 {
+        assert!(Instant::now() < deadline, "SIGHUP did not reload");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let mut logs = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut logs)
+        .unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert!(!logs.contains(&token), "the token appears in the logs");
+    let lines: Vec<serde_json::Value> = logs
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .collect();
+    let access: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l["target"] == "authgate::access")
+        .collect();
+    let ok = access
+        .iter()
+        .find(|l| l["status"] == 200)
+        .expect("an access line for the 200");
+    for field in [
+        "timestamp",
+        "request_id",
+        "client_ip",
+        "method",
+        "path",
+        "route",
+        "status",
+        "reason",
+        "user",
+        "upstream_ms",
+        "total_ms",
+    ] {
+        assert!(!ok[field].is_null(), "access line lacks {field}: {ok}");
+    }
+    assert_eq!(ok["request_id"].as_str(), id.as_deref());
+    assert_eq!(ok["client_ip"], "127.0.0.1");
+    assert_eq!(ok["path"], "/api/alice/tasks");
+    assert_eq!(ok["route"], "/api/{user_id}/tasks");
+    assert_eq!(ok["user"], "alice");
+    assert_eq!(ok["reason"], "-");
+    let refused = access
+        .iter()
+        .find(|l| l["status"] == 400)
+        .expect("an access line for the 400");
+    assert_eq!(refused["reason"], "bad_target");
+    assert_eq!(refused["path"], "-", "a refused target is never logged raw");
+    assert!(
+        lines.iter().any(|l| l["message"] == "config reloaded"),
+        "{logs}"
+    );
+    std::fs::remove_file(&path).ok();
+}
+
+#[test]
+fn every_command_has_help() {
+    for args in [
+        vec!["--help"],
+        vec!["check", "--help"],
+        vec!["demo", "--help"],
+        vec!["token", "--help"],
+        vec!["run", "--help"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_authgate"))
+            .args(&args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("Usage"),
+            "{args:?}"
+        );
+    }
+    let bad = Command::new(env!("CARGO_BIN_EXE_authgate"))
+        .arg("--no-such-flag")
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+}
