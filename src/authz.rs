@@ -6,15 +6,38 @@
 
 use crate::auth::Identity;
 use crate::error::GatewayError;
+use crate::policy;
 use crate::routes::RouteMatch;
 use crate::target::decode_query_component;
 
+/// Whether the owner checks (path, query, body) apply to this request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ownership {
+    Enforced,
+    /// `owner_bypass` matched: the user may act on other users' resources.
+    Bypassed,
+}
+
+/// Claim requirements first (403 naming the unmet rule), then the owner rule unless the route's
+/// `owner_bypass` conditions all hold for this user's verified claims.
 pub fn authorize(
     matched: &RouteMatch<'_, '_>,
     identity: &Identity,
     query: Option<&str>,
-) -> Result<(), GatewayError> {
+) -> Result<Ownership, GatewayError> {
     let route = matched.route;
+    if let Some(unmet) = policy::first_unmet(&route.require, &identity.claims) {
+        return Err(GatewayError::ClaimRequirement(unmet.description.clone()));
+    }
+    if policy::all_hold(&route.owner_bypass, &identity.claims) {
+        let owner = route
+            .owner
+            .as_deref()
+            .and_then(|param| matched.param(param))
+            .unwrap_or("-");
+        tracing::info!(acting_user = %identity.user_id, path_owner = %owner, route = %route.pattern, "owner rule bypassed");
+        return Ok(Ownership::Bypassed);
+    }
     if let Some(owner_param) = &route.owner {
         let owner = matched
             .param(owner_param)
@@ -30,7 +53,7 @@ pub fn authorize(
     if let Some(query) = query {
         check_owner_query(query, &route.owner_query_params, &identity.user_id)?;
     }
-    Ok(())
+    Ok(Ownership::Enforced)
 }
 
 /// Every occurrence of an owner query parameter must name the caller. Checking every occurrence
@@ -59,4 +82,154 @@ fn check_owner_query(query: &str, names: &[Box<str>], user_id: &str) -> Result<(
         }
     }
     Ok(())
+}
+
+/// `body_owner_fields`: the content type must be JSON (415 otherwise) and every top-level
+/// occurrence of an owner field must be a string equal to the user id, byte for byte. Checking every
+/// occurrence matters: with `{"user_id":"alice","user_id":"bob"}` most JSON parsers keep the last.
+/// Nested values are not looked at. Invalid JSON is 400 rather than passed on for a lenient parser.
+pub fn check_body_owner(
+    content_type: Option<&http::HeaderValue>,
+    body: &[u8],
+    fields: &[String],
+    user_id: &str,
+) -> Result<(), GatewayError> {
+    if !is_json(content_type) {
+        return Err(GatewayError::UnsupportedMediaType);
+    }
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let verdict =
+        serde::Deserializer::deserialize_any(&mut deserializer, OwnerFields { fields, user_id })
+            .map_err(|_| GatewayError::BadRequest("the request body is not valid JSON"))?;
+    deserializer
+        .end()
+        .map_err(|_| GatewayError::BadRequest("the request body is not valid JSON"))?;
+    if verdict {
+        Ok(())
+    } else {
+        Err(GatewayError::OwnerMismatch(
+            "an owner field in the body names another user",
+        ))
+    }
+}
+
+fn is_json(content_type: Option<&http::HeaderValue>) -> bool {
+    let Some(text) = content_type.and_then(|value| value.to_str().ok()) else {
+        return false;
+    };
+    let mut parts = text.split(';');
+    let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+    let json = media == "application/json"
+        || (media.starts_with("application/") && media.ends_with("+json"));
+    let utf8 = parts.all(|param| match param.trim().split_once('=') {
+        Some((name, value)) if name.trim().eq_ignore_ascii_case("charset") => {
+            value.trim().trim_matches('"').eq_ignore_ascii_case("utf-8")
+        }
+        _ => true,
+    });
+    json && utf8
+}
+
+/// Walks the top level of a JSON document; `true` when every owner field names the user.
+struct OwnerFields<'a> {
+    fields: &'a [String],
+    user_id: &'a str,
+}
+
+impl<'de> serde::de::Visitor<'de> for OwnerFields<'_> {
+    type Value = bool;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON document")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
+        let mut all_match = true;
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            if self.fields.iter().any(|field| *field == *key) {
+                let value = map.next_value::<serde_json::Value>()?;
+                if value.as_str().map(str::as_bytes) != Some(self.user_id.as_bytes()) {
+                    all_match = false;
+                }
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+        }
+        Ok(all_match)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<bool, A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(true)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<bool, E> {
+        Ok(true)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<bool, E> {
+        Ok(true)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<bool, E> {
+        Ok(true)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<bool, E> {
+        Ok(true)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<bool, E> {
+        Ok(true)
+    }
+    fn visit_unit<E>(self) -> Result<bool, E> {
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(content_type: &str, body: &str) -> Result<(), GatewayError> {
+        let value = http::HeaderValue::from_str(content_type).unwrap();
+        check_body_owner(
+            Some(&value),
+            body.as_bytes(),
+            &["user_id".into(), "userId".into()],
+            "alice",
+        )
+    }
+
+    #[test]
+    fn body_owner_rules() {
+        assert!(check("application/json", r#"{"user_id":"alice","title":"x"}"#).is_ok());
+        assert!(check("application/json; charset=UTF-8", r#"{"userId":"alice"}"#).is_ok());
+        assert!(check("application/vnd.api+json", r#"{"title":"no owner field"}"#).is_ok());
+        assert!(check("application/json", r#"{"nested":{"user_id":"bob"}}"#).is_ok());
+        assert!(matches!(
+            check("application/json", r#"{"user_id":"bob"}"#),
+            Err(GatewayError::OwnerMismatch(_))
+        ));
+        assert!(matches!(
+            check("application/json", r#"{"user_id":"alice","user_id":"bob"}"#),
+            Err(GatewayError::OwnerMismatch(_))
+        ));
+        assert!(matches!(
+            check("application/json", r#"{"user_id":7}"#),
+            Err(GatewayError::OwnerMismatch(_))
+        ));
+        assert!(matches!(
+            check("application/json", r#"{"user_id":"alice"} trailing"#),
+            Err(GatewayError::BadRequest(_))
+        ));
+        assert!(matches!(
+            check("text/plain", r#"{"user_id":"alice"}"#),
+            Err(GatewayError::UnsupportedMediaType)
+        ));
+        assert!(matches!(
+            check("application/x-www-form-urlencoded", "user_id=bob"),
+            Err(GatewayError::UnsupportedMediaType)
+        ));
+        assert!(matches!(
+            check("application/json; charset=latin1", "{}"),
+            Err(GatewayError::UnsupportedMediaType)
+        ));
+    }
 }

@@ -21,6 +21,8 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub struct RequestBody {
     inner: Option<Incoming>,
     remaining: u64,
+    /// A body already read in full (for an owner-field check), sent as one frame.
+    buffered: Option<Bytes>,
 }
 
 impl RequestBody {
@@ -28,6 +30,7 @@ impl RequestBody {
         RequestBody {
             inner: Some(inner),
             remaining: limit,
+            buffered: None,
         }
     }
 
@@ -36,7 +39,34 @@ impl RequestBody {
         RequestBody {
             inner: None,
             remaining: 0,
+            buffered: None,
         }
+    }
+
+    /// The exact bytes received, already checked.
+    pub fn buffered(bytes: Bytes) -> RequestBody {
+        RequestBody {
+            inner: None,
+            remaining: 0,
+            buffered: Some(bytes),
+        }
+    }
+}
+
+/// Reads a whole body, refusing more than `max` bytes (413) without holding more than that.
+pub async fn read_to_limit(
+    body: Incoming,
+    max: usize,
+) -> Result<Bytes, crate::error::GatewayError> {
+    use http_body_util::BodyExt;
+    match http_body_util::Limited::new(body, max).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) if err.is::<http_body_util::LengthLimitError>() => {
+            Err(crate::error::GatewayError::PayloadTooLarge)
+        }
+        Err(_) => Err(crate::error::GatewayError::BadRequest(
+            "the request body could not be read",
+        )),
     }
 }
 
@@ -49,6 +79,9 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
+        if let Some(bytes) = this.buffered.take() {
+            return Poll::Ready(Some(Ok(Frame::data(bytes))));
+        }
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };
@@ -71,10 +104,13 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(Body::is_end_stream)
+        self.buffered.is_none() && self.inner.as_ref().is_none_or(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
+        if let Some(bytes) = &self.buffered {
+            return SizeHint::with_exact(bytes.len() as u64);
+        }
         self.inner
             .as_ref()
             .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)

@@ -28,6 +28,13 @@ pub enum GatewayError {
     /// No usable bearer token (missing, malformed, or failed verification).
     #[error("unauthorized: {0}")]
     Unauthorized(TokenError),
+    /// A claim requirement of the route does not hold; carries the rule as configured (never the
+    /// token's values).
+    #[error("claim requirement not met: {0}")]
+    ClaimRequirement(std::sync::Arc<str>),
+    /// The request body is not JSON on a route that checks owner fields in it.
+    #[error("unsupported media type")]
+    UnsupportedMediaType,
     /// The path or an owner query parameter names another user (the owner rule).
     #[error("owner mismatch: {0}")]
     OwnerMismatch(&'static str),
@@ -59,7 +66,10 @@ impl GatewayError {
             GatewayError::NoRoute => StatusCode::NOT_FOUND,
             GatewayError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            GatewayError::OwnerMismatch(_) => StatusCode::FORBIDDEN,
+            GatewayError::OwnerMismatch(_) | GatewayError::ClaimRequirement(_) => {
+                StatusCode::FORBIDDEN
+            }
+            GatewayError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::KeysUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
@@ -81,6 +91,8 @@ impl GatewayError {
             GatewayError::Unauthorized(TokenError::Expired) => "expired",
             GatewayError::Unauthorized(_) => "invalid_token",
             GatewayError::OwnerMismatch(_) => "owner_mismatch",
+            GatewayError::ClaimRequirement(_) => "claim_requirement",
+            GatewayError::UnsupportedMediaType => "unsupported_media_type",
             GatewayError::RateLimited { .. } => "rate_limited",
             GatewayError::KeysUnavailable => "keys_unavailable",
             GatewayError::UpstreamUnavailable => "upstream_unavailable",
@@ -90,13 +102,15 @@ impl GatewayError {
         }
     }
 
-    pub fn message(&self) -> &'static str {
+    pub fn message(&self) -> &str {
         match self {
             GatewayError::BadTarget(why) | GatewayError::BadRequest(why) => why,
             GatewayError::NoRoute => "no route matches this path",
             GatewayError::MethodNotAllowed(_) => "method not allowed on this route",
             GatewayError::Unauthorized(err) => err.description(),
             GatewayError::OwnerMismatch(why) => why,
+            GatewayError::ClaimRequirement(rule) => rule,
+            GatewayError::UnsupportedMediaType => "this route needs a JSON request body",
             GatewayError::RateLimited { .. } => {
                 "too many requests; retry after the time in Retry-After"
             }

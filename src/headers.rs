@@ -83,9 +83,15 @@ pub struct HeaderPolicy {
 }
 
 impl HeaderPolicy {
-    pub fn new(auth: &AuthConfig) -> HeaderPolicy {
+    /// `claim_headers` are the names every route may fill from claims: like the identity header,
+    /// no client may send them, on any route.
+    pub fn new<'a>(
+        auth: &'a AuthConfig,
+        claim_headers: impl Iterator<Item = &'a HeaderName>,
+    ) -> HeaderPolicy {
         let identity_names: Vec<&str> = std::iter::once(auth.identity_header.as_str())
             .chain(auth.strip_headers.iter().map(HeaderName::as_str))
+            .chain(claim_headers.map(HeaderName::as_str))
             .collect();
         let normalize_all = |names: &mut dyn Iterator<Item = &str>| {
             names
@@ -122,6 +128,7 @@ impl HeaderPolicy {
         version: Version,
         authority: Option<&str>,
         identity: Option<&HeaderValue>,
+        claim_headers: &[(HeaderName, HeaderValue)],
     ) -> Result<(), GatewayError> {
         let mut hosts = headers.get_all(HOST).iter();
         let host = hosts.next().cloned();
@@ -153,6 +160,9 @@ impl HeaderPolicy {
         headers.append(VIA, via_value(version));
         if let Some(identity) = identity {
             headers.insert(self.identity.clone(), identity.clone());
+        }
+        for (name, value) in claim_headers {
+            headers.insert(name.clone(), value.clone());
         }
         Ok(())
     }

@@ -15,6 +15,7 @@ pub mod headers;
 pub mod live;
 pub mod metrics;
 pub mod pipeline;
+pub mod policy;
 pub mod ratelimit;
 pub mod routes;
 pub mod server;

@@ -70,11 +70,10 @@ fn main() -> ExitCode {
         Command::Check => match Config::load(&cli.config) {
             Ok(config) => {
                 println!(
-                    "{}: ok ({} routes, upstream {}://{})",
+                    "{}: ok ({} routes, upstream {})",
                     cli.config.display(),
                     config.routes.len(),
-                    config.upstream.scheme,
-                    config.upstream.authority
+                    config.upstream_summary()
                 );
                 ExitCode::SUCCESS
             }
@@ -165,7 +164,7 @@ fn run_gateway(config: Config, config_path: PathBuf) -> ExitCode {
         tracing::info!(
             listen = %config.server.listen,
             admin = ?config.admin_listen,
-            upstream = %format!("{}://{}", config.upstream.scheme, config.upstream.authority),
+            upstream = %config.upstream_summary(),
             routes = config.routes.len(),
             "authgate listening"
         );
@@ -301,7 +300,10 @@ async fn run_demo() -> Result<(), String> {
     let env = |name: &str| (name == "BETTER_AUTH_SECRET").then(|| secret.clone());
     let mut config =
         Config::parse(DEMO_CONFIG, "gateway.toml (demo)", &env).map_err(|err| err.to_string())?;
-    config.upstream.authority = backend_addr
+    let Some(upstream) = config.upstream.as_mut() else {
+        return Err("the demo config has no [upstream]".into());
+    };
+    upstream.authority = backend_addr
         .to_string()
         .parse()
         .map_err(|_| "bad backend address".to_string())?;

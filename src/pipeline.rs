@@ -18,9 +18,9 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
 use crate::auth::{self, Authenticator, Identity, VerifyError};
-use crate::authz;
+use crate::authz::{self, Ownership};
 use crate::body::RequestBody;
-use crate::config::{AuthMode, Config, ConfigError, LimitsConfig};
+use crate::config::{AuthMode, Config, ConfigError, LimitsConfig, UpstreamRef};
 use crate::error::GatewayError;
 use crate::forwarded::TrustedProxies;
 use crate::headers::{ClientInfo, HeaderPolicy};
@@ -43,7 +43,8 @@ pub struct Gateway {
     limits: RateLimits,
     authenticator: Authenticator,
     headers: HeaderPolicy,
-    upstream: Upstream,
+    default_upstream: Option<Upstream>,
+    named_upstreams: Vec<Upstream>,
     server_limits: LimitsConfig,
     access_log: bool,
     metrics: Arc<Metrics>,
@@ -104,8 +105,19 @@ impl Gateway {
                 &metrics,
                 previous.map(|gateway| &gateway.authenticator),
             ),
-            headers: HeaderPolicy::new(&config.auth),
-            upstream: Upstream::new(&config.upstream),
+            headers: HeaderPolicy::new(
+                &config.auth,
+                config
+                    .routes
+                    .iter()
+                    .flat_map(|route| route.claim_headers.iter().map(|h| &h.name)),
+            ),
+            default_upstream: config.upstream.as_ref().map(Upstream::new),
+            named_upstreams: config
+                .named_upstreams
+                .iter()
+                .map(|(_, upstream)| Upstream::new(upstream))
+                .collect(),
             server_limits: config.limits,
             access_log: config.log.access,
             metrics,
@@ -200,15 +212,18 @@ impl Gateway {
             self.trusted_proxies
                 .client(client.peer.ip(), &client.forwarded_for, &parts.headers);
         exchange.client_ip = Some(address.ip);
-        let (identity, allowance) = {
+        let (route, identity, ownership, allowance) = {
             let target = target::validate(&parts.uri, parts.version)?;
             exchange.path_validated = true;
             let matched = self.routes.lookup(&parts.method, &target.path)?;
             let route = matched.route;
             exchange.route = Some(route.label.clone());
-            match route.auth {
-                AuthMode::Public => (None, self.limits.check_ip(route.index, address.ip)?),
-                AuthMode::Required => {
+            let presented = parts.headers.contains_key(http::header::AUTHORIZATION);
+            let identity = match route.auth {
+                AuthMode::Public => None,
+                // Optional: no credentials at all means anonymous; any credentials must be valid.
+                AuthMode::Optional if !presented => None,
+                AuthMode::Required | AuthMode::Optional => {
                     self.limits.auth_guard(address.ip)?;
                     let identity = self.authenticate(&parts.headers).await.inspect_err(|err| {
                         if matches!(err, GatewayError::Unauthorized(_)) {
@@ -216,11 +231,49 @@ impl Gateway {
                         }
                     })?;
                     exchange.user = Some(identity.clone());
+                    Some(identity)
+                }
+            };
+            match identity {
+                None => (
+                    route,
+                    None,
+                    Ownership::Enforced,
+                    self.limits.check_ip(route.index, address.ip)?,
+                ),
+                Some(identity) => {
                     let allowance = self.limits.check_user(route.index, &identity.user_id)?;
-                    authz::authorize(&matched, &identity, target.query)?;
-                    (Some(identity), allowance)
+                    let ownership = authz::authorize(&matched, &identity, target.query)?;
+                    (route, Some(identity), ownership, allowance)
                 }
             }
+        };
+        // Owner fields in a JSON body: read it whole (bounded), check it, forward the same bytes.
+        let body = match (&route.body_owner, &identity, ownership) {
+            (Some(owner), Some(identity), Ownership::Enforced)
+                if !http_body::Body::is_end_stream(&body) =>
+            {
+                let content_type = parts.headers.get(http::header::CONTENT_TYPE).cloned();
+                let bytes =
+                    crate::body::read_to_limit(body, owner.max_bytes.min(max_body as usize))
+                        .await?;
+                authz::check_body_owner(
+                    content_type.as_ref(),
+                    &bytes,
+                    &owner.fields,
+                    &identity.user_id,
+                )?;
+                RequestBody::buffered(bytes)
+            }
+            _ => RequestBody::limited(body, max_body),
+        };
+        let claim_headers: Vec<(HeaderName, HeaderValue)> = match &identity {
+            Some(identity) if !route.claim_headers.is_empty() => route
+                .claim_headers
+                .iter()
+                .filter_map(|header| Some((header.name.clone(), header.value(&identity.claims)?)))
+                .collect(),
+            _ => Vec::new(),
         };
         let authority = parts.uri.authority().cloned();
         self.headers.rewrite_request(
@@ -230,10 +283,18 @@ impl Gateway {
             parts.version,
             authority.as_ref().map(|a| a.as_str()),
             identity.as_ref().map(|identity| &identity.header_value),
+            &claim_headers,
         )?;
-        let body = RequestBody::limited(body, max_body);
+        if let Some(prefix) = &route.strip_prefix {
+            parts.uri = strip_prefix(&parts.uri, prefix.segments)?;
+        }
+        let upstream = match route.upstream {
+            UpstreamRef::Default => self.default_upstream.as_ref(),
+            UpstreamRef::Named(index) => self.named_upstreams.get(index),
+        }
+        .ok_or(GatewayError::UpstreamUnavailable)?;
         let sent = Instant::now();
-        let forwarded = self.upstream.forward(parts, body).await;
+        let forwarded = upstream.forward(parts, body).await;
         exchange.upstream_time = Some(sent.elapsed());
         let mut response = forwarded.inspect_err(|err| {
             self.metrics
@@ -261,6 +322,27 @@ impl Gateway {
                 VerifyError::KeysUnavailable => GatewayError::KeysUnavailable,
             })
     }
+}
+
+/// Removes the first `segments` path segments of the raw target (keeping the query), for
+/// `strip_prefix`. The segments are the ones the route matched literally, so no decoding is needed.
+fn strip_prefix(uri: &http::Uri, segments: usize) -> Result<http::Uri, GatewayError> {
+    let path = uri.path();
+    let mut rest = path;
+    for _ in 0..segments {
+        rest = rest
+            .strip_prefix('/')
+            .map(|tail| tail.find('/').map_or("", |slash| &tail[slash..]))
+            .unwrap_or("");
+    }
+    let rest = if rest.is_empty() { "/" } else { rest };
+    let rebuilt = match uri.query() {
+        Some(query) => format!("{rest}?{query}"),
+        None => rest.to_string(),
+    };
+    rebuilt
+        .parse()
+        .map_err(|_| GatewayError::BadTarget("the target cannot be rewritten"))
 }
 
 /// A fresh request id: a random per-process prefix and a counter. Unique, cheap, and not a secret.

@@ -9,8 +9,11 @@
 use http::header::HeaderValue;
 use http::Method;
 
-use crate::config::{AuthMode, ConfigError, RouteConfig, SUPPORTED_METHODS};
+use crate::config::{
+    AuthMode, BodyOwner, ConfigError, RouteConfig, StripPrefix, UpstreamRef, SUPPORTED_METHODS,
+};
 use crate::error::GatewayError;
+use crate::policy::{ClaimCondition, ClaimHeader};
 
 /// One `[[route]]`, ready to use.
 #[derive(Debug)]
@@ -25,6 +28,12 @@ pub struct Route {
     pub owner: Option<Box<str>>,
     /// Query parameters that must equal the authenticated user id wherever they appear.
     pub owner_query_params: Box<[Box<str>]>,
+    pub require: Box<[ClaimCondition]>,
+    pub owner_bypass: Box<[ClaimCondition]>,
+    pub body_owner: Option<BodyOwner>,
+    pub claim_headers: Box<[ClaimHeader]>,
+    pub upstream: UpstreamRef,
+    pub strip_prefix: Option<StripPrefix>,
     methods: MethodSet,
 }
 
@@ -71,6 +80,12 @@ impl RouteTable {
                     .iter()
                     .map(|name| name.as_str().into())
                     .collect(),
+                require: config.require.clone().into(),
+                owner_bypass: config.owner_bypass.clone().into(),
+                body_owner: config.body_owner.clone(),
+                claim_headers: config.claim_headers.clone().into(),
+                upstream: config.upstream,
+                strip_prefix: config.strip_prefix.clone(),
                 methods,
             };
             if let Some(index) = entries

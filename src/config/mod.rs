@@ -17,6 +17,7 @@ use toml::Spanned;
 
 use crate::auth::JwsAlgorithm;
 pub use crate::forwarded::IpNet;
+use crate::policy::{ClaimCondition, ClaimHeader, Condition};
 pub use duration::parse_duration;
 use raw::{
     IssuerField, RawAdmin, RawAuth, RawConfig, RawIssuer, RawLimits, RawLog, RawRateLimit,
@@ -70,7 +71,10 @@ impl Location {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub server: ServerConfig,
-    pub upstream: UpstreamConfig,
+    /// The default upstream (`[upstream]`), for routes that name none.
+    pub upstream: Option<UpstreamConfig>,
+    /// `[upstreams.NAME]`, in name order; routes refer to them by index.
+    pub named_upstreams: Vec<(String, UpstreamConfig)>,
     pub auth: AuthConfig,
     pub rate_limit: RateLimitConfig,
     pub limits: LimitsConfig,
@@ -234,7 +238,30 @@ pub struct JwksFile {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthMode {
     Required,
+    /// A valid token forwards its identity, no token forwards none, a bad token is still 401.
+    Optional,
     Public,
+}
+
+/// Which upstream a route forwards to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamRef {
+    Default,
+    Named(usize),
+}
+
+/// `body_owner_fields`: top-level JSON fields that must name the caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BodyOwner {
+    pub fields: Vec<String>,
+    pub max_bytes: usize,
+}
+
+/// `strip_prefix`: leading path segments removed before forwarding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StripPrefix {
+    pub prefix: String,
+    pub segments: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -249,6 +276,12 @@ pub struct RouteConfig {
     pub owner_query_params: Vec<String>,
     /// `Some` when the route overrides the global quotas (it then has buckets of its own).
     pub rate_limit: Option<RouteRateLimit>,
+    pub require: Vec<ClaimCondition>,
+    pub owner_bypass: Vec<ClaimCondition>,
+    pub body_owner: Option<BodyOwner>,
+    pub claim_headers: Vec<ClaimHeader>,
+    pub upstream: UpstreamRef,
+    pub strip_prefix: Option<StripPrefix>,
     pub location: Location,
 }
 
@@ -272,6 +305,19 @@ const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Config {
+    /// The upstreams for logs: `http://host:port` for the default, `NAME=http://...` for the rest.
+    pub fn upstream_summary(&self) -> String {
+        let default = self
+            .upstream
+            .iter()
+            .map(|u| format!("{}://{}", u.scheme, u.authority));
+        let named = self
+            .named_upstreams
+            .iter()
+            .map(|(name, u)| format!("{name}={}://{}", u.scheme, u.authority));
+        default.chain(named).collect::<Vec<_>>().join(", ")
+    }
+
     /// Reads and validates a config file, resolving secrets from the process environment.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         Config::load_with(path, &|name| std::env::var(name).ok())
@@ -321,7 +367,17 @@ impl Config {
             }
         })?;
         let server = validate_server(&ctx, raw.server)?;
-        let upstream = validate_upstream(&ctx, &raw.upstream)?;
+        let upstream = match &raw.upstream {
+            Some(upstream) => Some(validate_upstream(&ctx, upstream, "upstream")?),
+            None => None,
+        };
+        let mut named_upstreams = Vec::new();
+        for (name, table) in &raw.upstreams {
+            named_upstreams.push((
+                name.clone(),
+                validate_upstream(&ctx, table, &format!("upstreams.{name}"))?,
+            ));
+        }
         let auth = validate_auth(&ctx, &raw.auth, env)?;
         let rate_limit = validate_rate_limit(&ctx, raw.rate_limit.as_ref())?;
         let limits = validate_limits(&ctx, raw.limits.as_ref())?;
@@ -331,11 +387,22 @@ impl Config {
             .routes
             .iter()
             .enumerate()
-            .map(|(index, route)| validate_route(&ctx, index, route, &auth, &rate_limit))
+            .map(|(index, route)| {
+                validate_route(
+                    &ctx,
+                    index,
+                    route,
+                    &auth,
+                    &rate_limit,
+                    upstream.is_some(),
+                    &named_upstreams,
+                )
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let config = Config {
             server,
             upstream,
+            named_upstreams,
             auth,
             rate_limit,
             limits,
@@ -432,38 +499,39 @@ fn validate_duration(
     Ok(duration)
 }
 
-fn validate_upstream(ctx: &Ctx, raw: &Spanned<RawUpstream>) -> Result<UpstreamConfig, ConfigError> {
+fn validate_upstream(
+    ctx: &Ctx,
+    raw: &Spanned<RawUpstream>,
+    table: &str,
+) -> Result<UpstreamConfig, ConfigError> {
     let upstream = raw.get_ref();
     let url = &upstream.url;
+    let url_key = format!("{table}.url");
     let uri: Uri = url
         .get_ref()
         .parse()
-        .map_err(|_| ctx.error(url, "upstream.url", "not a valid URL"))?;
+        .map_err(|_| ctx.error(url, &url_key, "not a valid URL"))?;
     let scheme = match uri.scheme_str() {
         Some("http") => Scheme::HTTP,
         Some("https") => {
             return Err(ctx.error(
                 url,
-                "upstream.url",
+                &url_key,
                 "https upstreams are not supported yet; use http on a private network",
             ))
         }
-        _ => return Err(ctx.error(url, "upstream.url", "the scheme must be http")),
+        _ => return Err(ctx.error(url, &url_key, "the scheme must be http")),
     };
     let Some(authority) = uri.authority().cloned() else {
-        return Err(ctx.error(url, "upstream.url", "the URL has no host"));
+        return Err(ctx.error(url, &url_key, "the URL has no host"));
     };
     if authority.as_str().contains('@') {
-        return Err(ctx.error(
-            url,
-            "upstream.url",
-            "credentials in the URL are not supported",
-        ));
+        return Err(ctx.error(url, &url_key, "credentials in the URL are not supported"));
     }
     if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
         return Err(ctx.error(
             url,
-            "upstream.url",
+            &url_key,
             "the URL must not have a path or query; the request path is forwarded as received",
         ));
     }
@@ -473,14 +541,14 @@ fn validate_upstream(ctx: &Ctx, raw: &Spanned<RawUpstream>) -> Result<UpstreamCo
         timeout: validate_duration(
             ctx,
             &upstream.timeout,
-            "upstream.timeout",
+            &format!("{table}.timeout"),
             DEFAULT_UPSTREAM_TIMEOUT,
             false,
         )?,
         connect_timeout: validate_duration(
             ctx,
             &upstream.connect_timeout,
-            "upstream.connect_timeout",
+            &format!("{table}.connect_timeout"),
             DEFAULT_CONNECT_TIMEOUT,
             false,
         )?,
@@ -1128,6 +1196,86 @@ fn validate_rate_limit(
     Ok(config)
 }
 
+/// `{ claim = value, "org.role" = ["a", "b"], email = "*" }`; nested tables are dotted paths too.
+fn validate_conditions(
+    ctx: &Ctx,
+    table: &Spanned<toml::Table>,
+    key: &str,
+) -> Result<Vec<ClaimCondition>, ConfigError> {
+    fn flatten(prefix: &str, table: &toml::Table, out: &mut Vec<(String, toml::Value)>) {
+        for (name, value) in table {
+            let path = if prefix.is_empty() {
+                name.clone()
+            } else {
+                format!("{prefix}.{name}")
+            };
+            match value {
+                toml::Value::Table(inner) => flatten(&path, inner, out),
+                other => out.push((path, other.clone())),
+            }
+        }
+    }
+    let mut entries = Vec::new();
+    flatten("", table.get_ref(), &mut entries);
+    if entries.is_empty() {
+        return Err(ctx.error(table, key, "an empty table: remove it, or name a claim"));
+    }
+    let scalar = |value: &toml::Value| -> Option<serde_json::Value> {
+        match value {
+            toml::Value::String(text) => Some(serde_json::Value::from(text.clone())),
+            toml::Value::Integer(number) => Some(serde_json::Value::from(*number)),
+            toml::Value::Float(number) => {
+                serde_json::Number::from_f64(*number).map(serde_json::Value::Number)
+            }
+            toml::Value::Boolean(flag) => Some(serde_json::Value::from(*flag)),
+            _ => None,
+        }
+    };
+    let mut conditions = Vec::new();
+    for (path, value) in entries {
+        if path.split('.').any(str::is_empty) {
+            return Err(ctx.error(table, key, format!("`{path}` is not a claim path")));
+        }
+        let condition = match &value {
+            toml::Value::String(text) if text == "*" => Condition::Exists,
+            toml::Value::Array(items) => {
+                let values: Option<Vec<_>> = items.iter().map(scalar).collect();
+                match values {
+                    Some(values) if !values.is_empty() => Condition::OneOf(values),
+                    _ => {
+                        return Err(ctx.error(
+                            table,
+                            key,
+                            format!("`{path}`: a list must hold strings, numbers or booleans"),
+                        ))
+                    }
+                }
+            }
+            other => Condition::Equals(scalar(other).ok_or_else(|| {
+                ctx.error(
+                    table,
+                    key,
+                    format!("`{path}`: expected a string, number, boolean, list or \"*\""),
+                )
+            })?),
+        };
+        let description = match &condition {
+            Condition::Exists => format!("claim `{path}` must be present"),
+            Condition::Equals(expected) => format!("claim `{path}` must equal {expected}"),
+            Condition::OneOf(allowed) => format!(
+                "claim `{path}` must be one of {}",
+                serde_json::Value::Array(allowed.clone())
+            ),
+        };
+        conditions.push(ClaimCondition {
+            path: path.split('.').map(String::from).collect(),
+            condition,
+            description: description.into(),
+        });
+    }
+    Ok(conditions)
+}
+
 fn validate_route_rate_limit(
     ctx: &Ctx,
     raw: &RawRouteRateLimit,
@@ -1176,6 +1324,8 @@ fn validate_route(
     raw: &Spanned<RawRoute>,
     auth: &AuthConfig,
     rate_limit: &RateLimitConfig,
+    has_default_upstream: bool,
+    named_upstreams: &[(String, UpstreamConfig)],
 ) -> Result<RouteConfig, ConfigError> {
     let route = raw.get_ref();
     let table = format!("route[{index}]");
@@ -1221,9 +1371,14 @@ fn validate_route(
         .map(|mode| (mode, mode.get_ref().as_str()))
     {
         None | Some((_, "required")) => AuthMode::Required,
+        Some((_, "optional")) => AuthMode::Optional,
         Some((_, "public")) => AuthMode::Public,
         Some((mode, _)) => {
-            return Err(ctx.error(mode, &key("auth"), "expected \"required\" or \"public\""))
+            return Err(ctx.error(
+                mode,
+                &key("auth"),
+                "expected \"required\", \"optional\" or \"public\"",
+            ))
         }
     };
     let owner = match &route.owner {
@@ -1240,11 +1395,11 @@ fn validate_route(
                     ),
                 ));
             }
-            if auth_mode == AuthMode::Public {
+            if auth_mode != AuthMode::Required {
                 return Err(ctx.error(
                     owner,
                     &key("owner"),
-                    "a public route has no authenticated user to compare with",
+                    "the owner rule needs auth = \"required\": without a user there is nothing to compare with",
                 ));
             }
             Some(owner.get_ref().clone())
@@ -1261,6 +1416,149 @@ fn validate_route(
             rate_limit,
         )?),
     };
+    let needs_user = |value: Option<&Spanned<toml::Table>>, name: &str| match value {
+        Some(table) if auth_mode == AuthMode::Public => Err(ctx.error(
+            table,
+            &key(name),
+            "a public route has no verified claims to check",
+        )),
+        _ => Ok(()),
+    };
+    needs_user(route.require.as_ref(), "require")?;
+    needs_user(route.owner_bypass.as_ref(), "owner_bypass")?;
+    needs_user(route.claim_headers.as_ref(), "claim_headers")?;
+    let require = match &route.require {
+        Some(table) => validate_conditions(ctx, table, &key("require"))?,
+        None => Vec::new(),
+    };
+    let owner_bypass = match &route.owner_bypass {
+        Some(table) => validate_conditions(ctx, table, &key("owner_bypass"))?,
+        None => Vec::new(),
+    };
+    let body_owner = match &route.body_owner_fields {
+        None => {
+            if let Some(max) = &route.max_body_owner_bytes {
+                return Err(ctx.error(
+                    max,
+                    &key("max_body_owner_bytes"),
+                    "needs body_owner_fields",
+                ));
+            }
+            None
+        }
+        Some(fields) => {
+            if auth_mode != AuthMode::Required {
+                return Err(ctx.error(
+                    raw,
+                    &key("body_owner_fields"),
+                    "owner fields need auth = \"required\"",
+                ));
+            }
+            let mut names = Vec::new();
+            for field in fields {
+                if field.get_ref().is_empty() {
+                    return Err(ctx.error(
+                        field,
+                        &key("body_owner_fields"),
+                        "names must not be empty",
+                    ));
+                }
+                names.push(field.get_ref().clone());
+            }
+            let max_bytes = match &route.max_body_owner_bytes {
+                None => 1024 * 1024,
+                Some(max) if (1..=64 * 1024 * 1024).contains(max.get_ref()) => {
+                    *max.get_ref() as usize
+                }
+                Some(max) => {
+                    return Err(ctx.error(
+                        max,
+                        &key("max_body_owner_bytes"),
+                        "must be between 1 and 67108864",
+                    ))
+                }
+            };
+            Some(BodyOwner {
+                fields: names,
+                max_bytes,
+            })
+        }
+    };
+    let mut claim_headers = Vec::new();
+    if let Some(table) = &route.claim_headers {
+        for (name, claim) in table.get_ref() {
+            let header = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                ctx.error(
+                    table,
+                    &key("claim_headers"),
+                    format!("`{name}` is not a valid header name"),
+                )
+            })?;
+            if RESERVED_HEADERS.contains(&header.as_str()) || header == auth.identity_header {
+                return Err(ctx.error(
+                    table,
+                    &key("claim_headers"),
+                    format!("`{name}` is reserved by the gateway"),
+                ));
+            }
+            let Some(claim) = claim.as_str().filter(|claim| !claim.is_empty()) else {
+                return Err(ctx.error(
+                    table,
+                    &key("claim_headers"),
+                    format!("`{name}` must name a claim, e.g. \"email\""),
+                ));
+            };
+            claim_headers.push(ClaimHeader {
+                name: header,
+                path: claim.split('.').map(String::from).collect(),
+            });
+        }
+    }
+    let upstream = match &route.upstream {
+        None if has_default_upstream => UpstreamRef::Default,
+        None => {
+            return Err(ctx.error(
+                raw,
+                &table,
+                "this route names no `upstream` and there is no default [upstream] table",
+            ))
+        }
+        Some(name) => {
+            let index = named_upstreams
+                .iter()
+                .position(|(named, _)| named == name.get_ref())
+                .ok_or_else(|| {
+                    ctx.error(
+                        name,
+                        &key("upstream"),
+                        format!("no [upstreams.{}] table", name.get_ref()),
+                    )
+                })?;
+            UpstreamRef::Named(index)
+        }
+    };
+    let strip_prefix = match &route.strip_prefix {
+        None => None,
+        Some(prefix) => {
+            let text = prefix.get_ref();
+            let literal = crate::routes::parse_pattern(text)
+                .ok()
+                .filter(|params| params.is_empty());
+            let covers = route.path.get_ref() == text
+                || route.path.get_ref().starts_with(&format!("{text}/"));
+            if text == "/" || literal.is_none() || !covers {
+                return Err(ctx.error(
+                    prefix,
+                    &key("strip_prefix"),
+                    "must be whole literal leading segments of this route's path, e.g. \"/tasks-api\"",
+                ));
+            }
+            Some(StripPrefix {
+                prefix: text.clone(),
+                segments: text.matches('/').count(),
+            })
+        }
+    };
     Ok(RouteConfig {
         path: route.path.get_ref().clone(),
         params,
@@ -1269,6 +1567,12 @@ fn validate_route(
         owner,
         owner_query_params,
         rate_limit: route_rate_limit,
+        require,
+        owner_bypass,
+        body_owner,
+        claim_headers,
+        upstream,
+        strip_prefix,
         location: ctx.location(raw, &table),
     })
 }

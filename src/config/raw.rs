@@ -9,7 +9,10 @@ use toml::Spanned;
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
     pub server: Option<RawServer>,
-    pub upstream: Spanned<RawUpstream>,
+    pub upstream: Option<Spanned<RawUpstream>>,
+    /// `[upstreams.NAME]` tables, for routes that name one.
+    #[serde(default)]
+    pub upstreams: std::collections::BTreeMap<String, Spanned<RawUpstream>>,
     pub auth: Spanned<RawAuth>,
     pub rate_limit: Option<Spanned<RawRateLimit>>,
     pub limits: Option<Spanned<RawLimits>>,
@@ -164,4 +167,11 @@ pub struct RawRoute {
     pub owner: Option<Spanned<String>>,
     pub owner_query_params: Option<Vec<Spanned<String>>>,
     pub rate_limit: Option<Spanned<RawRouteRateLimit>>,
+    pub require: Option<Spanned<toml::Table>>,
+    pub owner_bypass: Option<Spanned<toml::Table>>,
+    pub body_owner_fields: Option<Vec<Spanned<String>>>,
+    pub max_body_owner_bytes: Option<Spanned<i64>>,
+    pub claim_headers: Option<Spanned<toml::Table>>,
+    pub upstream: Option<Spanned<String>>,
+    pub strip_prefix: Option<Spanned<String>>,
 }

@@ -197,7 +197,9 @@ pub async fn start_gateway(toml: &str, upstream: SocketAddr) -> GatewayHandle {
 }
 
 pub async fn start_gateway_with(mut config: Config, upstream: SocketAddr) -> GatewayHandle {
-    config.upstream.authority = upstream.to_string().parse().unwrap();
+    if let Some(default) = config.upstream.as_mut() {
+        default.authority = upstream.to_string().parse().unwrap();
+    }
     let live = Live::new(config).unwrap();
     let gateway = live.gateway();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

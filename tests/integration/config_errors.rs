@@ -89,7 +89,7 @@ fn each_invalid_config_names_file_line_and_key() {
         (
             "auth = \"public\"",
             "auth = \"maybe\"",
-            "expected \"required\" or \"public\"",
+            "expected \"required\", \"optional\" or \"public\"",
             "`route[0].auth`",
         ),
         (
@@ -193,7 +193,7 @@ fn owner_on_a_public_route_is_refused() {
         "path = \"/health\"\nauth = \"public\"",
         "path = \"/u/{id}\"\nauth = \"public\"\nowner = \"id\"",
     );
-    assert!(parse_error(&toml).contains("a public route has no authenticated user"));
+    assert!(parse_error(&toml).contains("the owner rule needs auth = \"required\""));
 }
 
 fn authgate() -> Command {
