@@ -72,6 +72,17 @@ impl ClientInfo {
     }
 }
 
+/// What the rewrite inserts, decided by the earlier stages.
+pub struct Forwarding<'a> {
+    pub client: &'a ClientInfo,
+    /// The X-Forwarded-For to send (the trusted-proxy rule decided it).
+    pub forwarded_for: &'a HeaderValue,
+    pub version: Version,
+    pub authority: Option<&'a str>,
+    pub identity: Option<&'a HeaderValue>,
+    pub claim_headers: &'a [(HeaderName, HeaderValue)],
+}
+
 /// The compiled header policy: names normalized once at load time.
 #[derive(Debug)]
 pub struct HeaderPolicy {
@@ -118,24 +129,24 @@ impl HeaderPolicy {
 
     /// Rewrites client request headers in place into what the backend may see.
     ///
-    /// `identity` is the verified user id, or `None` on a public route, which then forwards no
-    /// identity at all. `authority` is the HTTP/2 `:authority`, used when there is no `Host`.
+    /// `forwarding.identity` is the verified user id, or `None` on a public route, which then
+    /// forwards no identity at all. `authority` is the HTTP/2 `:authority`, used when there is no
+    /// `Host`.
     pub fn rewrite_request(
         &self,
         headers: &mut HeaderMap,
-        client: &ClientInfo,
-        forwarded_for: &HeaderValue,
-        version: Version,
-        authority: Option<&str>,
-        identity: Option<&HeaderValue>,
-        claim_headers: &[(HeaderName, HeaderValue)],
+        forwarding: &Forwarding<'_>,
     ) -> Result<(), GatewayError> {
         let mut hosts = headers.get_all(HOST).iter();
         let host = hosts.next().cloned();
         if hosts.next().is_some() {
             return Err(GatewayError::BadRequest("more than one Host header"));
         }
-        let host = host.or_else(|| authority.and_then(|a| HeaderValue::from_str(a).ok()));
+        let host = host.or_else(|| {
+            forwarding
+                .authority
+                .and_then(|a| HeaderValue::from_str(a).ok())
+        });
         let nominated = self.connection_nominated(headers)?;
 
         let original = std::mem::take(headers);
@@ -152,16 +163,16 @@ impl HeaderPolicy {
             }
         }
 
-        headers.insert(X_FORWARDED_FOR.clone(), forwarded_for.clone());
-        headers.insert(X_FORWARDED_PROTO.clone(), client.proto.clone());
+        headers.insert(X_FORWARDED_FOR.clone(), forwarding.forwarded_for.clone());
+        headers.insert(X_FORWARDED_PROTO.clone(), forwarding.client.proto.clone());
         if let Some(host) = host {
             headers.insert(X_FORWARDED_HOST.clone(), host);
         }
-        headers.append(VIA, via_value(version));
-        if let Some(identity) = identity {
+        headers.append(VIA, via_value(forwarding.version));
+        if let Some(identity) = forwarding.identity {
             headers.insert(self.identity.clone(), identity.clone());
         }
-        for (name, value) in claim_headers {
+        for (name, value) in forwarding.claim_headers {
             headers.insert(name.clone(), value.clone());
         }
         Ok(())

@@ -23,7 +23,7 @@ use crate::body::RequestBody;
 use crate::config::{AuthMode, Config, ConfigError, LimitsConfig, UpstreamRef};
 use crate::error::GatewayError;
 use crate::forwarded::TrustedProxies;
-use crate::headers::{ClientInfo, HeaderPolicy};
+use crate::headers::{ClientInfo, Forwarding, HeaderPolicy};
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimits;
 use crate::routes::RouteTable;
@@ -278,12 +278,14 @@ impl Gateway {
         let authority = parts.uri.authority().cloned();
         self.headers.rewrite_request(
             &mut parts.headers,
-            client,
-            &address.forwarded_for,
-            parts.version,
-            authority.as_ref().map(|a| a.as_str()),
-            identity.as_ref().map(|identity| &identity.header_value),
-            &claim_headers,
+            &Forwarding {
+                client,
+                forwarded_for: &address.forwarded_for,
+                version: parts.version,
+                authority: authority.as_ref().map(|a| a.as_str()),
+                identity: identity.as_ref().map(|identity| &identity.header_value),
+                claim_headers: &claim_headers,
+            },
         )?;
         if let Some(prefix) = &route.strip_prefix {
             parts.uri = strip_prefix(&parts.uri, prefix.segments)?;
