@@ -12,6 +12,7 @@ mod jwks;
 mod keys;
 mod operations;
 mod owner_rule;
+mod policy;
 mod properties;
 mod rate_limits;
 mod request_targets;
