@@ -468,11 +468,7 @@ fn policy_config_errors() {
             "{to}: {error}"
         );
     }
-    let no_default = base.replacen(
-        &format!("[upstream]\nurl = \"http://127.0.0.1:1\"\n"),
-        "",
-        1,
-    );
+    let no_default = base.replacen("[upstream]\nurl = \"http://127.0.0.1:1\"\n", "", 1);
     let error = authgate::config::Config::parse(&no_default, "p.toml", &env)
         .unwrap_err()
         .to_string();
