@@ -19,6 +19,7 @@ pub mod policy;
 pub mod ratelimit;
 pub mod routes;
 pub mod server;
+pub mod stream;
 pub mod target;
 pub mod token;
 pub mod upstream;

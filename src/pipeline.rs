@@ -27,11 +27,12 @@ use crate::headers::{ClientInfo, Forwarding, HeaderPolicy};
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimits;
 use crate::routes::RouteTable;
+use crate::stream::{self, UpstreamBody};
 use crate::target;
 use crate::upstream::Upstream;
 
 /// What the gateway answers with: the backend's streamed body, or our own small JSON refusal.
-pub type ResponseBody = Either<Incoming, Full<Bytes>>;
+pub type ResponseBody = Either<UpstreamBody, Full<Bytes>>;
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -202,8 +203,13 @@ impl Gateway {
         request: Request<Incoming>,
         client: &ClientInfo,
         exchange: &mut Exchange,
-    ) -> Result<Response<Incoming>, GatewayError> {
+    ) -> Result<Response<UpstreamBody>, GatewayError> {
         let (mut parts, body) = request.into_parts();
+        if parts.method == http::Method::CONNECT {
+            return Err(GatewayError::BadRequest(
+                "CONNECT is not supported, including WebSocket over HTTP/2 (RFC 8441); use HTTP/1.1",
+            ));
+        }
         let max_body = self.server_limits.max_body_bytes;
         if http_body::Body::size_hint(&body).lower() > max_body {
             return Err(GatewayError::PayloadTooLarge);
@@ -218,6 +224,14 @@ impl Gateway {
             let matched = self.routes.lookup(&parts.method, &target.path)?;
             let route = matched.route;
             exchange.route = Some(route.label.clone());
+            if stream::is_websocket_upgrade(&parts.headers) {
+                if route.websocket.is_none() {
+                    return Err(GatewayError::BadRequest(
+                        "this route does not accept WebSocket upgrades",
+                    ));
+                }
+                parts.extensions.insert(stream::WebSocketRequested);
+            }
             let presented = parts.headers.contains_key(http::header::AUTHORIZATION);
             let identity = match route.auth {
                 AuthMode::Public => None,
@@ -290,6 +304,21 @@ impl Gateway {
         if let Some(prefix) = &route.strip_prefix {
             parts.uri = strip_prefix(&parts.uri, prefix.segments)?;
         }
+        // A WebSocket handshake: the upgrade headers go back in after the hop-by-hop strip, and the
+        // client's half of the upgrade is kept for the splice (it must not travel upstream).
+        let websocket = match route.websocket {
+            Some(limits)
+                if parts.version == http::Version::HTTP_11
+                    && stream::is_websocket_upgrade_requested(&parts.extensions) =>
+            {
+                stream::request_upgrade_headers(&mut parts.headers);
+                parts
+                    .extensions
+                    .remove::<hyper::upgrade::OnUpgrade>()
+                    .map(|client| (client, limits))
+            }
+            _ => None,
+        };
         let upstream = match route.upstream {
             UpstreamRef::Default => self.default_upstream.as_ref(),
             UpstreamRef::Named(index) => self.named_upstreams.get(index),
@@ -307,11 +336,24 @@ impl Gateway {
         self.metrics
             .upstream_duration
             .observe(sent.elapsed().as_secs_f64());
+        if let (Some((client, limits)), http::StatusCode::SWITCHING_PROTOCOLS) =
+            (websocket, response.status())
+        {
+            // Splice only once the backend agreed; any other answer is passed back as it is.
+            let backend = hyper::upgrade::on(&mut response);
+            let expires_in = identity
+                .as_ref()
+                .and_then(|identity| identity.claims.get("exp"))
+                .and_then(serde_json::Value::as_u64)
+                .map(|exp| Duration::from_secs(exp.saturating_sub(unix_now())));
+            stream::splice(client, backend, limits, expires_in);
+            return Ok(response.map(|body| UpstreamBody::new(body, None)));
+        }
         self.headers.rewrite_response(response.headers_mut());
         if let (true, Some(allowance)) = (self.limits.headers, allowance) {
             allowance.write_headers(response.headers_mut());
         }
-        Ok(response)
+        Ok(response.map(|body| UpstreamBody::new(body, route.stream_timeout)))
     }
 
     async fn authenticate(&self, headers: &http::HeaderMap) -> Result<Arc<Identity>, GatewayError> {

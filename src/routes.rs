@@ -10,7 +10,8 @@ use http::header::HeaderValue;
 use http::Method;
 
 use crate::config::{
-    AuthMode, BodyOwner, ConfigError, RouteConfig, StripPrefix, UpstreamRef, SUPPORTED_METHODS,
+    AuthMode, BodyOwner, ConfigError, RouteConfig, StripPrefix, UpstreamRef, WebSocketConfig,
+    SUPPORTED_METHODS,
 };
 use crate::error::GatewayError;
 use crate::policy::{ClaimCondition, ClaimHeader};
@@ -34,6 +35,8 @@ pub struct Route {
     pub claim_headers: Box<[ClaimHeader]>,
     pub upstream: UpstreamRef,
     pub strip_prefix: Option<StripPrefix>,
+    pub websocket: Option<WebSocketConfig>,
+    pub stream_timeout: Option<std::time::Duration>,
     methods: MethodSet,
 }
 
@@ -86,6 +89,8 @@ impl RouteTable {
                 claim_headers: config.claim_headers.clone().into(),
                 upstream: config.upstream,
                 strip_prefix: config.strip_prefix.clone(),
+                websocket: config.websocket,
+                stream_timeout: config.stream_timeout,
                 methods,
             };
             if let Some(index) = entries

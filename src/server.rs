@@ -22,7 +22,6 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -57,7 +56,11 @@ pub async fn serve(listener: TcpListener, live: Arc<Live>, shutdown: impl Future
     let limits = *live.gateway().server_limits();
     let builder = Arc::new(connection_builder(&limits));
     let slots = Arc::new(Semaphore::new(limits.max_connections));
-    let graceful = GracefulShutdown::new();
+    // Graceful shutdown by hand: hyper-util's GracefulShutdown does not take connections that
+    // can upgrade (WebSocket). Each connection watches `draining` and finishes its requests.
+    let (drain, draining) = tokio::sync::watch::channel(false);
+    let open = Arc::new(tokio::sync::Semaphore::new(0));
+    let mut opened: u32 = 0;
     tokio::pin!(shutdown);
     loop {
         let slot = tokio::select! {
@@ -83,7 +86,9 @@ pub async fn serve(listener: TcpListener, live: Arc<Live>, shutdown: impl Future
         let client = Arc::new(ClientInfo::new(peer, false));
         let live = live.clone();
         let builder = builder.clone();
-        let watcher = graceful.watcher();
+        let mut draining = draining.clone();
+        let finished = open.clone();
+        opened = opened.saturating_add(1);
         let io = TokioIo::new(IdleTimeout::new(stream, limits.idle_timeout));
         tokio::spawn(async move {
             let _slot = slot;
@@ -95,16 +100,29 @@ pub async fn serve(listener: TcpListener, live: Arc<Live>, shutdown: impl Future
                 let client = client.clone();
                 async move { Ok::<_, Infallible>(gateway.handle(request, &client).await) }
             });
-            let connection = builder.serve_connection(io, service);
-            if let Err(err) = watcher.watch(connection).await {
+            let connection = builder.serve_connection_with_upgrades(io, service);
+            tokio::pin!(connection);
+            let outcome = tokio::select! {
+                outcome = connection.as_mut() => outcome,
+                () = async {
+                    let _ = draining.wait_for(|drain| *drain).await;
+                } => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(err) = outcome {
                 tracing::debug!(error = %err, %peer, "connection ended with an error");
             }
             open.dec();
+            finished.add_permits(1);
         });
     }
     drop(listener);
     tracing::info!("shutting down: waiting for in-flight requests");
-    if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown())
+    let _ = drain.send(true);
+    // Every connection task returns one permit when it ends: all of them back means all done.
+    if tokio::time::timeout(limits.shutdown_grace, open.acquire_many(opened))
         .await
         .is_err()
     {

@@ -257,6 +257,17 @@ pub struct BodyOwner {
     pub max_bytes: usize,
 }
 
+/// A route's WebSocket settings (`websocket = true`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WebSocketConfig {
+    /// No bytes either way for this long closes the spliced connection.
+    pub idle: Duration,
+    /// The spliced connection is closed after this long, whatever happens.
+    pub max_lifetime: Duration,
+    /// Close the spliced connection when the token that opened it expires.
+    pub close_on_expiry: bool,
+}
+
 /// `strip_prefix`: leading path segments removed before forwarding.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StripPrefix {
@@ -282,6 +293,10 @@ pub struct RouteConfig {
     pub claim_headers: Vec<ClaimHeader>,
     pub upstream: UpstreamRef,
     pub strip_prefix: Option<StripPrefix>,
+    /// `Some` when the route accepts WebSocket upgrades.
+    pub websocket: Option<WebSocketConfig>,
+    /// Bounds how long a streamed response body may last (none: only `idle_timeout` applies).
+    pub stream_timeout: Option<Duration>,
     pub location: Location,
 }
 
@@ -1559,6 +1574,46 @@ fn validate_route(
             })
         }
     };
+    let websocket_keys_set = route.websocket_idle.is_some()
+        || route.websocket_max_lifetime.is_some()
+        || route.websocket_close_on_expiry.is_some();
+    let websocket = match route.websocket {
+        Some(true) => Some(WebSocketConfig {
+            idle: validate_duration(
+                ctx,
+                &route.websocket_idle,
+                &key("websocket_idle"),
+                Duration::from_secs(300),
+                false,
+            )?,
+            max_lifetime: validate_duration(
+                ctx,
+                &route.websocket_max_lifetime,
+                &key("websocket_max_lifetime"),
+                Duration::from_secs(24 * 3600),
+                false,
+            )?,
+            close_on_expiry: route.websocket_close_on_expiry.unwrap_or(false),
+        }),
+        _ if websocket_keys_set => {
+            return Err(ctx.error(
+                raw,
+                &key("websocket"),
+                "websocket_* settings need websocket = true",
+            ))
+        }
+        _ => None,
+    };
+    let stream_timeout = match &route.stream_timeout {
+        None => None,
+        Some(_) => Some(validate_duration(
+            ctx,
+            &route.stream_timeout,
+            &key("stream_timeout"),
+            Duration::ZERO,
+            false,
+        )?),
+    };
     Ok(RouteConfig {
         path: route.path.get_ref().clone(),
         params,
@@ -1573,6 +1628,8 @@ fn validate_route(
         claim_headers,
         upstream,
         strip_prefix,
+        websocket,
+        stream_timeout,
         location: ctx.location(raw, &table),
     })
 }

@@ -174,4 +174,9 @@ pub struct RawRoute {
     pub claim_headers: Option<Spanned<toml::Table>>,
     pub upstream: Option<Spanned<String>>,
     pub strip_prefix: Option<Spanned<String>>,
+    pub websocket: Option<bool>,
+    pub websocket_idle: Option<Spanned<String>>,
+    pub websocket_max_lifetime: Option<Spanned<String>>,
+    pub websocket_close_on_expiry: Option<bool>,
+    pub stream_timeout: Option<Spanned<String>>,
 }

@@ -17,5 +17,6 @@ mod properties;
 mod rate_limits;
 mod request_targets;
 mod routing;
+mod streaming;
 mod tokens;
 mod upstream_failures;
