@@ -11,6 +11,8 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use crate::headers::TrailerPolicy;
+
 /// The body went past `max_body_bytes`; found in the upstream error's source chain, becomes 413.
 #[derive(Debug, thiserror::Error)]
 #[error("the request body is larger than the configured limit")]
@@ -21,15 +23,18 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub struct RequestBody {
     inner: Option<Incoming>,
     remaining: u64,
+    /// Applied to trailers: the same names are dropped as from headers.
+    trailers: Option<TrailerPolicy>,
     /// A body already read in full (for an owner-field check), sent as one frame.
     buffered: Option<Bytes>,
 }
 
 impl RequestBody {
-    pub fn limited(inner: Incoming, limit: u64) -> RequestBody {
+    pub fn limited(inner: Incoming, limit: u64, trailers: TrailerPolicy) -> RequestBody {
         RequestBody {
             inner: Some(inner),
             remaining: limit,
+            trailers: Some(trailers),
             buffered: None,
         }
     }
@@ -39,6 +44,7 @@ impl RequestBody {
         RequestBody {
             inner: None,
             remaining: 0,
+            trailers: None,
             buffered: None,
         }
     }
@@ -48,6 +54,7 @@ impl RequestBody {
         RequestBody {
             inner: None,
             remaining: 0,
+            trailers: None,
             buffered: Some(bytes),
         }
     }
@@ -94,7 +101,16 @@ impl Body for RequestBody {
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
                     }
                     this.remaining -= len;
+                    return Poll::Ready(Some(Ok(frame)));
                 }
+                let frame = match (frame.into_trailers(), &this.trailers) {
+                    (Ok(mut trailers), Some(policy)) => {
+                        policy.clean(&mut trailers);
+                        Frame::trailers(trailers)
+                    }
+                    (Ok(trailers), None) => Frame::trailers(trailers),
+                    (Err(frame), _) => frame,
+                };
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(err))) => Poll::Ready(Some(Err(Box::new(err)))),

@@ -10,19 +10,19 @@
 //! default), since no spelling with `_` is needed by a well-behaved client and every one of them
 //! is a chance for a backend to read a name differently.
 
-use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, HOST, VIA};
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, HOST, TRAILER, VIA};
 use http::Version;
 
 use crate::config::AuthConfig;
 use crate::error::GatewayError;
 
 /// Hop-by-hop headers (RFC 9110 section 7.6.1, plus the legacy ones still seen in the wild).
-const HOP_BY_HOP: [&str; 9] = [
+/// `Trailer` is end to end: it declares the trailer fields, and is filtered like them instead.
+const HOP_BY_HOP: [&str; 8] = [
     "connection",
     "keep-alive",
     "proxy-connection",
     "te",
-    "trailer",
     "transfer-encoding",
     "upgrade",
     "proxy-authorization",
@@ -87,8 +87,9 @@ pub struct Forwarding<'a> {
 #[derive(Debug)]
 pub struct HeaderPolicy {
     identity: HeaderName,
-    /// Normalized names dropped from every client request.
-    dropped: Vec<Box<[u8]>>,
+    /// Normalized names dropped from every client request (shared with request bodies, which
+    /// apply it to trailers).
+    dropped: TrailerPolicy,
     /// Normalized names a `Connection` header may not nominate.
     protected: Vec<Box<[u8]>>,
 }
@@ -122,7 +123,7 @@ impl HeaderPolicy {
         );
         HeaderPolicy {
             identity: auth.identity_header.clone(),
-            dropped,
+            dropped: TrailerPolicy(dropped.into()),
             protected,
         }
     }
@@ -175,6 +176,22 @@ impl HeaderPolicy {
         for (name, value) in forwarding.claim_headers {
             headers.insert(name.clone(), value.clone());
         }
+        // `Trailer` may only declare fields that would survive as headers.
+        if let Some(declared) = headers.get(TRAILER).and_then(|v| v.to_str().ok()) {
+            let kept: Vec<&str> = declared
+                .split(',')
+                .map(str::trim)
+                .filter(|name| !name.is_empty() && !self.dropped.drops(name.to_ascii_lowercase().as_bytes()))
+                .collect();
+            match HeaderValue::from_str(&kept.join(", ")) {
+                Ok(value) if !kept.is_empty() => {
+                    headers.insert(TRAILER, value);
+                }
+                _ => {
+                    headers.remove(TRAILER);
+                }
+            }
+        }
         Ok(())
     }
 
@@ -195,12 +212,12 @@ impl HeaderPolicy {
     }
 
     fn is_dropped(&self, name: &[u8], nominated: &[Vec<u8>]) -> bool {
-        name.contains(&b'_')
-            || self
-                .dropped
-                .iter()
-                .any(|dropped| normalized_eq(name, dropped))
-            || nominated.iter().any(|dropped| normalized_eq(name, dropped))
+        self.dropped.drops(name) || nominated.iter().any(|dropped| normalized_eq(name, dropped))
+    }
+
+    /// The same rule, for the trailers of the request body.
+    pub fn trailer_policy(&self) -> TrailerPolicy {
+        self.dropped.clone()
     }
 
     /// The normalized names that `Connection` nominates, refusing protected ones. Allocates only
@@ -226,6 +243,29 @@ impl HeaderPolicy {
             }
         }
         Ok(nominated)
+    }
+}
+
+/// The names a client may not send, as headers or as trailers. Cheap to clone (shared).
+#[derive(Debug, Clone)]
+pub struct TrailerPolicy(std::sync::Arc<[Box<[u8]>]>);
+
+impl TrailerPolicy {
+    /// True for names with `_`, and for names that normalize to a dropped one.
+    pub fn drops(&self, name: &[u8]) -> bool {
+        name.contains(&b'_') || self.0.iter().any(|dropped| normalized_eq(name, dropped))
+    }
+
+    /// Removes the dropped names from a trailer section.
+    pub fn clean(&self, trailers: &mut HeaderMap) {
+        let dropped: Vec<HeaderName> = trailers
+            .keys()
+            .filter(|name| self.drops(name.as_str().as_bytes()))
+            .cloned()
+            .collect();
+        for name in dropped {
+            trailers.remove(name);
+        }
     }
 }
 

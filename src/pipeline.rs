@@ -279,7 +279,7 @@ impl Gateway {
                 )?;
                 RequestBody::buffered(bytes)
             }
-            _ => RequestBody::limited(body, max_body),
+            _ => RequestBody::limited(body, max_body, self.headers.trailer_policy()),
         };
         let claim_headers: Vec<(HeaderName, HeaderValue)> = match &identity {
             Some(identity) if !route.claim_headers.is_empty() => route

@@ -31,6 +31,8 @@ pub struct Received {
     pub target: String,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// Trailer fields of a chunked body.
+    pub trailers: Vec<(String, String)>,
 }
 
 impl Received {
@@ -81,11 +83,27 @@ impl Backend {
                         let log = log.clone();
                         async move {
                             let (parts, body) = request.into_parts();
-                            let body = body
-                                .collect()
-                                .await
-                                .map(|b| b.to_bytes())
-                                .unwrap_or_default();
+                            let (body, trailers): (Bytes, Vec<(String, String)>) =
+                                match body.collect().await {
+                                    Ok(collected) => {
+                                        let trailers = collected
+                                            .trailers()
+                                            .map(|map| {
+                                                map.iter()
+                                                    .map(|(n, v)| {
+                                                        (
+                                                            n.to_string(),
+                                                            String::from_utf8_lossy(v.as_bytes())
+                                                                .into_owned(),
+                                                        )
+                                                    })
+                                                    .collect()
+                                            })
+                                            .unwrap_or_default();
+                                        (collected.to_bytes(), trailers)
+                                    }
+                                    Err(_) => (Bytes::new(), Vec::new()),
+                                };
                             let headers = parts
                                 .headers
                                 .iter()
@@ -101,6 +119,7 @@ impl Backend {
                                 target: parts.uri.to_string(),
                                 headers,
                                 body: body.to_vec(),
+                                trailers,
                             });
                             if !delay.is_zero() {
                                 tokio::time::sleep(delay).await;

@@ -502,3 +502,22 @@ async fn connect_and_h2_websockets_are_refused_clearly() {
     assert_eq!(response.status, 400);
     assert!(seen.lock().unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn request_trailers_pass_with_header_hygiene() {
+    let (backend, gateway) = setup().await;
+    let token = token_for("alice");
+    let raw = format!(
+        "POST /api/alice/tasks/upload HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nTransfer-Encoding: chunked\r\nTrailer: X-Checksum, X-User-Id, X-Forwarded-For\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\nX-Checksum: abc123\r\nX-User-Id: bob\r\nX-Forwarded-For: 6.6.6.6\r\n\r\n"
+    );
+    let response = send_raw(gateway.addr, raw.as_bytes()).await;
+    assert_eq!(response.status, 200);
+    let received = backend.only();
+    assert_eq!(received.body, b"hello");
+    assert_eq!(
+        received.trailers,
+        vec![("x-checksum".to_string(), "abc123".to_string())]
+    );
+    assert_eq!(received.header_values("trailer"), vec!["X-Checksum"]);
+    assert_eq!(received.header_values("x-user-id"), vec!["alice"]);
+}
