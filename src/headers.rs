@@ -181,7 +181,9 @@ impl HeaderPolicy {
             let kept: Vec<&str> = declared
                 .split(',')
                 .map(str::trim)
-                .filter(|name| !name.is_empty() && !self.dropped.drops(name.to_ascii_lowercase().as_bytes()))
+                .filter(|name| {
+                    !name.is_empty() && !self.dropped.drops(name.to_ascii_lowercase().as_bytes())
+                })
                 .collect();
             match HeaderValue::from_str(&kept.join(", ")) {
                 Ok(value) if !kept.is_empty() => {
