@@ -78,6 +78,8 @@ pub fn decode_path(path: &str) -> Result<Cow<'_, str>, &'static str> {
                     value
                 }
                 b'\\' => return Err("backslash in path"),
+                // Never in a parsed Uri's path, but decode_path is public: refuse, don't trust.
+                b'?' | b'#' => return Err("delimiter in path"),
                 b';' => return Err("semicolon in path"),
                 0x00..=0x1f | 0x7f => return Err("control character in path"),
                 0x80..=0xff => return Err("raw non-ASCII byte in path"),

@@ -11,7 +11,6 @@
 //! - duplicate JSON keys are an error, so two parsers cannot disagree about `sub` or `alg`;
 //! - `exp` is required, `nbf` honoured, both with leeway; `iss`/`aud` checked when configured.
 
-use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
@@ -19,7 +18,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use http::HeaderValue;
 use jsonwebtoken::DecodingKey;
-use serde::de::{self, IgnoredAny, MapAccess, Visitor};
+use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 
@@ -86,49 +85,33 @@ impl fmt::Debug for Authenticator {
     }
 }
 
-/// The JOSE header fields we read. Unknown fields (including `jwk`, `jku`, `x5u`, `x5c`) are
-/// ignored: key material is never taken from the token. serde refuses a duplicated known field.
-#[derive(Deserialize)]
-struct JoseHeader<'a> {
-    #[serde(borrow)]
-    alg: Cow<'a, str>,
-    #[serde(borrow, default)]
-    kid: Option<Cow<'a, str>>,
-    #[serde(default, deserialize_with = "present")]
-    crit: bool,
-    #[serde(default, deserialize_with = "present")]
-    b64: bool,
-}
+/// A JSON object whose top-level keys are unique and whose every value is valid JSON (strings are
+/// valid UTF-8, no lone surrogates). Used for the JOSE header and the claims alike: a member we do
+/// not read is still checked, so two parsers can never disagree about the token (found by fuzzing:
+/// skipping unknown header members let invalid UTF-8 and duplicates through).
+struct StrictObject(Map<String, Value>);
 
-/// True when the field exists, whatever its value (even `null`).
-fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<bool, D::Error> {
-    IgnoredAny::deserialize(deserializer).map(|_| true)
-}
-
-/// A claims object whose top-level keys are unique.
-struct StrictClaims(Map<String, Value>);
-
-impl<'de> Deserialize<'de> for StrictClaims {
+impl<'de> Deserialize<'de> for StrictObject {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct ClaimsVisitor;
-        impl<'de> Visitor<'de> for ClaimsVisitor {
-            type Value = StrictClaims;
+        struct ObjectVisitor;
+        impl<'de> Visitor<'de> for ObjectVisitor {
+            type Value = StrictObject;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a JSON object of claims")
+                f.write_str("a JSON object")
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<StrictClaims, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<StrictObject, A::Error> {
                 let mut claims = Map::new();
                 while let Some(key) = access.next_key::<String>()? {
                     if claims.contains_key(&key) {
-                        return Err(de::Error::custom(format_args!("duplicate claim `{key}`")));
+                        return Err(de::Error::custom(format_args!("duplicate member `{key}`")));
                     }
                     let value = access.next_value::<Value>()?;
                     claims.insert(key, value);
                 }
-                Ok(StrictClaims(claims))
+                Ok(StrictObject(claims))
             }
         }
-        deserializer.deserialize_map(ClaimsVisitor)
+        deserializer.deserialize_map(ObjectVisitor)
     }
 }
 
@@ -151,19 +134,30 @@ impl<'t> UnverifiedToken<'t> {
             return Err(TokenError::Malformed);
         };
         let header_json = decode_segment(header_b64)?;
-        let header: JoseHeader =
+        let StrictObject(mut header) =
             serde_json::from_slice(&header_json).map_err(|_| TokenError::Malformed)?;
-        if header.crit || header.b64 {
+        // We implement no JWS extensions (RFC 7515 4.1.11), whatever the member's value.
+        if header.contains_key("crit") || header.contains_key("b64") {
             return Err(TokenError::CriticalHeader);
         }
-        let algorithm =
-            JwsAlgorithm::from_name(&header.alg).ok_or(TokenError::AlgorithmNotAllowed)?;
+        let algorithm = match header.get("alg") {
+            Some(Value::String(name)) => {
+                JwsAlgorithm::from_name(name).ok_or(TokenError::AlgorithmNotAllowed)?
+            }
+            _ => return Err(TokenError::Malformed),
+        };
+        // Key material in the header (jwk, jku, x5u, x5c) is never read: only `kid`, as a name.
+        let kid = match header.remove("kid") {
+            None => None,
+            Some(Value::String(kid)) => Some(kid),
+            Some(_) => return Err(TokenError::Malformed),
+        };
         let claims_json = decode_segment(payload_b64)?;
-        let StrictClaims(claims) =
+        let StrictObject(claims) =
             serde_json::from_slice(&claims_json).map_err(|_| TokenError::Malformed)?;
         Ok(UnverifiedToken {
             algorithm,
-            kid: header.kid.map(Cow::into_owned),
+            kid,
             signing_input: &token.as_bytes()[..header_b64.len() + 1 + payload_b64.len()],
             signature,
             claims,
@@ -522,6 +516,45 @@ mod tests {
             r#"{"sub":"a","exp":1700000100}"#,
         );
         assert_eq!(verify(&b64).unwrap_err(), TokenError::CriticalHeader);
+    }
+
+    /// Found by the jwt_parsing fuzz target: unknown header members were skipped unchecked.
+    #[test]
+    fn header_members_are_strict_json_too() {
+        let claims = r#"{"sub":"a","exp":1700000100}"#;
+        let sign_raw = |header: &[u8]| {
+            let message = format!(
+                "{}.{}",
+                URL_SAFE_NO_PAD.encode(header),
+                URL_SAFE_NO_PAD.encode(claims)
+            );
+            let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes());
+            let signature = jsonwebtoken::crypto::sign(
+                message.as_bytes(),
+                &key,
+                jsonwebtoken::Algorithm::HS256,
+            )
+            .unwrap();
+            format!("{message}.{signature}")
+        };
+        for header in [
+            &b"{\"alg\":\"HS256\",\"x\":\"\x9b\"}"[..],
+            br#"{"alg":"HS256","x":"\udc00"}"#,
+            br#"{"alg":"HS256","x":1,"x":2}"#,
+            br#"{"alg":"HS256","kid":7}"#,
+            br#"{"alg":256}"#,
+        ] {
+            assert_eq!(
+                verify(&sign_raw(header)).unwrap_err(),
+                TokenError::Malformed,
+                "{}",
+                String::from_utf8_lossy(header)
+            );
+        }
+        assert!(verify(&sign_raw(
+            br#"{"alg":"HS256","typ":"JWT","kid":"k","x5u":"http://x"}"#
+        ))
+        .is_ok());
     }
 
     #[test]
