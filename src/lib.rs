@@ -19,5 +19,6 @@ pub mod ratelimit;
 pub mod routes;
 pub mod server;
 pub mod target;
+pub mod tls;
 pub mod token;
 pub mod upstream;

@@ -70,11 +70,15 @@ fn main() -> ExitCode {
         Command::Check => match Config::load(&cli.config) {
             Ok(config) => {
                 println!(
-                    "{}: ok ({} routes, upstream {}://{})",
+                    "{}: ok ({} routes, upstream {}://{}{})",
                     cli.config.display(),
                     config.routes.len(),
                     config.upstream.scheme,
-                    config.upstream.authority
+                    config.upstream.authority,
+                    match &config.server.tls {
+                        Some(tls) => format!(", TLS with {} certificate(s)", 1 + tls.sni.len()),
+                        None => String::new(),
+                    }
                 );
                 ExitCode::SUCCESS
             }
@@ -158,12 +162,38 @@ fn run_gateway(config: Config, config_path: PathBuf) -> ExitCode {
                 }
             },
         };
+        // TLS (src/tls.rs): the acceptor, and the plain listener that redirects to it.
+        let tls = match config
+            .server
+            .tls
+            .as_ref()
+            .map(authgate::tls::TlsListener::new)
+        {
+            None => None,
+            Some(Ok(tls)) => Some(std::sync::Arc::new(tls)),
+            Some(Err(err)) => {
+                eprintln!("authgate: cannot set up TLS: {err}");
+                return ExitCode::from(EXIT_RUNTIME);
+            }
+        };
+        let redirect = match config.server.redirect_http {
+            None => None,
+            Some(address) => match TcpListener::bind(address).await {
+                Ok(listener) => Some(listener),
+                Err(err) => {
+                    eprintln!("authgate: cannot listen on {address} (redirect_http): {err}");
+                    return ExitCode::from(EXIT_RUNTIME);
+                }
+            },
+        };
         let live = match Live::new(config.clone()) {
             Ok(live) => live,
             Err(err) => return config_error(err),
         };
         tracing::info!(
             listen = %config.server.listen,
+            tls = tls.is_some(),
+            redirect_http = ?config.server.redirect_http,
             admin = ?config.admin_listen,
             upstream = %format!("{}://{}", config.upstream.scheme, config.upstream.authority),
             routes = config.routes.len(),
@@ -189,7 +219,26 @@ fn run_gateway(config: Config, config_path: PathBuf) -> ExitCode {
             config_path,
             Duration::from_secs(2),
         ));
-        authgate::server::serve(listener, live, until_stopped(stopped)).await;
+        if let Some(redirect) = redirect {
+            tokio::spawn(authgate::server::serve_redirect(
+                redirect,
+                config.limits,
+                config.server.listen.port(),
+                until_stopped(stopped.clone()),
+            ));
+        }
+        match tls {
+            Some(tls) => {
+                // Certificates reload on SIGHUP and when their files change, on their own.
+                let certs = tokio::spawn(authgate::tls::watch_certs(
+                    tls.store.clone(),
+                    Duration::from_secs(2),
+                ));
+                authgate::server::serve_tls(listener, live, tls, until_stopped(stopped)).await;
+                certs.abort();
+            }
+            None => authgate::server::serve(listener, live, until_stopped(stopped)).await,
+        }
         watcher.abort();
         ExitCode::SUCCESS
     })

@@ -1,4 +1,5 @@
-//! Listeners and connections: accept TCP, speak HTTP/1.1 or h2c (detected per connection), hand
+//! Listeners and connections: accept TCP, optionally terminate TLS (src/tls.rs), speak HTTP/1.1
+//! or HTTP/2 (ALPN on TLS; h2c prior knowledge detected per connection on plain listeners), hand
 //! each request to the pipeline, and shut down gracefully.
 //!
 //! Limits enforced here, all from `[limits]`:
@@ -31,6 +32,7 @@ use tokio::time::{Instant, Sleep};
 use crate::config::LimitsConfig;
 use crate::headers::ClientInfo;
 use crate::live::Live;
+use crate::tls::TlsListener;
 
 fn connection_builder(limits: &LimitsConfig) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -53,6 +55,27 @@ fn connection_builder(limits: &LimitsConfig) -> auto::Builder<TokioExecutor> {
 /// Serves the gateway on `listener` until `shutdown` resolves, then stops accepting and waits up
 /// to `shutdown_grace` for open connections to finish their requests.
 pub async fn serve(listener: TcpListener, live: Arc<Live>, shutdown: impl Future<Output = ()>) {
+    serve_with(listener, live, None, shutdown).await
+}
+
+/// `serve` with TLS on every connection (src/tls.rs): the handshake must finish within
+/// `header_read_timeout`, ALPN picks `h2` or `http/1.1`, `X-Forwarded-Proto` is `https`, and the
+/// configured `Strict-Transport-Security` is added to every response.
+pub async fn serve_tls(
+    listener: TcpListener,
+    live: Arc<Live>,
+    tls: Arc<TlsListener>,
+    shutdown: impl Future<Output = ()>,
+) {
+    serve_with(listener, live, Some(tls), shutdown).await
+}
+
+async fn serve_with(
+    listener: TcpListener,
+    live: Arc<Live>,
+    tls: Option<Arc<TlsListener>>,
+    shutdown: impl Future<Output = ()>,
+) {
     // Per-connection limits are read once: changing them needs a restart (a reload says so).
     let limits = *live.gateway().server_limits();
     let builder = Arc::new(connection_builder(&limits));
@@ -80,23 +103,62 @@ pub async fn serve(listener: TcpListener, live: Arc<Live>, shutdown: impl Future
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let client = Arc::new(ClientInfo::new(peer, false));
+        let client = Arc::new(ClientInfo::new(peer, tls.is_some()));
         let live = live.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
-        let io = TokioIo::new(IdleTimeout::new(stream, limits.idle_timeout));
+        let stream = IdleTimeout::new(stream, limits.idle_timeout);
+        let tls = tls.clone();
         tokio::spawn(async move {
             let _slot = slot;
             let open = live.metrics().open_connections.clone();
             open.inc();
+            let hsts = tls.as_ref().and_then(|tls| tls.hsts.clone());
             let service = service_fn(move |request| {
                 // The gateway of the moment; the request keeps it even if a reload happens.
                 let gateway = live.gateway();
                 let client = client.clone();
-                async move { Ok::<_, Infallible>(gateway.handle(request, &client).await) }
+                let hsts = hsts.clone();
+                async move {
+                    let mut response = gateway.handle(request, &client).await;
+                    if let Some(hsts) = hsts {
+                        response
+                            .headers_mut()
+                            .insert(http::header::STRICT_TRANSPORT_SECURITY, hsts);
+                    }
+                    Ok::<_, Infallible>(response)
+                }
             });
-            let connection = builder.serve_connection(io, service);
-            if let Err(err) = watcher.watch(connection).await {
+            let served = match tls {
+                None => {
+                    let connection = builder.serve_connection(TokioIo::new(stream), service);
+                    watcher.watch(connection).await
+                }
+                Some(tls) => {
+                    // A client that stalls the handshake holds a slot: bound it like a request head.
+                    let handshake = tokio::time::timeout(
+                        limits.header_read_timeout,
+                        tls.acceptor.accept(stream),
+                    )
+                    .await;
+                    match handshake {
+                        Ok(Ok(stream)) => {
+                            let connection =
+                                builder.serve_connection(TokioIo::new(stream), service);
+                            watcher.watch(connection).await
+                        }
+                        Ok(Err(err)) => {
+                            tracing::debug!(error = %err, %peer, "TLS handshake failed");
+                            Ok(())
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            Ok(())
+                        }
+                    }
+                }
+            };
+            if let Err(err) = served {
                 tracing::debug!(error = %err, %peer, "connection ended with an error");
             }
             open.dec();
@@ -110,6 +172,55 @@ pub async fn serve(listener: TcpListener, live: Arc<Live>, shutdown: impl Future
     {
         tracing::warn!("shutdown grace period elapsed with connections still open");
     }
+}
+
+/// The plain-HTTP listener of `server.redirect_http`: every request gets a 308 to the same host
+/// and path on HTTPS port `https_port` (src/tls.rs `redirect_response`). Nothing is forwarded.
+/// Same connection limits and graceful shutdown as the gateway listener.
+pub async fn serve_redirect(
+    listener: TcpListener,
+    limits: LimitsConfig,
+    https_port: u16,
+    shutdown: impl Future<Output = ()>,
+) {
+    let builder = Arc::new(connection_builder(&limits));
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    tracing::warn!(error = %err, "accept failed (redirect listener)");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let io = TokioIo::new(IdleTimeout::new(stream, limits.idle_timeout));
+        let connection = builder.serve_connection(
+            io,
+            service_fn(move |request| async move {
+                Ok::<_, Infallible>(crate::tls::redirect_response(&request, https_port))
+            }),
+        );
+        let watched = graceful.watch(connection.into_owned());
+        tokio::spawn(async move {
+            let _slot = slot;
+            let _ = watched.await;
+        });
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(limits.shutdown_grace, graceful.shutdown()).await;
 }
 
 /// Closes a connection that moved no bytes in either direction for `idle`.
