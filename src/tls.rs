@@ -639,3 +639,49 @@ impl ServerCertVerifier for NoVerification {
         self.0.supported_schemes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn redirect(host: Option<&str>, target: &str, port: u16) -> (u16, Option<String>) {
+        let mut request = Request::builder().uri(target);
+        if let Some(host) = host {
+            request = request.header(HOST, host);
+        }
+        let response = redirect_response(&request.body(()).unwrap_or_default(), port);
+        (
+            response.status().as_u16(),
+            response
+                .headers()
+                .get(LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .map(String::from),
+        )
+    }
+
+    #[test]
+    fn redirects_keep_host_path_and_query_and_replace_the_port() {
+        let location = |host, target, port| redirect(Some(host), target, port).1;
+        assert_eq!(
+            location("api.example.com", "/a/b?c=d", 443).as_deref(),
+            Some("https://api.example.com/a/b?c=d")
+        );
+        assert_eq!(
+            location("api.example.com:8080", "/", 8443).as_deref(),
+            Some("https://api.example.com:8443/")
+        );
+        assert_eq!(
+            location("[::1]:80", "/x", 443).as_deref(),
+            Some("https://[::1]/x")
+        );
+        assert_eq!(redirect(Some("a@evil.test"), "/", 443).0, 400);
+        assert_eq!(redirect(Some("bad host"), "/", 443).0, 400);
+        assert_eq!(redirect(None, "/", 443).0, 400);
+        // An absolute-form target carries its own authority; Host still wins when present.
+        assert_eq!(
+            redirect(None, "http://site.test/p", 443).1.as_deref(),
+            Some("https://site.test/p")
+        );
+    }
+}

@@ -16,5 +16,6 @@ mod properties;
 mod rate_limits;
 mod request_targets;
 mod routing;
+mod tls;
 mod tokens;
 mod upstream_failures;
