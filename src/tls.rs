@@ -374,6 +374,12 @@ impl TlsListener {
             .with_no_client_auth()
             .with_cert_resolver(store.clone());
         server.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+        // Session resumption with stateless tickets (keys rotate every 6 hours), as HAProxy and
+        // nginx do by default: rustls' default is a 256-entry in-memory cache, which more than a
+        // few hundred clients evict, so that every reconnect pays a full handshake. TLS 1.3
+        // resumption still runs a fresh ECDHE (rustls supports only psk_dhe_ke).
+        server.ticketer = rustls::crypto::ring::Ticketer::new()
+            .map_err(|err| format!("TLS session tickets: {err}"))?;
         Ok(TlsListener {
             acceptor: TlsAcceptor::from(Arc::new(server)),
             store,

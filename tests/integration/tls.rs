@@ -520,6 +520,35 @@ async fn tls12_and_tls13_are_accepted() {
     }
 }
 
+#[tokio::test]
+async fn sessions_resume_with_tickets_over_tls12_and_tls13() {
+    let ca = Ca::new("test CA");
+    let dir = TempDir::new("resume");
+    let (cert, key) = dir.write_leaf("gw", &ca.leaf("gw.test", &["gw.test"]));
+    let backend = Backend::start().await;
+    let gateway = start_tls_gateway(&tls_config(&cert, &key, ""), backend.addr).await;
+    for version in [&TLS12, &TLS13] {
+        let mut config = client_config_versions(&ca.der, &[b"http/1.1"], &[version]);
+        config.resumption = rustls::client::Resumption::in_memory_sessions(8);
+        let mut kinds = Vec::new();
+        for _ in 0..2 {
+            let stream = tls_connect(gateway.addr, "gw.test", config.clone()).await;
+            kinds.push(stream.get_ref().1.handshake_kind());
+            // TLS 1.3 tickets arrive after the handshake: a request makes sure they were read.
+            let mut sender = Sender::h1(stream).await;
+            assert_eq!(sender.get("gw.test", "/health", &[]).await.status, 200);
+        }
+        assert_eq!(
+            kinds,
+            [
+                Some(rustls::HandshakeKind::Full),
+                Some(rustls::HandshakeKind::Resumed)
+            ],
+            "{version:?}"
+        );
+    }
+}
+
 /// A TLS 1.1 ClientHello: legacy_version 0x0302 and no supported_versions extension, as an old
 /// client sends it. rustls clients cannot speak 1.1, so the bytes are written by hand.
 /// `legacy_version` is the offered version: 0x0302 for TLS 1.1, 0x0303 for TLS 1.2.
