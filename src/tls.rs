@@ -57,8 +57,8 @@ pub struct LoadedCert {
     pub key: Arc<CertifiedKey>,
     /// The leaf's subject, for logs.
     pub subject: String,
-    /// The leaf's `notAfter`, when it could be read.
-    pub not_after: Option<SystemTime>,
+    /// The leaf's `notAfter` (UTC, RFC 3339), when it could be read.
+    pub not_after: Option<String>,
     /// Things worth a warning that do not stop the certificate from being used (expired, not yet
     /// valid).
     pub warnings: Vec<String>,
@@ -162,7 +162,7 @@ fn check_validity(path: &Path, loaded: &mut LoadedCert, now: SystemTime) {
     loaded.subject = tbs.subject.to_string();
     let not_before = tbs.validity.not_before;
     let not_after = tbs.validity.not_after;
-    loaded.not_after = Some(not_after.to_system_time());
+    loaded.not_after = Some(not_after.to_string());
     if not_after.to_system_time() < now {
         loaded.warnings.push(format!(
             "{}: the certificate ({}) expired at {not_after}; clients will refuse it",
@@ -367,6 +367,15 @@ pub struct TlsListener {
 
 impl TlsListener {
     pub fn new(config: &ServerTlsConfig) -> Result<TlsListener, String> {
+        for source in std::iter::once(&config.default).chain(&config.sni) {
+            tracing::info!(
+                certificate = source.name.as_deref().unwrap_or("default"),
+                file = %source.cert.display(),
+                subject = %source.loaded.subject,
+                not_after = source.loaded.not_after.as_deref().unwrap_or("unknown"),
+                "TLS certificate loaded"
+            );
+        }
         let store = CertStore::new(config);
         let mut server = ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&TLS12, &TLS13])

@@ -1259,6 +1259,29 @@ async fn tls_config_errors_name_the_file_line_key_and_problem() {
 }
 
 #[test]
+fn certificate_paths_are_relative_to_the_config_file() {
+    let ca = Ca::new("test CA");
+    let dir = TempDir::new("relative");
+    std::fs::create_dir_all(dir.0.join("certs")).unwrap();
+    let leaf = ca.leaf("gw.test", &["gw.test"]);
+    dir.write("certs/gateway.crt", &leaf.cert_pem);
+    dir.write("certs/gateway.key", &leaf.key_pem);
+    let path = dir.write(
+        "gateway.toml",
+        &tls_config(
+            Path::new("certs/gateway.crt"),
+            Path::new("certs/gateway.key"),
+            "",
+        ),
+    );
+    let env = |name: &str| (name == "BETTER_AUTH_SECRET").then(|| SECRET.to_string());
+    let config = authgate::config::Config::load_with(&path, &env).unwrap();
+    let tls = config.server.tls.unwrap();
+    assert_eq!(tls.default.cert, dir.0.join("certs/gateway.crt"));
+    assert!(tls.default.loaded.key.cert[0] == leaf.der);
+}
+
+#[test]
 fn an_expired_certificate_loads_with_a_warning() {
     let ca = Ca::new("test CA");
     let dir = TempDir::new("expired");
@@ -1276,6 +1299,8 @@ fn an_expired_certificate_loads_with_a_warning() {
     );
     // It still loads as a config: refusing it would turn a missed renewal into an outage.
     parse_config(&tls_config(&cert, &key, ""));
+
+    assert_eq!(loaded.not_after.as_deref(), Some("2021-01-01T00:00:00Z"));
 
     let fresh = ca.leaf("fresh", &["gw.test"]);
     let (cert, key) = dir.write_leaf("fresh", &fresh);
