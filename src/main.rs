@@ -220,7 +220,7 @@ fn run_gateway(config: Config, config_path: PathBuf) -> ExitCode {
             Duration::from_secs(2),
         ));
         if let Some(redirect) = redirect {
-            tokio::spawn(authgate::server::serve_redirect(
+            tokio::spawn(authgate::tls::serve_redirect(
                 redirect,
                 config.limits,
                 config.server.listen.port(),

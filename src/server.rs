@@ -34,7 +34,7 @@ use crate::headers::ClientInfo;
 use crate::live::Live;
 use crate::tls::TlsListener;
 
-fn connection_builder(limits: &LimitsConfig) -> auto::Builder<TokioExecutor> {
+pub(crate) fn connection_builder(limits: &LimitsConfig) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -111,9 +111,15 @@ async fn serve_with(
         let tls = tls.clone();
         tokio::spawn(async move {
             let _slot = slot;
+            // TLS handshake when this is a TLS listener (src/tls.rs); a failed one ends here.
+            let timeout = limits.header_read_timeout;
+            let Some(io) = crate::tls::accept(tls.as_deref(), stream, timeout, peer).await else {
+                return;
+            };
+            let io = TokioIo::new(io);
+            let hsts = tls.as_ref().and_then(|tls| tls.hsts.clone());
             let open = live.metrics().open_connections.clone();
             open.inc();
-            let hsts = tls.as_ref().and_then(|tls| tls.hsts.clone());
             let service = service_fn(move |request| {
                 // The gateway of the moment; the request keeps it even if a reload happens.
                 let gateway = live.gateway();
@@ -121,44 +127,12 @@ async fn serve_with(
                 let hsts = hsts.clone();
                 async move {
                     let mut response = gateway.handle(request, &client).await;
-                    if let Some(hsts) = hsts {
-                        response
-                            .headers_mut()
-                            .insert(http::header::STRICT_TRANSPORT_SECURITY, hsts);
-                    }
+                    crate::tls::add_hsts(&mut response, hsts);
                     Ok::<_, Infallible>(response)
                 }
             });
-            let served = match tls {
-                None => {
-                    let connection = builder.serve_connection(TokioIo::new(stream), service);
-                    watcher.watch(connection).await
-                }
-                Some(tls) => {
-                    // A client that stalls the handshake holds a slot: bound it like a request head.
-                    let handshake = tokio::time::timeout(
-                        limits.header_read_timeout,
-                        tls.acceptor.accept(stream),
-                    )
-                    .await;
-                    match handshake {
-                        Ok(Ok(stream)) => {
-                            let connection =
-                                builder.serve_connection(TokioIo::new(stream), service);
-                            watcher.watch(connection).await
-                        }
-                        Ok(Err(err)) => {
-                            tracing::debug!(error = %err, %peer, "TLS handshake failed");
-                            Ok(())
-                        }
-                        Err(_) => {
-                            tracing::debug!(%peer, "TLS handshake timed out");
-                            Ok(())
-                        }
-                    }
-                }
-            };
-            if let Err(err) = served {
+            let connection = builder.serve_connection(io, service);
+            if let Err(err) = watcher.watch(connection).await {
                 tracing::debug!(error = %err, %peer, "connection ended with an error");
             }
             open.dec();
@@ -172,55 +146,6 @@ async fn serve_with(
     {
         tracing::warn!("shutdown grace period elapsed with connections still open");
     }
-}
-
-/// The plain-HTTP listener of `server.redirect_http`: every request gets a 308 to the same host
-/// and path on HTTPS port `https_port` (src/tls.rs `redirect_response`). Nothing is forwarded.
-/// Same connection limits and graceful shutdown as the gateway listener.
-pub async fn serve_redirect(
-    listener: TcpListener,
-    limits: LimitsConfig,
-    https_port: u16,
-    shutdown: impl Future<Output = ()>,
-) {
-    let builder = Arc::new(connection_builder(&limits));
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
-    let graceful = GracefulShutdown::new();
-    tokio::pin!(shutdown);
-    loop {
-        let slot = tokio::select! {
-            slot = slots.clone().acquire_owned() => match slot {
-                Ok(slot) => slot,
-                Err(_) => break,
-            },
-            () = &mut shutdown => break,
-        };
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(err) => {
-                    tracing::warn!(error = %err, "accept failed (redirect listener)");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        let io = TokioIo::new(IdleTimeout::new(stream, limits.idle_timeout));
-        let connection = builder.serve_connection(
-            io,
-            service_fn(move |request| async move {
-                Ok::<_, Infallible>(crate::tls::redirect_response(&request, https_port))
-            }),
-        );
-        let watched = graceful.watch(connection.into_owned());
-        tokio::spawn(async move {
-            let _slot = slot;
-            let _ = watched.await;
-        });
-    }
-    drop(listener);
-    let _ = tokio::time::timeout(limits.shutdown_grace, graceful.shutdown()).await;
 }
 
 /// Closes a connection that moved no bytes in either direction for `idle`.

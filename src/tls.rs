@@ -18,16 +18,25 @@
 //! A replacement that fails to load keeps the old certificate for that name and is logged.
 
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::fmt;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use http::header::{HeaderValue, HOST, LOCATION};
 use http::{Request, Response, StatusCode};
+use hyper::service::service_fn;
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::ResolvesClientCert;
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
@@ -37,7 +46,13 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::version::{TLS12, TLS13};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
+
+use crate::config::LimitsConfig;
+use crate::server::IdleTimeout;
 
 /// The one crypto provider of the process.
 pub fn provider() -> Arc<CryptoProvider> {
@@ -438,6 +453,112 @@ pub async fn watch_certs(store: Arc<CertStore>, poll: Duration) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Accepting client connections (used by server.rs)
+// ---------------------------------------------------------------------------------------------
+
+/// A client connection: plain, or TLS over the same transport.
+pub enum ClientStream<S> {
+    Plain(S),
+    Tls(Box<tokio_rustls::server::TlsStream<S>>),
+}
+
+/// The first step of a connection on a listener: with `tls`, the TLS handshake, which must finish
+/// within `timeout` (a client that stalls it would otherwise hold a connection slot forever).
+/// `None` when the handshake failed or timed out (logged at debug: scanners and old clients do
+/// this all day).
+pub async fn accept<S>(
+    tls: Option<&TlsListener>,
+    stream: S,
+    timeout: Duration,
+    peer: SocketAddr,
+) -> Option<ClientStream<S>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let Some(tls) = tls else {
+        return Some(ClientStream::Plain(stream));
+    };
+    match tokio::time::timeout(timeout, tls.acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => Some(ClientStream::Tls(Box::new(stream))),
+        Ok(Err(err)) => {
+            tracing::debug!(error = %err, %peer, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            None
+        }
+    }
+}
+
+/// Adds the configured `Strict-Transport-Security` (TLS listeners only), replacing the backend's.
+pub fn add_hsts<B>(response: &mut Response<B>, hsts: Option<HeaderValue>) {
+    if let Some(hsts) = hsts {
+        response
+            .headers_mut()
+            .insert(http::header::STRICT_TRANSPORT_SECURITY, hsts);
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for ClientStream<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(stream) => Pin::new(stream).poll_read(cx, buf),
+            ClientStream::Tls(stream) => Pin::new(stream.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ClientStream<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ClientStream::Plain(stream) => Pin::new(stream).poll_write(cx, data),
+            ClientStream::Tls(stream) => Pin::new(stream.as_mut()).poll_write(cx, data),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ClientStream::Plain(stream) => Pin::new(stream).poll_write_vectored(cx, bufs),
+            ClientStream::Tls(stream) => Pin::new(stream.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            ClientStream::Plain(stream) => stream.is_write_vectored(),
+            ClientStream::Tls(stream) => stream.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(stream) => Pin::new(stream).poll_flush(cx),
+            ClientStream::Tls(stream) => Pin::new(stream.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(stream) => Pin::new(stream).poll_shutdown(cx),
+            ClientStream::Tls(stream) => Pin::new(stream.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // The plain-HTTP redirect listener
 // ---------------------------------------------------------------------------------------------
 
@@ -483,6 +604,56 @@ pub fn redirect_response<B>(request: &Request<B>, https_port: u16) -> Response<S
         Err(_) => *response.status_mut() = StatusCode::BAD_REQUEST,
     }
     response
+}
+
+/// The plain-HTTP listener of `server.redirect_http`: every request gets a 308 to the same host
+/// and path on HTTPS port `https_port` (`redirect_response`). Nothing is forwarded. Same
+/// connection limits as the gateway listener; on shutdown, open connections get
+/// `shutdown_grace` to finish.
+pub async fn serve_redirect(
+    listener: TcpListener,
+    limits: LimitsConfig,
+    https_port: u16,
+    shutdown: impl Future<Output = ()>,
+) {
+    let builder = Arc::new(crate::server::connection_builder(&limits));
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    tracing::warn!(error = %err, "accept failed (redirect listener)");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let io = TokioIo::new(IdleTimeout::new(stream, limits.idle_timeout));
+        let connection = builder.serve_connection(
+            io,
+            service_fn(move |request| async move {
+                Ok::<_, Infallible>(redirect_response(&request, https_port))
+            }),
+        );
+        let watched = graceful.watch(connection.into_owned());
+        tokio::spawn(async move {
+            let _slot = slot;
+            let _ = watched.await;
+        });
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(limits.shutdown_grace, graceful.shutdown()).await;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -477,7 +477,7 @@ fn validate_upstream(ctx: &Ctx, raw: &Spanned<RawUpstream>) -> Result<UpstreamCo
             "the URL must not have a path or query; the request path is forwarded as received",
         ));
     }
-    let tls = tls::validate_upstream_tls(ctx, upstream, &scheme, authority.as_str())?;
+    let tls = tls::validate_upstream_tls(ctx, upstream, &scheme, authority.as_str(), "upstream")?;
     Ok(UpstreamConfig {
         scheme,
         authority,

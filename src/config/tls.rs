@@ -37,19 +37,20 @@ pub struct RawSni {
     pub key: Spanned<String>,
 }
 
+/// Loads a certificate chain and its key; errors are reported at `cert_key` or `key_key`.
 fn load_pair(
     ctx: &Ctx,
     cert: &Spanned<String>,
     key: &Spanned<String>,
-    table: &str,
+    cert_key: &str,
+    key_key: &str,
 ) -> Result<(PathBuf, PathBuf, LoadedCert), ConfigError> {
     let cert_path = ctx.base.join(cert.get_ref());
     let key_path = ctx.base.join(key.get_ref());
     // The chain alone first, so that its problems are reported at `cert`, the key's at `key`.
-    crate::tls::load_certs(&cert_path)
-        .map_err(|why| ctx.error(cert, &format!("{table}.cert"), why))?;
+    crate::tls::load_certs(&cert_path).map_err(|why| ctx.error(cert, cert_key, why))?;
     let loaded = crate::tls::load_cert_pair(&cert_path, &key_path)
-        .map_err(|why| ctx.error(key, &format!("{table}.key"), why))?;
+        .map_err(|why| ctx.error(key, key_key, why))?;
     for warning in &loaded.warnings {
         tracing::warn!("{warning}");
     }
@@ -63,7 +64,13 @@ pub(super) fn validate_server_tls(
     let Some(raw) = raw.map(Spanned::get_ref) else {
         return Ok(None);
     };
-    let (cert, key, loaded) = load_pair(ctx, &raw.cert, &raw.key, "server.tls")?;
+    let (cert, key, loaded) = load_pair(
+        ctx,
+        &raw.cert,
+        &raw.key,
+        "server.tls.cert",
+        "server.tls.key",
+    )?;
     let default = CertSource {
         name: None,
         cert,
@@ -93,7 +100,13 @@ pub(super) fn validate_server_tls(
         if sni.iter().any(|other| other.name.as_deref() == Some(&name)) {
             return Err(ctx.error(&table.name, &format!("{label}.name"), "listed twice"));
         }
-        let (cert, key, loaded) = load_pair(ctx, &table.cert, &table.key, &label)?;
+        let (cert, key, loaded) = load_pair(
+            ctx,
+            &table.cert,
+            &table.key,
+            &format!("{label}.cert"),
+            &format!("{label}.key"),
+        )?;
         sni.push(CertSource {
             name: Some(name),
             cert,
@@ -162,29 +175,28 @@ pub(super) fn validate_redirect(
     Ok(Some(address))
 }
 
+/// `table` is where the keys sit (`upstream`), for error locations.
 pub(super) fn validate_upstream_tls(
     ctx: &Ctx,
     raw: &RawUpstream,
     scheme: &Scheme,
     authority: &str,
+    table: &str,
 ) -> Result<Option<UpstreamTls>, ConfigError> {
+    let key = |name: &str| format!("{table}.{name}");
     let insecure = raw.insecure_skip_verify.as_ref().filter(|v| *v.get_ref());
     if *scheme != Scheme::HTTPS {
         let set = [
-            raw.ca_file.as_ref().map(|v| (v.span(), "upstream.ca_file")),
-            raw.client_cert
-                .as_ref()
-                .map(|v| (v.span(), "upstream.client_cert")),
-            raw.client_key
-                .as_ref()
-                .map(|v| (v.span(), "upstream.client_key")),
-            insecure.map(|v| (v.span(), "upstream.insecure_skip_verify")),
+            raw.ca_file.as_ref().map(|v| (v.span(), "ca_file")),
+            raw.client_cert.as_ref().map(|v| (v.span(), "client_cert")),
+            raw.client_key.as_ref().map(|v| (v.span(), "client_key")),
+            insecure.map(|v| (v.span(), "insecure_skip_verify")),
         ];
-        if let Some((span, key)) = set.into_iter().flatten().next() {
+        if let Some((span, name)) = set.into_iter().flatten().next() {
             return Err(ctx.error(
                 &Spanned::new(span, ()),
-                key,
-                "applies only to an https upstream.url",
+                &key(name),
+                "applies only to an https url",
             ));
         }
         return Ok(None);
@@ -193,7 +205,7 @@ pub(super) fn validate_upstream_tls(
         (Some(ca_file), Some(_)) => {
             return Err(ctx.error(
                 ca_file,
-                "upstream.ca_file",
+                &key("ca_file"),
                 "insecure_skip_verify = true would ignore it; choose one",
             ))
         }
@@ -203,18 +215,31 @@ pub(super) fn validate_upstream_tls(
     };
     let identity = match (&raw.client_cert, &raw.client_key) {
         (None, None) => None,
-        (Some(cert), Some(key)) => Some(load_pair(ctx, cert, key, "upstream")?.2),
+        (Some(cert), Some(private_key)) => Some(
+            load_pair(
+                ctx,
+                cert,
+                private_key,
+                &key("client_cert"),
+                &key("client_key"),
+            )?
+            .2,
+        ),
         (Some(cert), None) => {
-            return Err(ctx.error(cert, "upstream.client_cert", "needs `client_key` as well"))
+            return Err(ctx.error(cert, &key("client_cert"), "needs `client_key` as well"))
         }
-        (None, Some(key)) => {
-            return Err(ctx.error(key, "upstream.client_key", "needs `client_cert` as well"))
+        (None, Some(private_key)) => {
+            return Err(ctx.error(
+                private_key,
+                &key("client_key"),
+                "needs `client_cert` as well",
+            ))
         }
     };
     let client =
         crate::tls::upstream_client_config(&trust, identity).map_err(|why| match &raw.ca_file {
-            Some(ca_file) => ctx.error(ca_file, "upstream.ca_file", why),
-            None => ctx.error(&raw.url, "upstream.url", why),
+            Some(ca_file) => ctx.error(ca_file, &key("ca_file"), why),
+            None => ctx.error(&raw.url, &key("url"), why),
         })?;
     let insecure = matches!(trust, UpstreamTrust::Insecure);
     if insecure {

@@ -897,7 +897,7 @@ async fn the_redirect_listener_answers_308_and_forwards_nothing() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (_tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(authgate::server::serve_redirect(
+    tokio::spawn(authgate::tls::serve_redirect(
         listener,
         authgate::config::LimitsConfig::default(),
         443,
@@ -1252,6 +1252,18 @@ async fn tls_config_errors_name_the_file_line_key_and_problem() {
     ));
     assert!(
         err.contains("`upstream.ca_file`") && err.contains("missing.crt"),
+        "{err}"
+    );
+    let err = config_error(&upstream(
+        "https://127.0.0.1:1",
+        &format!(
+            "client_cert = \"{}\"\nclient_key = \"{}\"",
+            toml_path(&cert),
+            toml_path(&other_key)
+        ),
+    ));
+    assert!(
+        err.contains("`upstream.client_key`") && err.contains("does not match"),
         "{err}"
     );
     let err = config_error(&upstream("ftp://127.0.0.1:1", ""));
