@@ -70,16 +70,15 @@ fn main() -> ExitCode {
         Command::Check => match Config::load(&cli.config) {
             Ok(config) => {
                 println!(
-                    "{}: ok ({} routes, upstream {}://{}{})",
+                    "{}: ok ({} routes, upstream {}://{})",
                     cli.config.display(),
                     config.routes.len(),
                     config.upstream.scheme,
-                    config.upstream.authority,
-                    match &config.server.tls {
-                        Some(tls) => format!(", TLS with {} certificate(s)", 1 + tls.sni.len()),
-                        None => String::new(),
-                    }
+                    config.upstream.authority
                 );
+                if let Some(tls) = &config.server.tls {
+                    println!("TLS with {} certificate(s)", 1 + tls.sni.len());
+                }
                 ExitCode::SUCCESS
             }
             Err(err) => config_error(err),
