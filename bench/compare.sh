@@ -36,8 +36,7 @@ ALL_TARGETS=(
   "haproxy         http://127.0.0.1:18081  TOKEN_HS256  start_haproxy         yes"
   "authgate-hs256  http://127.0.0.1:18083  TOKEN_HS256  start_authgate_hs256  yes"
   "authgate-eddsa  http://127.0.0.1:18085  TOKEN_EDDSA  start_authgate_eddsa  yes"
-  # HOOK (later): add one line here and write its start_* function below, e.g.
-  # "authgate-tls    https://127.0.0.1:18443 TOKEN_HS256  start_authgate_tls    yes"  # TLS (wrk and curl speak https)
+  # TLS runs (authgate and HAProxy terminating TLS, h1/h2/handshakes) live in bench/tls.sh.
 )
 
 # The start functions: each brings its target up and returns once it accepts connections.
@@ -65,7 +64,6 @@ start_authgate_eddsa() {
   spawn authgate-eddsa "$AUTHGATE_BIN" --config "$config"
   wait_port 18085 "$SPAWNED_PID" authgate-eddsa
 }
-# start_authgate_tls() { ...; }     # HOOK: authgate with a self-signed cert on :18443
 # ---------------------------------------------------------------------------------------------
 
 TARGET_LINES=()

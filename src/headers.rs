@@ -143,6 +143,15 @@ impl HeaderPolicy {
         if hosts.next().is_some() {
             return Err(GatewayError::BadRequest("more than one Host header"));
         }
+        // HTTP/2: a Host that names another authority than :authority (RFC 9113 8.3.1) would let
+        // the backend and the gateway disagree on which site was asked for.
+        if let (Version::HTTP_2, Some(host), Some(authority)) =
+            (forwarding.version, &host, forwarding.authority)
+        {
+            if !host.as_bytes().eq_ignore_ascii_case(authority.as_bytes()) {
+                return Err(GatewayError::BadRequest("Host conflicts with :authority"));
+            }
+        }
         let host = host.or_else(|| {
             forwarding
                 .authority

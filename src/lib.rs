@@ -21,5 +21,6 @@ pub mod routes;
 pub mod server;
 pub mod stream;
 pub mod target;
+pub mod tls;
 pub mod token;
 pub mod upstream;

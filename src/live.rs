@@ -82,8 +82,18 @@ impl Live {
 /// Settings read once at start-up (listeners, runtime, per-connection limits).
 fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     let mut changed = Vec::new();
-    let checks: [(&'static str, bool); 9] = [
+    let tls_changed = match (&old.server.tls, &new.server.tls) {
+        (Some(old), Some(new)) => !old.same_settings(new),
+        (old, new) => old.is_some() != new.is_some(),
+    };
+    let checks: [(&'static str, bool); 11] = [
         ("server.listen", old.server.listen != new.server.listen),
+        // Certificate *contents* reload on their own (src/tls.rs); paths, names, HSTS do not.
+        ("server.tls", tls_changed),
+        (
+            "server.redirect_http",
+            old.server.redirect_http != new.server.redirect_http,
+        ),
         ("server.workers", old.server.workers != new.server.workers),
         ("admin.listen", old.admin_listen != new.admin_listen),
         ("log.format", old.log.format != new.log.format),

@@ -75,6 +75,9 @@ fn main() -> ExitCode {
                     config.routes.len(),
                     config.upstream_summary()
                 );
+                if let Some(tls) = &config.server.tls {
+                    println!("TLS with {} certificate(s)", 1 + tls.sni.len());
+                }
                 ExitCode::SUCCESS
             }
             Err(err) => config_error(err),
@@ -157,12 +160,38 @@ fn run_gateway(config: Config, config_path: PathBuf) -> ExitCode {
                 }
             },
         };
+        // TLS (src/tls.rs): the acceptor, and the plain listener that redirects to it.
+        let tls = match config
+            .server
+            .tls
+            .as_ref()
+            .map(authgate::tls::TlsListener::new)
+        {
+            None => None,
+            Some(Ok(tls)) => Some(std::sync::Arc::new(tls)),
+            Some(Err(err)) => {
+                eprintln!("authgate: cannot set up TLS: {err}");
+                return ExitCode::from(EXIT_RUNTIME);
+            }
+        };
+        let redirect = match config.server.redirect_http {
+            None => None,
+            Some(address) => match TcpListener::bind(address).await {
+                Ok(listener) => Some(listener),
+                Err(err) => {
+                    eprintln!("authgate: cannot listen on {address} (redirect_http): {err}");
+                    return ExitCode::from(EXIT_RUNTIME);
+                }
+            },
+        };
         let live = match Live::new(config.clone()) {
             Ok(live) => live,
             Err(err) => return config_error(err),
         };
         tracing::info!(
             listen = %config.server.listen,
+            tls = tls.is_some(),
+            redirect_http = ?config.server.redirect_http,
             admin = ?config.admin_listen,
             upstream = %config.upstream_summary(),
             routes = config.routes.len(),
@@ -188,7 +217,26 @@ fn run_gateway(config: Config, config_path: PathBuf) -> ExitCode {
             config_path,
             Duration::from_secs(2),
         ));
-        authgate::server::serve(listener, live, until_stopped(stopped)).await;
+        if let Some(redirect) = redirect {
+            tokio::spawn(authgate::tls::serve_redirect(
+                redirect,
+                config.limits,
+                config.server.listen.port(),
+                until_stopped(stopped.clone()),
+            ));
+        }
+        match tls {
+            Some(tls) => {
+                // Certificates reload on SIGHUP and when their files change, on their own.
+                let certs = tokio::spawn(authgate::tls::watch_certs(
+                    tls.store.clone(),
+                    Duration::from_secs(2),
+                ));
+                authgate::server::serve_tls(listener, live, tls, until_stopped(stopped)).await;
+                certs.abort();
+            }
+            None => authgate::server::serve(listener, live, until_stopped(stopped)).await,
+        }
         watcher.abort();
         ExitCode::SUCCESS
     })

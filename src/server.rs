@@ -1,4 +1,5 @@
-//! Listeners and connections: accept TCP, speak HTTP/1.1 or h2c (detected per connection), hand
+//! Listeners and connections: accept TCP, optionally terminate TLS (src/tls.rs), speak HTTP/1.1
+//! or HTTP/2 (ALPN on TLS; h2c prior knowledge detected per connection on plain listeners), hand
 //! each request to the pipeline, and shut down gracefully.
 //!
 //! Limits enforced here, all from `[limits]`:
@@ -30,8 +31,9 @@ use tokio::time::{Instant, Sleep};
 use crate::config::LimitsConfig;
 use crate::headers::ClientInfo;
 use crate::live::Live;
+use crate::tls::TlsListener;
 
-fn connection_builder(limits: &LimitsConfig) -> auto::Builder<TokioExecutor> {
+pub(crate) fn connection_builder(limits: &LimitsConfig) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -52,6 +54,27 @@ fn connection_builder(limits: &LimitsConfig) -> auto::Builder<TokioExecutor> {
 /// Serves the gateway on `listener` until `shutdown` resolves, then stops accepting and waits up
 /// to `shutdown_grace` for open connections to finish their requests.
 pub async fn serve(listener: TcpListener, live: Arc<Live>, shutdown: impl Future<Output = ()>) {
+    serve_with(listener, live, None, shutdown).await
+}
+
+/// `serve` with TLS on every connection (src/tls.rs): the handshake must finish within
+/// `header_read_timeout`, ALPN picks `h2` or `http/1.1`, `X-Forwarded-Proto` is `https`, and the
+/// configured `Strict-Transport-Security` is added to every response.
+pub async fn serve_tls(
+    listener: TcpListener,
+    live: Arc<Live>,
+    tls: Arc<TlsListener>,
+    shutdown: impl Future<Output = ()>,
+) {
+    serve_with(listener, live, Some(tls), shutdown).await
+}
+
+async fn serve_with(
+    listener: TcpListener,
+    live: Arc<Live>,
+    tls: Option<Arc<TlsListener>>,
+    shutdown: impl Future<Output = ()>,
+) {
     // Per-connection limits are read once: changing them needs a restart (a reload says so).
     let limits = *live.gateway().server_limits();
     let builder = Arc::new(connection_builder(&limits));
@@ -83,22 +106,37 @@ pub async fn serve(listener: TcpListener, live: Arc<Live>, shutdown: impl Future
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let client = Arc::new(ClientInfo::new(peer, false));
+        let client = Arc::new(ClientInfo::new(peer, tls.is_some()));
         let live = live.clone();
         let builder = builder.clone();
         let mut draining = draining.clone();
         let finished = open.clone();
         opened = opened.saturating_add(1);
-        let io = TokioIo::new(IdleTimeout::new(stream, limits.idle_timeout));
+        let stream = IdleTimeout::new(stream, limits.idle_timeout);
+        let tls = tls.clone();
         tokio::spawn(async move {
             let _slot = slot;
+            // TLS handshake when this is a TLS listener (src/tls.rs); a failed one ends here.
+            let timeout = limits.header_read_timeout;
+            let Some(io) = crate::tls::accept(tls.as_deref(), stream, timeout, peer).await else {
+                // A failed handshake still counts as a finished connection for the drain.
+                finished.add_permits(1);
+                return;
+            };
+            let io = TokioIo::new(io);
+            let hsts = tls.as_ref().and_then(|tls| tls.hsts.clone());
             let open = live.metrics().open_connections.clone();
             open.inc();
             let service = service_fn(move |request| {
                 // The gateway of the moment; the request keeps it even if a reload happens.
                 let gateway = live.gateway();
                 let client = client.clone();
-                async move { Ok::<_, Infallible>(gateway.handle(request, &client).await) }
+                let hsts = hsts.clone();
+                async move {
+                    let mut response = gateway.handle(request, &client).await;
+                    crate::tls::add_hsts(&mut response, hsts);
+                    Ok::<_, Infallible>(response)
+                }
             });
             let connection = builder.serve_connection_with_upgrades(io, service);
             tokio::pin!(connection);

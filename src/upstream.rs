@@ -17,7 +17,7 @@ use crate::config::UpstreamConfig;
 use crate::error::GatewayError;
 
 pub struct Upstream {
-    client: Client<HttpConnector, RequestBody>,
+    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, RequestBody>,
     scheme: Scheme,
     authority: Authority,
     timeout: Duration,
@@ -28,7 +28,8 @@ impl Upstream {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(config.connect_timeout));
-        connector.enforce_http(true);
+        // http:// stays plain TCP; https:// gets TLS, never falling back to plain (src/tls.rs).
+        let connector = crate::tls::upstream_connector(connector, config.tls.as_ref());
         let client = Client::builder(TokioExecutor::new())
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())

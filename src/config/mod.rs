@@ -4,6 +4,7 @@
 
 mod duration;
 mod raw;
+mod tls;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -138,6 +139,10 @@ pub struct ServerConfig {
     pub workers: Option<usize>,
     /// Peers whose X-Forwarded-For we believe. Empty: we believe nobody.
     pub trusted_proxies: Vec<IpNet>,
+    /// `[server.tls]`: TLS on `listen` (see src/tls.rs).
+    pub tls: Option<crate::tls::ServerTlsConfig>,
+    /// A plain-HTTP listener answering 308 redirects to HTTPS.
+    pub redirect_http: Option<SocketAddr>,
 }
 
 /// A GCRA quota: `count` requests per `period`, with bursts of up to `burst`.
@@ -175,6 +180,8 @@ pub struct UpstreamConfig {
     pub authority: Authority,
     pub timeout: Duration,
     pub connect_timeout: Duration,
+    /// Set for an https upstream (see src/tls.rs).
+    pub tls: Option<crate::tls::UpstreamTls>,
 }
 
 /// An HMAC secret. Debug never prints it.
@@ -466,6 +473,8 @@ fn validate_server(ctx: &Ctx, raw: Option<raw::RawServer>) -> Result<ServerConfi
         listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
         workers: None,
         trusted_proxies: Vec::new(),
+        tls: None,
+        redirect_http: None,
     };
     let Some(raw) = raw else { return Ok(server) };
     if let Some(listen) = &raw.listen {
@@ -494,6 +503,13 @@ fn validate_server(ctx: &Ctx, raw: Option<raw::RawServer>) -> Result<ServerConfi
         })?;
         server.trusted_proxies.push(parsed);
     }
+    server.tls = tls::validate_server_tls(ctx, raw.tls.as_ref())?;
+    server.redirect_http = tls::validate_redirect(
+        ctx,
+        raw.redirect_http.as_ref(),
+        server.listen,
+        server.tls.is_some(),
+    )?;
     Ok(server)
 }
 
@@ -528,14 +544,8 @@ fn validate_upstream(
         .map_err(|_| ctx.error(url, &url_key, "not a valid URL"))?;
     let scheme = match uri.scheme_str() {
         Some("http") => Scheme::HTTP,
-        Some("https") => {
-            return Err(ctx.error(
-                url,
-                &url_key,
-                "https upstreams are not supported yet; use http on a private network",
-            ))
-        }
-        _ => return Err(ctx.error(url, &url_key, "the scheme must be http")),
+        Some("https") => Scheme::HTTPS,
+        _ => return Err(ctx.error(url, &url_key, "the scheme must be http or https")),
     };
     let Some(authority) = uri.authority().cloned() else {
         return Err(ctx.error(url, &url_key, "the URL has no host"));
@@ -550,9 +560,11 @@ fn validate_upstream(
             "the URL must not have a path or query; the request path is forwarded as received",
         ));
     }
+    let tls = tls::validate_upstream_tls(ctx, upstream, &scheme, authority.as_str(), "upstream")?;
     Ok(UpstreamConfig {
         scheme,
         authority,
+        tls,
         timeout: validate_duration(
             ctx,
             &upstream.timeout,

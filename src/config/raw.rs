@@ -28,6 +28,9 @@ pub struct RawServer {
     pub listen: Option<Spanned<String>>,
     pub workers: Option<Spanned<i64>>,
     pub trusted_proxies: Option<Vec<Spanned<String>>>,
+    // TLS (src/config/tls.rs)
+    pub redirect_http: Option<Spanned<String>>,
+    pub tls: Option<Spanned<super::tls::RawServerTls>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -85,6 +88,11 @@ pub struct RawUpstream {
     pub url: Spanned<String>,
     pub timeout: Option<Spanned<String>>,
     pub connect_timeout: Option<Spanned<String>>,
+    // TLS to the backend (src/config/tls.rs)
+    pub ca_file: Option<Spanned<String>>,
+    pub client_cert: Option<Spanned<String>>,
+    pub client_key: Option<Spanned<String>>,
+    pub insecure_skip_verify: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -20,3 +20,5 @@ mod routing;
 mod streaming;
 mod tokens;
 mod upstream_failures;
+// TLS (issue 6), last to keep merges simple.
+mod tls;
