@@ -33,7 +33,7 @@ pub const MAX_JWKS_BYTES: usize = 256 * 1024;
 pub struct RemoteJwks {
     url: Uri,
     label: String,
-    client: Client<HttpConnector, Empty<Bytes>>,
+    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>,
     timeout: Duration,
     refresh: Duration,
     cooldown: Duration,
@@ -56,6 +56,20 @@ impl RemoteJwks {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(issuer.jwks_timeout));
         connector.set_nodelay(true);
+        // https:// is verified against the Mozilla roots (webpki-roots), never skipped.
+        let tls = match url.scheme_str() {
+            Some("https") => {
+                crate::tls::upstream_client_config(&crate::tls::UpstreamTrust::WebPkiRoots, None)
+                    .map_err(|err| tracing::error!(url = %url, "JWKS TLS setup failed: {err}"))
+                    .ok()
+                    .map(|client| crate::tls::UpstreamTls {
+                        client: std::sync::Arc::new(client),
+                        insecure: false,
+                    })
+            }
+            _ => None,
+        };
+        let connector = crate::tls::upstream_connector(connector, tls.as_ref());
         RemoteJwks {
             url,
             label: issuer.label.clone(),

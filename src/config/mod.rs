@@ -937,16 +937,9 @@ fn validate_jwks_url(ctx: &Ctx, url: &Spanned<String>, key: &str) -> Result<Uri,
         .get_ref()
         .parse()
         .map_err(|_| ctx.error(url, key, "not a valid URL"))?;
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
-            return Err(ctx.error(
-                url,
-                key,
-                "https JWKS URLs are not supported yet; fetch over http on a private network, or use jwks_file",
-            ))
-        }
-        _ => return Err(ctx.error(url, key, "the scheme must be http")),
+    // https is verified against the Mozilla roots (webpki-roots); http is for private networks.
+    if !matches!(uri.scheme_str(), Some("http" | "https")) {
+        return Err(ctx.error(url, key, "the scheme must be http or https"));
     }
     if uri.authority().is_none() {
         return Err(ctx.error(url, key, "the URL has no host"));

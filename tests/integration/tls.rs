@@ -1332,3 +1332,47 @@ fn an_expired_certificate_loads_with_a_warning() {
         .warnings
         .is_empty());
 }
+
+/// An https JWKS URL is verified against the Mozilla roots: a server whose certificate chains to a
+/// private CA is refused, so no keys are taken from it (fail closed: 503, never a key).
+#[tokio::test]
+async fn https_jwks_with_an_untrusted_certificate_yields_no_keys() {
+    let ca = Ca::new("private test CA");
+    let leaf = ca.leaf("127.0.0.1", &["127.0.0.1"]);
+    let (jwks_addr, seen) = start_tls_backend(&leaf, None).await;
+    let routes = &BASE_CONFIG[BASE_CONFIG.find("[[route]]").unwrap()..];
+    let config = format!(
+        "[upstream]\nurl = \"http://127.0.0.1:1\"\n[auth]\njwks_url = \"https://{jwks_addr}/jwks\"\nalgorithms = [\"EdDSA\"]\njwks_cooldown = \"200ms\"\njwks_timeout = \"2s\"\n{routes}"
+    );
+    let backend = Backend::start().await;
+    let gateway = start_gateway(&config, backend.addr).await;
+    let key = crate::keys::TestKey::generate("EdDSA", "k1");
+    let token = key.token(&serde_json::json!({"sub": "alice", "exp": now() + 900}));
+    let response = request(
+        gateway.addr,
+        "GET",
+        "/api/alice/tasks",
+        &[("Authorization", &bearer(&token))],
+        b"",
+    )
+    .await;
+    assert_eq!(response.status, 503);
+    let remote = gateway
+        .gateway
+        .authenticator()
+        .remote_sources()
+        .next()
+        .unwrap();
+    assert!(
+        remote
+            .fetches_failed
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
+    );
+    assert!(remote.keys().is_none());
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "no request got through the failed handshake"
+    );
+    assert_eq!(backend.count(), 0);
+}
