@@ -250,7 +250,8 @@ META=$BENCH_TMP/meta.tsv
   for w in "${BENCH_WARNINGS[@]}"; do printf 'warning\t%s\n' "$w"; done
 } >"$META"
 mkdir -p "$BENCH_DIR/results"
-stem=$BENCH_DIR/results/$(date -u +%Y-%m-%d)-tls$([[ $KEY == rsa ]] && echo -rsa)
+stem=$BENCH_DIR/results/$(date -u +%Y-%m-%d)-tls
+[[ $KEY == rsa ]] && stem=$stem-rsa
 out=$stem.md
 n=1
 while [[ -e $out ]]; do out=$stem-$n.md; n=$((n + 1)); done

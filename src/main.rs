@@ -160,20 +160,7 @@ fn run_gateway(config: Config, config_path: PathBuf) -> ExitCode {
                 }
             },
         };
-        // TLS (src/tls.rs): the acceptor, and the plain listener that redirects to it.
-        let tls = match config
-            .server
-            .tls
-            .as_ref()
-            .map(authgate::tls::TlsListener::new)
-        {
-            None => None,
-            Some(Ok(tls)) => Some(std::sync::Arc::new(tls)),
-            Some(Err(err)) => {
-                eprintln!("authgate: cannot set up TLS: {err}");
-                return ExitCode::from(EXIT_RUNTIME);
-            }
-        };
+        // TLS (src/tls.rs): the plain listener that redirects to HTTPS, and the acceptor.
         let redirect = match config.server.redirect_http {
             None => None,
             Some(address) => match TcpListener::bind(address).await {
@@ -187,6 +174,16 @@ fn run_gateway(config: Config, config_path: PathBuf) -> ExitCode {
         let live = match Live::new(config.clone()) {
             Ok(live) => live,
             Err(err) => return config_error(err),
+        };
+        let tls = match config.server.tls.as_ref() {
+            None => None,
+            Some(tls) => match authgate::tls::TlsListener::new(tls, live.metrics()) {
+                Ok(tls) => Some(std::sync::Arc::new(tls)),
+                Err(err) => {
+                    eprintln!("authgate: cannot set up TLS: {err}");
+                    return ExitCode::from(EXIT_RUNTIME);
+                }
+            },
         };
         tracing::info!(
             listen = %config.server.listen,

@@ -36,6 +36,12 @@ pub struct OutcomeLabels {
     pub outcome: &'static str,
 }
 
+/// A TLS certificate: `default`, or the SNI name of its `[[server.tls.sni]]` table.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CertificateLabels {
+    pub certificate: String,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
@@ -46,6 +52,10 @@ pub struct Metrics {
     pub jwks_fetches: Family<JwksLabels, Counter>,
     pub open_connections: Gauge,
     pub config_reloads: Family<OutcomeLabels, Counter>,
+    // TLS (src/tls.rs)
+    pub tls_certificate_expiry: Family<CertificateLabels, Gauge>,
+    pub tls_certificate_reloads: Family<OutcomeLabels, Counter>,
+    pub tls_handshake_failures: Family<ReasonLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -64,6 +74,9 @@ impl Metrics {
         let jwks_fetches = Family::<JwksLabels, Counter>::default();
         let open_connections = Gauge::default();
         let config_reloads = Family::<OutcomeLabels, Counter>::default();
+        let tls_certificate_expiry = Family::<CertificateLabels, Gauge>::default();
+        let tls_certificate_reloads = Family::<OutcomeLabels, Counter>::default();
+        let tls_handshake_failures = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "requests",
             "Requests answered, by route, method and status class",
@@ -104,6 +117,21 @@ impl Metrics {
             "Config reload attempts, by outcome",
             config_reloads.clone(),
         );
+        registry.register(
+            "tls_certificate_expiry_timestamp_seconds",
+            "notAfter of each served TLS certificate, as a Unix time",
+            tls_certificate_expiry.clone(),
+        );
+        registry.register(
+            "tls_certificate_reloads",
+            "TLS certificate reloads, by outcome (refused keeps the previous certificate)",
+            tls_certificate_reloads.clone(),
+        );
+        registry.register(
+            "tls_handshake_failures",
+            "TLS handshakes that failed or timed out, by reason",
+            tls_handshake_failures.clone(),
+        );
         Arc::new(Metrics {
             registry,
             requests,
@@ -114,6 +142,9 @@ impl Metrics {
             jwks_fetches,
             open_connections,
             config_reloads,
+            tls_certificate_expiry,
+            tls_certificate_reloads,
+            tls_handshake_failures,
         })
     }
 

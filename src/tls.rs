@@ -52,6 +52,7 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::LimitsConfig;
+use crate::metrics::{CertificateLabels, Metrics, OutcomeLabels, ReasonLabels};
 use crate::server::IdleTimeout;
 
 /// The one crypto provider of the process.
@@ -74,6 +75,8 @@ pub struct LoadedCert {
     pub subject: String,
     /// The leaf's `notAfter` (UTC, RFC 3339), when it could be read.
     pub not_after: Option<String>,
+    /// The same as a Unix time, for the expiry metric.
+    pub not_after_unix: Option<i64>,
     /// Things worth a warning that do not stop the certificate from being used (expired, not yet
     /// valid).
     pub warnings: Vec<String>,
@@ -150,6 +153,7 @@ pub fn load_cert_pair(cert_path: &Path, key_path: &Path) -> Result<LoadedCert, S
         key: Arc::new(certified),
         subject: String::new(),
         not_after: None,
+        not_after_unix: None,
         warnings: Vec::new(),
     };
     check_validity(cert_path, &mut loaded, SystemTime::now());
@@ -178,6 +182,7 @@ fn check_validity(path: &Path, loaded: &mut LoadedCert, now: SystemTime) {
     let not_before = tbs.validity.not_before;
     let not_after = tbs.validity.not_after;
     loaded.not_after = Some(not_after.to_string());
+    loaded.not_after_unix = i64::try_from(not_after.to_unix_duration().as_secs()).ok();
     if not_after.to_system_time() < now {
         loaded.warnings.push(format!(
             "{}: the certificate ({}) expired at {not_after}; clients will refuse it",
@@ -248,6 +253,7 @@ pub struct CertStore {
     current: ArcSwap<Keys>,
     reloads: AtomicU64,
     failures: AtomicU64,
+    metrics: Arc<Metrics>,
 }
 
 impl fmt::Debug for CertStore {
@@ -259,7 +265,14 @@ impl fmt::Debug for CertStore {
 }
 
 impl CertStore {
-    pub fn new(config: &ServerTlsConfig) -> Arc<CertStore> {
+    pub fn new(config: &ServerTlsConfig, metrics: Arc<Metrics>) -> Arc<CertStore> {
+        for source in std::iter::once(&config.default).chain(&config.sni) {
+            record_expiry(
+                &metrics,
+                source.name.as_deref().unwrap_or("default"),
+                &source.loaded,
+            );
+        }
         let mut names = HashMap::new();
         let mut sources = vec![(
             "default".to_string(),
@@ -284,6 +297,7 @@ impl CertStore {
             }),
             reloads: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            metrics,
         })
     }
 
@@ -307,6 +321,7 @@ impl CertStore {
                     for warning in &pair.warnings {
                         tracing::warn!(certificate = label.as_str(), "{warning}");
                     }
+                    record_expiry(&self.metrics, label, &pair);
                     loaded.push(Some(pair.key));
                 }
                 Err(why) => {
@@ -329,6 +344,11 @@ impl CertStore {
             .map(|(key, old)| key.unwrap_or_else(|| old.clone()))
             .collect();
         self.current.store(Arc::new(Keys { default, sni }));
+        let outcome = if errors.is_empty() { "ok" } else { "refused" };
+        self.metrics
+            .tls_certificate_reloads
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
         if errors.is_empty() {
             self.reloads.fetch_add(1, Ordering::Relaxed);
             tracing::info!(certificates = self.sources.len(), "certificates reloaded");
@@ -367,6 +387,17 @@ impl CertStore {
     }
 }
 
+fn record_expiry(metrics: &Metrics, certificate: &str, loaded: &LoadedCert) {
+    if let Some(not_after) = loaded.not_after_unix {
+        metrics
+            .tls_certificate_expiry
+            .get_or_create(&CertificateLabels {
+                certificate: certificate.to_string(),
+            })
+            .set(not_after);
+    }
+}
+
 impl ResolvesServerCert for CertStore {
     fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         Some(self.select(client_hello.server_name()))
@@ -378,10 +409,13 @@ pub struct TlsListener {
     pub acceptor: TlsAcceptor,
     pub store: Arc<CertStore>,
     pub hsts: Option<HeaderValue>,
+    metrics: Arc<Metrics>,
 }
 
 impl TlsListener {
-    pub fn new(config: &ServerTlsConfig) -> Result<TlsListener, String> {
+    /// `metrics` is the process's registry (`Live::metrics`): certificate expiry, reloads and
+    /// handshake failures are reported there.
+    pub fn new(config: &ServerTlsConfig, metrics: &Arc<Metrics>) -> Result<TlsListener, String> {
         for source in std::iter::once(&config.default).chain(&config.sni) {
             tracing::info!(
                 certificate = source.name.as_deref().unwrap_or("default"),
@@ -391,7 +425,7 @@ impl TlsListener {
                 "TLS certificate loaded"
             );
         }
-        let store = CertStore::new(config);
+        let store = CertStore::new(config, metrics.clone());
         let mut server = ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&TLS12, &TLS13])
             .map_err(|err| format!("TLS setup: {err}"))?
@@ -408,7 +442,17 @@ impl TlsListener {
             acceptor: TlsAcceptor::from(Arc::new(server)),
             store,
             hsts: config.hsts.clone(),
+            metrics: metrics.clone(),
         })
+    }
+}
+
+impl TlsListener {
+    fn handshake_failed(&self, reason: &'static str) {
+        self.metrics
+            .tls_handshake_failures
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
     }
 }
 
@@ -482,10 +526,12 @@ where
         Ok(Ok(stream)) => Some(ClientStream::Tls(Box::new(stream))),
         Ok(Err(err)) => {
             tracing::debug!(error = %err, %peer, "TLS handshake failed");
+            tls.handshake_failed("error");
             None
         }
         Err(_) => {
             tracing::debug!(%peer, "TLS handshake timed out");
+            tls.handshake_failed("timeout");
             None
         }
     }

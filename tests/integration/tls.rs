@@ -155,6 +155,7 @@ fn tls_config(cert: &Path, key: &Path, extra: &str) -> String {
 struct TlsGateway {
     addr: SocketAddr,
     store: Arc<CertStore>,
+    live: Arc<Live>,
     _shutdown: tokio::sync::oneshot::Sender<()>,
 }
 
@@ -167,15 +168,16 @@ async fn start_tls_gateway(toml: &str, upstream: SocketAddr) -> TlsGateway {
 }
 
 async fn start_tls_gateway_with(config: authgate::config::Config) -> TlsGateway {
-    let tls = TlsListener::new(config.server.tls.as_ref().expect("a [server.tls] config")).unwrap();
-    let store = tls.store.clone();
+    let tls_config = config.server.tls.clone().expect("a [server.tls] config");
     let live = Live::new(config).unwrap();
+    let tls = TlsListener::new(&tls_config, live.metrics()).unwrap();
+    let store = tls.store.clone();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(authgate::server::serve_tls(
         listener,
-        live,
+        live.clone(),
         Arc::new(tls),
         async {
             let _ = rx.await;
@@ -184,6 +186,7 @@ async fn start_tls_gateway_with(config: authgate::config::Config) -> TlsGateway 
     TlsGateway {
         addr,
         store,
+        live,
         _shutdown: tx,
     }
 }
@@ -634,6 +637,11 @@ async fn a_tls11_client_is_refused_with_an_alert() {
         "expected a ServerHello, got {answer:02x?}"
     );
     assert_eq!(backend.count(), 0);
+    let metrics = gateway.live.metrics().render();
+    assert!(
+        metrics.contains("authgate_tls_handshake_failures_total{reason=\"error\"} 1"),
+        "{metrics}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -756,6 +764,14 @@ async fn certificate_reload_reaches_new_handshakes_keeps_open_connections_and_re
     );
     assert_eq!(old.get("gw.test", "/health", &[]).await.status, 200);
     watcher.abort();
+    let metrics = gateway.live.metrics().render();
+    for line in [
+        "authgate_tls_certificate_reloads_total{outcome=\"ok\"}",
+        "authgate_tls_certificate_reloads_total{outcome=\"refused\"}",
+        "authgate_tls_certificate_expiry_timestamp_seconds{certificate=\"default\"}",
+    ] {
+        assert!(metrics.contains(line), "{line} missing:\n{metrics}");
+    }
 }
 
 /// The real binary: TLS on the listener, the redirect listener, and a certificate swap picked up
