@@ -560,7 +560,7 @@ fn validate_upstream(
             "the URL must not have a path or query; the request path is forwarded as received",
         ));
     }
-    let tls = tls::validate_upstream_tls(ctx, upstream, &scheme, authority.as_str(), "upstream")?;
+    let tls = tls::validate_upstream_tls(ctx, upstream, &scheme, authority.as_str(), table)?;
     Ok(UpstreamConfig {
         scheme,
         authority,
