@@ -129,11 +129,25 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
 /// Reloads on SIGHUP, and when the file's modification time or size changes (checked every
 /// `poll`). Runs until the task is dropped.
 pub async fn watch(live: Arc<Live>, path: PathBuf, poll: Duration) {
-    let stamp = |path: &Path| -> Option<(SystemTime, u64)> {
-        let meta = std::fs::metadata(path).ok()?;
-        Some((meta.modified().ok()?, meta.len()))
+    watch_files(vec![path.clone()], poll, move || {
+        let _ = live.reload(&path);
+    })
+    .await
+}
+
+/// Calls `changed` on SIGHUP, and whenever any of `files` changes modification time or size
+/// (checked every `poll`). Shared by the config and the certificate reloads. Runs until dropped.
+pub async fn watch_files(files: Vec<PathBuf>, poll: Duration, mut changed: impl FnMut()) {
+    let stamp = |files: &[PathBuf]| -> Vec<Option<(SystemTime, u64)>> {
+        files
+            .iter()
+            .map(|path: &PathBuf| {
+                let meta = std::fs::metadata(path).ok()?;
+                Some((meta.modified().ok()?, meta.len()))
+            })
+            .collect()
     };
-    let mut seen = stamp(&path);
+    let mut seen = stamp(&files);
     #[cfg(unix)]
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     loop {
@@ -152,10 +166,10 @@ pub async fn watch(live: Arc<Live>, path: PathBuf, poll: Duration) {
             () = signalled => true,
             () = tokio::time::sleep(poll) => false,
         };
-        let now = stamp(&path);
+        let now = stamp(&files);
         if by_signal || now != seen {
             seen = now;
-            let _ = live.reload(&path);
+            changed();
         }
     }
 }

@@ -460,40 +460,10 @@ impl TlsListener {
 /// size changes (checked every `poll`). Runs until the task is dropped.
 pub async fn watch_certs(store: Arc<CertStore>, poll: Duration) {
     let files = store.files();
-    let stamp = |files: &[PathBuf]| -> Vec<Option<(SystemTime, u64)>> {
-        files
-            .iter()
-            .map(|path| {
-                let meta = std::fs::metadata(path).ok()?;
-                Some((meta.modified().ok()?, meta.len()))
-            })
-            .collect()
-    };
-    let mut seen = stamp(&files);
-    #[cfg(unix)]
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    loop {
-        #[cfg(unix)]
-        let signalled = async {
-            match hangup.as_mut() {
-                Some(signal) => {
-                    signal.recv().await;
-                }
-                None => std::future::pending::<()>().await,
-            }
-        };
-        #[cfg(not(unix))]
-        let signalled = std::future::pending::<()>();
-        let by_signal = tokio::select! {
-            () = signalled => true,
-            () = tokio::time::sleep(poll) => false,
-        };
-        let now = stamp(&files);
-        if by_signal || now != seen {
-            seen = now;
-            let _ = store.reload();
-        }
-    }
+    crate::live::watch_files(files, poll, move || {
+        let _ = store.reload();
+    })
+    .await
 }
 
 // ---------------------------------------------------------------------------------------------
