@@ -134,8 +134,16 @@ fn runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
     builder.enable_all().build()
 }
 
+/// The main thread's runtime: signals, reloads, JWKS refreshes, the admin and redirect listeners.
+/// Requests are served by the worker threads (`authgate::server::spawn_workers`), not here.
+fn control_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+}
+
 fn run_gateway(config: Config, config_path: PathBuf) -> ExitCode {
-    let runtime = match runtime(config.server.workers) {
+    let runtime = match control_runtime() {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("authgate: cannot start the runtime: {err}");
@@ -222,20 +230,36 @@ fn run_gateway(config: Config, config_path: PathBuf) -> ExitCode {
                 until_stopped(stopped.clone()),
             ));
         }
-        match tls {
-            Some(tls) => {
-                // Certificates reload on SIGHUP and when their files change, on their own.
-                let certs = tokio::spawn(authgate::tls::watch_certs(
-                    tls.store.clone(),
-                    Duration::from_secs(2),
-                ));
-                authgate::server::serve_tls(listener, live, tls, until_stopped(stopped)).await;
-                certs.abort();
+        // Certificates reload on SIGHUP and when their files change, on their own.
+        let certs = tls.as_ref().map(|tls| {
+            tokio::spawn(authgate::tls::watch_certs(
+                tls.store.clone(),
+                Duration::from_secs(2),
+            ))
+        });
+        let workers = config.server.workers.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        });
+        let served = listener.into_std().and_then(|listener| {
+            authgate::server::spawn_workers(listener, workers, live, tls, stopped)
+        });
+        let code = match served {
+            // The workers drain and stop once `stopped` turns; this thread keeps running the
+            // control tasks (reloads, JWKS refreshes) until they have.
+            Ok(workers) => match tokio::task::spawn_blocking(move || workers.join()).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(_) => ExitCode::from(EXIT_RUNTIME),
+            },
+            Err(err) => {
+                eprintln!("authgate: cannot start the worker threads: {err}");
+                ExitCode::from(EXIT_RUNTIME)
             }
-            None => authgate::server::serve(listener, live, until_stopped(stopped)).await,
+        };
+        if let Some(certs) = certs {
+            certs.abort();
         }
         watcher.abort();
-        ExitCode::SUCCESS
+        code
     })
 }
 

@@ -11,6 +11,13 @@
 //!   HTTP/1 connection is closed after `min(idle_timeout, header_read_timeout)`.
 //! - `idle_timeout`: no bytes either way for this long closes the connection (`IdleTimeout`).
 //! - HTTP/2: `max_concurrent_streams`, header list size, keep-alive pings.
+//!
+//! Threading (`spawn_workers`): one OS thread per worker, each running a single-threaded tokio
+//! runtime that accepts from its own descriptor of the one listening socket and runs every
+//! connection it accepted to the end on that thread: the request, the upstream exchange (the
+//! upstream pool is per thread, src/upstream.rs) and the response. No task migrates and no wake-up
+//! crosses threads on the request path, which is what a work-stealing runtime spends its time on
+//! when every request is two short socket exchanges.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -54,7 +61,8 @@ pub(crate) fn connection_builder(limits: &LimitsConfig) -> auto::Builder<TokioEx
 /// Serves the gateway on `listener` until `shutdown` resolves, then stops accepting and waits up
 /// to `shutdown_grace` for open connections to finish their requests.
 pub async fn serve(listener: TcpListener, live: Arc<Live>, shutdown: impl Future<Output = ()>) {
-    serve_with(listener, live, None, shutdown).await
+    let slots = connection_slots(&live);
+    serve_with(listener, live, None, slots, shutdown).await
 }
 
 /// `serve` with TLS on every connection (src/tls.rs): the handshake must finish within
@@ -66,19 +74,91 @@ pub async fn serve_tls(
     tls: Arc<TlsListener>,
     shutdown: impl Future<Output = ()>,
 ) {
-    serve_with(listener, live, Some(tls), shutdown).await
+    let slots = connection_slots(&live);
+    serve_with(listener, live, Some(tls), slots, shutdown).await
+}
+
+/// `max_connections` is one budget for the whole process, shared by every worker.
+fn connection_slots(live: &Live) -> Arc<Semaphore> {
+    Arc::new(Semaphore::new(
+        live.gateway().server_limits().max_connections,
+    ))
+}
+
+/// The serving threads started by `spawn_workers`.
+pub struct Workers {
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Workers {
+    /// Waits until every worker has drained its connections and stopped.
+    pub fn join(self) {
+        for thread in self.threads {
+            if thread.join().is_err() {
+                tracing::error!("a worker thread panicked");
+            }
+        }
+    }
+}
+
+/// Serves `listener` (plain, or TLS when `tls` is set) on `workers` threads, each with its own
+/// single-threaded runtime and its own duplicate of the listening descriptor: the kernel hands
+/// each new connection to whichever worker accepts first, so an idle worker picks up the next
+/// one. When `stop` turns true every worker stops accepting and drains as `serve` does.
+///
+/// Runtimes and listener registrations are made here, before any thread starts, so that a
+/// failure is returned to the caller instead of killing a thread.
+pub fn spawn_workers(
+    listener: std::net::TcpListener,
+    workers: usize,
+    live: Arc<Live>,
+    tls: Option<Arc<TlsListener>>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> io::Result<Workers> {
+    listener.set_nonblocking(true)?;
+    let slots = connection_slots(&live);
+    let mut prepared = Vec::with_capacity(workers);
+    for _ in 0..workers.max(1) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let own = {
+            let _entered = runtime.enter();
+            TcpListener::from_std(listener.try_clone()?)?
+        };
+        prepared.push((runtime, own));
+    }
+    let mut threads = Vec::with_capacity(prepared.len());
+    for (index, (runtime, own)) in prepared.into_iter().enumerate() {
+        let live = live.clone();
+        let tls = tls.clone();
+        let slots = slots.clone();
+        let mut stop = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("authgate-worker-{index}"))
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let stopped = async move {
+                        let _ = stop.wait_for(|stop| *stop).await;
+                    };
+                    serve_with(own, live, tls, slots, stopped).await
+                })
+            })?;
+        threads.push(thread);
+    }
+    Ok(Workers { threads })
 }
 
 async fn serve_with(
     listener: TcpListener,
     live: Arc<Live>,
     tls: Option<Arc<TlsListener>>,
+    slots: Arc<Semaphore>,
     shutdown: impl Future<Output = ()>,
 ) {
     // Per-connection limits are read once: changing them needs a restart (a reload says so).
     let limits = *live.gateway().server_limits();
     let builder = Arc::new(connection_builder(&limits));
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
     // Graceful shutdown by hand: hyper-util's GracefulShutdown does not take connections that
     // can upgrade (WebSocket). Each connection watches `draining` and finishes its requests.
     let (drain, draining) = tokio::sync::watch::channel(false);

@@ -1,5 +1,9 @@
 //! Forwarding to the backend over a pooled keep-alive client. Bodies stream in both directions;
 //! nothing is buffered here.
+//!
+//! Each thread has its own client and pool: a worker (src/server.rs) only ever reuses connections
+//! whose driver task runs on its own thread, so an exchange with the backend never wakes another
+//! thread.
 
 use std::time::Duration;
 
@@ -11,13 +15,17 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use thread_local::ThreadLocal;
 
 use crate::body::{BodyTooLarge, RequestBody};
 use crate::config::UpstreamConfig;
 use crate::error::GatewayError;
 
+type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+
 pub struct Upstream {
-    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, RequestBody>,
+    connector: Connector,
+    clients: ThreadLocal<Client<Connector, RequestBody>>,
     scheme: Scheme,
     authority: Authority,
     timeout: Duration,
@@ -30,21 +38,28 @@ impl Upstream {
         connector.set_connect_timeout(Some(config.connect_timeout));
         // http:// stays plain TCP; https:// gets TLS, never falling back to plain (src/tls.rs).
         let connector = crate::tls::upstream_connector(connector, config.tls.as_ref());
-        let client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(1024)
-            // A request that never got written (its pooled connection turned out dead) is resent
-            // by hyper: nothing reached the backend, so this is safe for every method.
-            .retry_canceled_requests(true)
-            .build(connector);
         Upstream {
-            client,
+            connector,
+            clients: ThreadLocal::new(),
             scheme: config.scheme.clone(),
             authority: config.authority.clone(),
             timeout: config.timeout,
         }
+    }
+
+    /// This thread's client, made on its first request.
+    fn client(&self) -> &Client<Connector, RequestBody> {
+        self.clients.get_or(|| {
+            Client::builder(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .pool_timer(TokioTimer::new())
+                .pool_idle_timeout(Duration::from_secs(60))
+                .pool_max_idle_per_host(1024)
+                // A request that never got written (its pooled connection turned out dead) is
+                // resent by hyper: nothing reached the backend, so this is safe for every method.
+                .retry_canceled_requests(true)
+                .build(self.connector.clone())
+        })
     }
 
     /// Sends the request to the backend with the original path and query bytes, and returns the
@@ -101,7 +116,7 @@ impl Upstream {
         request: Request<RequestBody>,
         deadline: tokio::time::Instant,
     ) -> Result<Response<Incoming>, Attempt> {
-        match tokio::time::timeout_at(deadline, self.client.request(request)).await {
+        match tokio::time::timeout_at(deadline, self.client().request(request)).await {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(err)) => Err(classify(&err)),
             Err(_) => {
