@@ -4,6 +4,7 @@
 # GET /api/alice/tasks on each (read fully, 200 expected), keeps them all open and idle, and reports
 # authgate's VmRSS before, while holding them, and after closing them.
 # env: N (10000)  CONCURRENCY (256 connects in flight)  HOLD (2 s idle before measuring)
+#      REQUEST (1: one request per connection first; 0: connect only)
 #      AUTHGATE_BIN (default: cargo build --release)  AUTHGATE_WORKERS  KEEP_TMP=1
 set -euo pipefail
 # shellcheck source=SCRIPTDIR/lib.sh
@@ -12,6 +13,8 @@ source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
 N=${N:-10000}
 CONCURRENCY=${CONCURRENCY:-256}
 HOLD=${HOLD:-2}
+REQUEST=${REQUEST:-1}
+[[ $REQUEST == 0 || $REQUEST == 1 ]] || die "REQUEST must be 0 or 1"
 for v in N CONCURRENCY HOLD; do [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer"; done
 
 need_tools nginx curl
@@ -30,10 +33,18 @@ code=$(http_status "http://127.0.0.1:18083/api/alice/tasks" "$TOKEN")
 sleep 0.5
 
 # Bounded: connects and requests time out, and the whole client is capped.
-timeout --foreground --signal=INT $((120 + N / 50 + HOLD)) python3 - "$AUTHGATE_PID" "$N" "$CONCURRENCY" "$HOLD" "$TOKEN" 18083 <<'PY'
+OUT=$ROOT_DIR/bench/results/$(date -u +%F)-rss-idle.md
+{
+  echo "# authgate resident memory with idle keep-alive connections, $(date -u '+%F %T UTC')"
+  echo
+  echo "commit $(git -C "$ROOT_DIR" rev-parse --short HEAD 2>/dev/null || echo unknown), N=$N, REQUEST=$REQUEST, HOLD=${HOLD}s, $(nproc) cores"
+  echo
+} >"$OUT"
+timeout --foreground --signal=INT $((120 + N / 50 + HOLD)) python3 - "$AUTHGATE_PID" "$N" "$CONCURRENCY" "$HOLD" "$TOKEN" 18083 "$REQUEST" <<'PY' | tee -a "$OUT"
 import asyncio, os, sys
 
 pid, n, conc, hold, token, port = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), sys.argv[5], int(sys.argv[6])
+send_request = sys.argv[7] == "1"
 REQ = (f"GET /api/alice/tasks HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
        f"Authorization: Bearer {token}\r\n\r\n").encode()
 
@@ -81,6 +92,9 @@ async def open_one(sem, held, stats):
             stats["connect_errors"] += 1
             stats["last_error"] = repr(e)
             return
+        if not send_request:
+            held.append((r, w))
+            return
         try:
             w.write(REQ)
             await w.drain()
@@ -122,6 +136,7 @@ async def main():
     print(f"| after closing them | {after:,} | {fds_after} |")
     print()
     held_n = max(len(held) - closed_by_server, 1)
+    print(f"total while holding them: {during / 1024:.1f} MiB (issue 10 target: at most 64 MiB with 10,000)")
     print(f"growth: {during - before:,} KiB for {held_n} connections = "
           f"{(during - before) / held_n:.2f} KiB per idle connection; "
           f"{after - before:+,} KiB left after closing")
@@ -131,3 +146,4 @@ async def main():
 
 asyncio.run(main())
 PY
+log "saved to $OUT"

@@ -12,6 +12,7 @@ pub mod demo_backend;
 pub mod error;
 pub mod forwarded;
 pub mod headers;
+pub mod keepalive;
 pub mod live;
 pub mod metrics;
 pub mod pipeline;

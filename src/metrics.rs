@@ -51,6 +51,8 @@ pub struct Metrics {
     pub upstream_errors: Family<ReasonLabels, Counter>,
     pub jwks_fetches: Family<JwksLabels, Counter>,
     pub open_connections: Gauge,
+    /// HTTP/1.1 keep-alive connections parked without buffers (src/keepalive.rs).
+    pub parked_connections: Gauge,
     pub config_reloads: Family<OutcomeLabels, Counter>,
     // TLS (src/tls.rs)
     pub tls_certificate_expiry: Family<CertificateLabels, Gauge>,
@@ -73,6 +75,7 @@ impl Metrics {
         let upstream_errors = Family::<ReasonLabels, Counter>::default();
         let jwks_fetches = Family::<JwksLabels, Counter>::default();
         let open_connections = Gauge::default();
+        let parked_connections = Gauge::default();
         let config_reloads = Family::<OutcomeLabels, Counter>::default();
         let tls_certificate_expiry = Family::<CertificateLabels, Gauge>::default();
         let tls_certificate_reloads = Family::<OutcomeLabels, Counter>::default();
@@ -113,6 +116,11 @@ impl Metrics {
             open_connections.clone(),
         );
         registry.register(
+            "parked_connections",
+            "Open HTTP/1.1 keep-alive connections waiting for their next request, holding no buffers",
+            parked_connections.clone(),
+        );
+        registry.register(
             "config_reloads",
             "Config reload attempts, by outcome",
             config_reloads.clone(),
@@ -141,6 +149,7 @@ impl Metrics {
             upstream_errors,
             jwks_fetches,
             open_connections,
+            parked_connections,
             config_reloads,
             tls_certificate_expiry,
             tls_certificate_reloads,

@@ -27,6 +27,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -37,8 +38,22 @@ use tokio::time::{Instant, Sleep};
 
 use crate::config::LimitsConfig;
 use crate::headers::ClientInfo;
+use crate::keepalive::{self, drained, ConnState, InFlight};
 use crate::live::Live;
+use crate::tls::ClientStream;
 use crate::tls::TlsListener;
+
+/// The HTTP/1.1-only builder for plain connections that park between requests
+/// (src/keepalive.rs); the same settings as `connection_builder`'s HTTP/1 half.
+pub(crate) fn http1_builder(limits: &LimitsConfig) -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes)
+        .keep_alive(true);
+    builder
+}
 
 pub(crate) fn connection_builder(limits: &LimitsConfig) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -158,7 +173,10 @@ async fn serve_with(
 ) {
     // Per-connection limits are read once: changing them needs a restart (a reload says so).
     let limits = *live.gateway().server_limits();
-    let builder = Arc::new(connection_builder(&limits));
+    let builders = Arc::new(Builders {
+        auto: connection_builder(&limits),
+        http1: http1_builder(&limits),
+    });
     // Graceful shutdown by hand: hyper-util's GracefulShutdown does not take connections that
     // can upgrade (WebSocket). Each connection watches `draining` and finishes its requests.
     let (drain, draining) = tokio::sync::watch::channel(false);
@@ -188,53 +206,86 @@ async fn serve_with(
         let _ = stream.set_nodelay(true);
         let client = Arc::new(ClientInfo::new(peer, tls.is_some()));
         let live = live.clone();
-        let builder = builder.clone();
+        let builders = builders.clone();
         let mut draining = draining.clone();
         let finished = open.clone();
         opened = opened.saturating_add(1);
-        let stream = IdleTimeout::new(stream, limits.idle_timeout);
         let tls = tls.clone();
-        tokio::spawn(async move {
+        let task = async move {
             let _slot = slot;
-            // TLS handshake when this is a TLS listener (src/tls.rs); a failed one ends here.
-            let timeout = limits.header_read_timeout;
-            let Some(io) = crate::tls::accept(tls.as_deref(), stream, timeout, peer).await else {
-                // A failed handshake still counts as a finished connection for the drain.
-                finished.add_permits(1);
-                return;
-            };
-            let io = TokioIo::new(io);
-            let hsts = tls.as_ref().and_then(|tls| tls.hsts.clone());
             let open = live.metrics().open_connections.clone();
+            let parked = live.metrics().parked_connections.clone();
             open.inc();
-            let service = service_fn(move |request| {
-                // The gateway of the moment; the request keeps it even if a reload happens.
-                let gateway = live.gateway();
-                let client = client.clone();
-                let hsts = hsts.clone();
-                async move {
-                    let mut response = gateway.handle(request, &client).await;
-                    crate::tls::add_hsts(&mut response, hsts);
-                    Ok::<_, Infallible>(response)
+            let hsts = tls.as_ref().and_then(|tls| tls.hsts.clone());
+            // Plain HTTP/1.1 connections park between requests (src/keepalive.rs); TLS and h2c
+            // connections keep hyper's state for their lifetime.
+            let state = tls.is_none().then(ConnState::new);
+            let service = {
+                let state = state.clone();
+                service_fn(move |request| {
+                    let in_flight = state.as_ref().map(InFlight::start);
+                    // The gateway of the moment; the request keeps it even if a reload happens.
+                    let gateway = live.gateway();
+                    let client = client.clone();
+                    let hsts = hsts.clone();
+                    async move {
+                        let mut response = gateway.handle(request, &client).await;
+                        crate::tls::add_hsts(&mut response, hsts);
+                        Ok::<_, Infallible>(keepalive::track(in_flight, response))
+                    }
+                })
+            };
+            let outcome = match (tls, state) {
+                (None, Some(state)) => {
+                    match first_bytes(&stream, limits.keepalive(), &mut draining).await {
+                        FirstBytes::Http1 => {
+                            let stream = IdleTimeout::new(stream, limits.idle_timeout);
+                            keepalive::serve(
+                                stream,
+                                &builders.http1,
+                                service,
+                                state,
+                                limits.keepalive(),
+                                &parked,
+                                &mut draining,
+                            )
+                            .await
+                            .map_err(Into::into)
+                        }
+                        FirstBytes::MaybeHttp2 => {
+                            let stream = IdleTimeout::new(stream, limits.idle_timeout);
+                            let io = TokioIo::new(ClientStream::Plain(stream));
+                            // Boxed: h2 state is large and most connections never need it.
+                            Box::pin(serve_auto(&builders.auto, io, service, &mut draining)).await
+                        }
+                        FirstBytes::None => Ok(()),
+                    }
                 }
-            });
-            let connection = builder.serve_connection_with_upgrades(io, service);
-            tokio::pin!(connection);
-            let outcome = tokio::select! {
-                outcome = connection.as_mut() => outcome,
-                () = async {
-                    let _ = draining.wait_for(|drain| *drain).await;
-                } => {
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
+                (tls, _) => {
+                    let stream = IdleTimeout::new(stream, limits.idle_timeout);
+                    // TLS handshake when this is a TLS listener (src/tls.rs); a failed one ends
+                    // here. Boxed, like h2c, to keep the task of a parked plain connection small.
+                    let timeout = limits.header_read_timeout;
+                    let builder = &builders.auto;
+                    Box::pin(async move {
+                        match crate::tls::accept(tls.as_deref(), stream, timeout, peer).await {
+                            Some(io) => {
+                                serve_auto(builder, TokioIo::new(io), service, &mut draining).await
+                            }
+                            None => Ok(()),
+                        }
+                    })
+                    .await
                 }
             };
             if let Err(err) = outcome {
                 tracing::debug!(error = %err, %peer, "connection ended with an error");
             }
             open.dec();
+            // Every connection, failed handshakes included, returns its permit for the drain.
             finished.add_permits(1);
-        });
+        };
+        tokio::spawn(task);
     }
     drop(listener);
     tracing::info!("shutting down: waiting for in-flight requests");
@@ -245,6 +296,73 @@ async fn serve_with(
         .is_err()
     {
         tracing::warn!("shutdown grace period elapsed with connections still open");
+    }
+}
+
+struct Builders {
+    auto: auto::Builder<TokioExecutor>,
+    http1: http1::Builder,
+}
+
+/// The HTTP/2 connection preface; a plain connection that starts with it speaks h2c.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+enum FirstBytes {
+    Http1,
+    /// Starts like the h2 preface (or is too short to tell): hyper-util's auto builder decides.
+    MaybeHttp2,
+    /// Closed, idle too long, or the gateway is draining: nothing to serve.
+    None,
+}
+
+/// Waits (without a buffer) for a new plain connection's first bytes and peeks at them to choose
+/// the protocol. A client that sends nothing within `wait` is closed, as an idle keep-alive one is.
+async fn first_bytes(
+    stream: &tokio::net::TcpStream,
+    wait: Duration,
+    draining: &mut tokio::sync::watch::Receiver<bool>,
+) -> FirstBytes {
+    let mut head = [0u8; H2_PREFACE.len()];
+    let peeked = tokio::select! {
+        biased;
+        () = drained(draining) => return FirstBytes::None,
+        peeked = tokio::time::timeout(wait, stream.peek(&mut head)) => peeked,
+    };
+    match peeked {
+        Ok(Ok(0)) | Ok(Err(_)) | Err(_) => FirstBytes::None,
+        Ok(Ok(n)) if H2_PREFACE.starts_with(&head[..n]) => FirstBytes::MaybeHttp2,
+        Ok(Ok(_)) => FirstBytes::Http1,
+    }
+}
+
+/// One connection through hyper-util's auto builder (HTTP/1.1 or HTTP/2, with upgrades), drained
+/// gracefully when `draining` turns true.
+async fn serve_auto<I, S, B>(
+    builder: &auto::Builder<TokioExecutor>,
+    io: I,
+    service: S,
+    draining: &mut tokio::sync::watch::Receiver<bool>,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let connection = builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(connection);
+    tokio::select! {
+        outcome = connection.as_mut() => outcome,
+        () = drained(draining) => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
     }
 }
 
@@ -261,6 +379,24 @@ pub struct IdleTimeout<T> {
 }
 
 impl<T> IdleTimeout<T> {
+    pub fn get_ref(&self) -> &T {
+        &self.inner
+    }
+
+    /// When bytes last moved either way.
+    pub fn last_activity(&self) -> Instant {
+        self.last_activity
+    }
+
+    /// Makes sure the task is woken by `deadline` (the idle timer fires early; firing early
+    /// only re-arms it).
+    pub fn wake_by(&mut self, deadline: Instant, cx: &mut Context<'_>) {
+        if self.timer.deadline() > deadline {
+            self.timer.as_mut().reset(deadline);
+            let _ = self.timer.as_mut().poll(cx);
+        }
+    }
+
     pub fn new(inner: T, idle: Duration) -> IdleTimeout<T> {
         let now = Instant::now();
         IdleTimeout {

@@ -9,6 +9,7 @@ mod crud;
 mod hardening;
 mod identity_headers;
 mod jwks;
+mod keepalive;
 mod keys;
 mod operations;
 mod owner_rule;

@@ -1,0 +1,379 @@
+//! HTTP/1.1 keep-alive without holding buffers. A plain connection that waits for its next request
+//! is *parked*: hyper's connection state (an 8 KiB read buffer, an 8 KiB write buffer, the
+//! dispatcher) is dropped and only the socket remains, the way nginx frees a keep-alive
+//! connection's buffers. When bytes arrive, a fresh hyper connection picks them up. This is what
+//! keeps ten thousand idle keep-alive clients within a few KiB each (bench/rss-idle.sh).
+//!
+//! How hyper is made to let go: [`Parkable`], the IO under hyper, reports end-of-stream when hyper
+//! asks for bytes, none are there, and the connection has been quiet for [`PARK_AFTER`]:
+//! - no request in flight and no response still streaming ([`InFlight`] guards, one per request,
+//!   held by the response body until hyper drops it);
+//! - hyper has flushed everything since the last response ended (hyper only calls `poll_flush`
+//!   on its IO once its own write buffer is empty), so no response byte can be stranded;
+//! - nothing was read since the last response ended.
+//!
+//! The delay keeps a busy connection from parking between every two requests (a park and a resume
+//! cost about a microsecond of CPU, measured with bench/compare.sh), while a burst of connections
+//! that go idle is down to its sockets within `PARK_AFTER`.
+//!
+//! hyper takes end-of-stream on an idle keep-alive connection for the client closing: it writes
+//! nothing, and `into_parts` hands back the socket and whatever hyper had buffered. `poll_shutdown`
+//! is a no-op once parked, so the socket stays open.
+//!
+//! One corner: part of a next request pipelined behind the previous one can sit in hyper's buffer
+//! when the connection goes quiet. hyper then reports an incomplete message, the buffered bytes
+//! come back from `into_parts`, and the next hyper connection starts with them, so nothing is
+//! lost. That connection does not park before it has answered a request, so hyper's header-read
+//! timeout still bounds a client that stalls mid-request.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use http::{Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::HttpService;
+use hyper_util::rt::TokioIo;
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::server::IdleTimeout;
+
+/// What the service side tells the IO side about one connection. Only the connection's own task
+/// touches it (the service future and the response body are polled by hyper in that task), so
+/// relaxed atomics are enough; they are atomics only because tasks must be `Send`.
+#[derive(Debug)]
+pub struct ConnState {
+    in_flight: AtomicU32,
+    /// Responses finished (their body dropped by hyper), wrapping.
+    answered: AtomicU32,
+    /// No byte read since the last response finished.
+    quiet: AtomicBool,
+    /// A 101 was sent: the socket now belongs to the upgraded protocol and must never park.
+    upgraded: AtomicBool,
+}
+
+impl ConnState {
+    pub fn new() -> Arc<ConnState> {
+        Arc::new(ConnState {
+            in_flight: AtomicU32::new(0),
+            answered: AtomicU32::new(0),
+            quiet: AtomicBool::new(true),
+            upgraded: AtomicBool::new(false),
+        })
+    }
+}
+
+/// Held from the moment the service is called until hyper drops the response body, i.e. until
+/// the response is entirely in hyper's write buffer (or the request was abandoned).
+#[derive(Debug)]
+pub struct InFlight(Arc<ConnState>);
+
+impl InFlight {
+    pub fn start(state: &Arc<ConnState>) -> InFlight {
+        state.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(state.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let state = &self.0;
+        state.answered.fetch_add(1, Ordering::Relaxed);
+        if state.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
+            state.quiet.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A response body that carries its request's [`InFlight`] guard.
+pub struct TrackedBody<B> {
+    inner: B,
+    _in_flight: Option<InFlight>,
+}
+
+/// Hands the request's guard to its response body. A 101 stops parking for good: after it the
+/// socket carries the upgraded protocol (a WebSocket), which hyper reads through this same IO.
+pub fn track<B>(in_flight: Option<InFlight>, response: Response<B>) -> Response<TrackedBody<B>> {
+    if let Some(InFlight(state)) = &in_flight {
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            state.upgraded.store(true, Ordering::Relaxed);
+        }
+    }
+    response.map(|inner| TrackedBody {
+        inner,
+        _in_flight: in_flight,
+    })
+}
+
+impl<B: Body + Unpin> Body for TrackedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// How long a connection must be quiet before it parks.
+pub const PARK_AFTER: Duration = Duration::from_millis(50);
+
+/// The IO hyper reads from and writes to on a parkable connection: first the bytes left over from
+/// the previous hyper connection, then the socket; end-of-stream when the connection is quiet.
+pub struct Parkable {
+    inner: IdleTimeout<TcpStream>,
+    leftover: Bytes,
+    state: Arc<ConnState>,
+    /// False while resuming a request whose first bytes were in `leftover`.
+    may_park: bool,
+    answered_at_start: u32,
+    /// `answered` when hyper last called `poll_flush`, i.e. last had an empty write buffer.
+    answered_at_flush: u32,
+    parked: bool,
+}
+
+impl Parkable {
+    pub fn new(inner: IdleTimeout<TcpStream>, leftover: Bytes, state: Arc<ConnState>) -> Parkable {
+        let answered = state.answered.load(Ordering::Relaxed);
+        Parkable {
+            inner,
+            may_park: leftover.is_empty(),
+            leftover,
+            state,
+            answered_at_start: answered,
+            answered_at_flush: answered,
+            parked: false,
+        }
+    }
+
+    /// Whether this IO told hyper end-of-stream because the connection went quiet.
+    pub fn parked(&self) -> bool {
+        self.parked
+    }
+
+    pub fn into_inner(self) -> IdleTimeout<TcpStream> {
+        self.inner
+    }
+
+    fn can_park(&self) -> bool {
+        let state = &self.state;
+        let answered = state.answered.load(Ordering::Relaxed);
+        (self.may_park || answered != self.answered_at_start)
+            && !state.upgraded.load(Ordering::Relaxed)
+            && state.in_flight.load(Ordering::Relaxed) == 0
+            && state.quiet.load(Ordering::Relaxed)
+            && answered == self.answered_at_flush
+    }
+}
+
+impl AsyncRead for Parkable {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.parked {
+            return Poll::Ready(Ok(()));
+        }
+        if !this.leftover.is_empty() {
+            let n = this.leftover.len().min(buf.remaining());
+            buf.put_slice(&this.leftover[..n]);
+            this.leftover.advance(n);
+            this.state.quiet.store(false, Ordering::Relaxed);
+            return Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(result) => {
+                if buf.filled().len() > before {
+                    this.state.quiet.store(false, Ordering::Relaxed);
+                }
+                Poll::Ready(result)
+            }
+            Poll::Pending if this.can_park() => {
+                let park_at = this.inner.last_activity() + PARK_AFTER;
+                if Instant::now() >= park_at {
+                    this.parked = true;
+                    return Poll::Ready(Ok(()));
+                }
+                // hyper polls again when the timer wakes the task, and the connection parks then
+                // if it is still quiet.
+                this.inner.wake_by(park_at, cx);
+                Poll::Pending
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl AsyncWrite for Parkable {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        this.answered_at_flush = this.state.answered.load(Ordering::Relaxed);
+        Pin::new(&mut this.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.parked {
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_shutdown(cx)
+    }
+}
+
+/// Serves HTTP/1.1 on a plain connection whose first bytes are waiting, parking it between
+/// requests. Returns when the client closes, the connection stays parked longer than `keepalive`,
+/// `draining` turns true while parked (an in-flight request finishes first), or hyper fails.
+pub async fn serve<S, B>(
+    stream: IdleTimeout<TcpStream>,
+    builder: &http1::Builder,
+    service: S,
+    state: Arc<ConnState>,
+    keepalive: Duration,
+    parked: &Gauge,
+    draining: &mut watch::Receiver<bool>,
+) -> hyper::Result<()>
+where
+    S: HttpService<Incoming, ResBody = B> + Clone + Unpin + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: Body + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut stream = stream;
+    let mut leftover = Bytes::new();
+    let mut waiting = false;
+    loop {
+        if waiting && leftover.is_empty() {
+            // Parked: a socket, no buffers. Wait for the next request's first bytes.
+            parked.inc();
+            let woken = tokio::select! {
+                biased;
+                () = drained(draining) => false,
+                readable = tokio::time::timeout(keepalive, stream.get_ref().readable()) => {
+                    matches!(readable, Ok(Ok(())))
+                }
+            };
+            parked.dec();
+            if !woken {
+                return Ok(());
+            }
+        }
+        waiting = true;
+        // Boxed: hyper's connection state exists only while serving, so the task of a parked
+        // connection stays a few hundred bytes.
+        let served = Box::pin(serve_until_parked(
+            stream,
+            leftover,
+            builder,
+            service.clone(),
+            state.clone(),
+            draining,
+        ));
+        match served.await {
+            Served::Parked(parked, bytes) => (stream, leftover) = (parked, bytes),
+            Served::Done(outcome) => return outcome,
+        }
+    }
+}
+
+enum Served {
+    /// Quiet again: the socket, and any bytes of a next request hyper had already read.
+    Parked(IdleTimeout<TcpStream>, Bytes),
+    Done(hyper::Result<()>),
+}
+
+async fn serve_until_parked<S, B>(
+    stream: IdleTimeout<TcpStream>,
+    leftover: Bytes,
+    builder: &http1::Builder,
+    service: S,
+    state: Arc<ConnState>,
+    draining: &mut watch::Receiver<bool>,
+) -> Served
+where
+    S: HttpService<Incoming, ResBody = B> + Unpin + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: Body + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let io = TokioIo::new(Parkable::new(stream, leftover, state));
+    let mut connection = builder.serve_connection(io, service).with_upgrades();
+    let outcome = tokio::select! {
+        outcome = &mut connection => outcome,
+        () = drained(draining) => {
+            Pin::new(&mut connection).graceful_shutdown();
+            return Served::Done((&mut connection).await);
+        }
+    };
+    let Some(parts) = connection.into_parts() else {
+        return Served::Done(outcome); // upgraded: the WebSocket splice owns the socket now
+    };
+    if !parts.io.inner().parked() {
+        return Served::Done(outcome);
+    }
+    match outcome {
+        Ok(()) => {}
+        // Our end-of-stream cut a pipelined request short; its bytes are in `read_buf`.
+        Err(err) if err.is_incomplete_message() => {}
+        Err(err) => return Served::Done(Err(err)),
+    }
+    // `read_buf` shares hyper's whole read buffer, even when empty: keep a copy of the bytes
+    // instead, or the parked connection would still hold the buffer.
+    let leftover = if parts.read_buf.is_empty() {
+        Bytes::new()
+    } else {
+        Bytes::copy_from_slice(&parts.read_buf)
+    };
+    Served::Parked(parts.io.into_inner().into_inner(), leftover)
+}
+
+/// Resolves once `draining` is true. The watch guard is dropped here, before the caller's handler
+/// runs (it must not be held across an await: it is not `Send`).
+pub async fn drained(draining: &mut watch::Receiver<bool>) {
+    let _ = draining.wait_for(|drain| *drain).await;
+}

@@ -1,0 +1,267 @@
+//! HTTP/1.1 keep-alive connections that park between requests (src/keepalive.rs): after
+//! `PARK_AFTER` of quiet, hyper's state is dropped and only the socket remains. Every test checks
+//! that nothing is lost or reordered across a park, and what the backend received.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use authgate::keepalive::PARK_AFTER;
+
+use crate::common::*;
+
+/// Comfortably longer than `PARK_AFTER`, so the connection has parked.
+const QUIET: Duration = Duration::from_millis(300);
+
+fn get(target: &str, token: &str) -> Vec<u8> {
+    format!("GET {target} HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {token}\r\n\r\n")
+        .into_bytes()
+}
+
+/// Reads exactly one response (Content-Length framed) from a keep-alive connection.
+async fn read_response(stream: &mut TcpStream) -> RawResponse {
+    let mut buffer = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk))
+            .await
+            .expect("no response within 10 s")
+            .unwrap();
+        assert!(
+            n > 0,
+            "connection closed before a whole response: {buffer:?}"
+        );
+        buffer.extend_from_slice(&chunk[..n]);
+        let Some(head_end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") else {
+            continue;
+        };
+        let head = parse_response(&buffer[..head_end + 4]);
+        let length: usize = head
+            .header("content-length")
+            .expect("a Content-Length")
+            .parse()
+            .unwrap();
+        if buffer.len() >= head_end + 4 + length {
+            assert_eq!(
+                buffer.len(),
+                head_end + 4 + length,
+                "bytes after the response"
+            );
+            return parse_response(&buffer);
+        }
+    }
+}
+
+fn parked_gauge(gateway: &GatewayHandle) -> i64 {
+    gateway.live.metrics().parked_connections.get()
+}
+
+#[tokio::test]
+async fn a_parked_connection_serves_its_next_request() {
+    assert!(QUIET > PARK_AFTER * 2);
+    let (backend, gateway) = setup().await;
+    let token = token_for("alice");
+    let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
+
+    stream
+        .write_all(&get("/api/alice/tasks", &token))
+        .await
+        .unwrap();
+    assert_eq!(read_response(&mut stream).await.status, 200);
+    tokio::time::sleep(QUIET).await;
+    assert_eq!(parked_gauge(&gateway), 1, "the idle connection parked");
+
+    stream
+        .write_all(&get("/api/alice/tasks/7", &token))
+        .await
+        .unwrap();
+    let second = read_response(&mut stream).await;
+    assert_eq!(second.status, 200);
+    assert_eq!(second.json()["ok"], true);
+    assert_eq!(parked_gauge(&gateway), 0, "woken by the second request");
+
+    let received = backend.received();
+    let targets: Vec<&str> = received.iter().map(|r| r.target.as_str()).collect();
+    assert_eq!(targets, ["/api/alice/tasks", "/api/alice/tasks/7"]);
+    for request in &received {
+        assert_eq!(request.header_values("x-user-id"), ["alice"]);
+    }
+}
+
+#[tokio::test]
+async fn the_owner_rule_still_holds_after_a_park() {
+    let (backend, gateway) = setup().await;
+    let token = token_for("alice");
+    let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
+    stream
+        .write_all(&get("/api/alice/tasks", &token))
+        .await
+        .unwrap();
+    assert_eq!(read_response(&mut stream).await.status, 200);
+    tokio::time::sleep(QUIET).await;
+
+    stream
+        .write_all(&get("/api/bob/tasks", &token))
+        .await
+        .unwrap();
+    assert_eq!(read_response(&mut stream).await.status, 403);
+    assert_eq!(backend.only().target, "/api/alice/tasks");
+}
+
+/// A pipelined request whose first half arrived with the previous request: the connection parks
+/// with those bytes in hyper's buffer, and they must come back when the rest arrives.
+#[tokio::test]
+async fn a_pipelined_request_split_across_a_park_is_not_lost() {
+    let (backend, gateway) = setup().await;
+    let token = token_for("alice");
+    let second = get("/api/alice/tasks/2", &token);
+    let (first_half, second_half) = second.split_at(second.len() / 2);
+
+    let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
+    let mut burst = get("/api/alice/tasks/1", &token);
+    burst.extend_from_slice(first_half);
+    stream.write_all(&burst).await.unwrap();
+    assert_eq!(read_response(&mut stream).await.status, 200);
+    tokio::time::sleep(QUIET).await;
+
+    stream.write_all(second_half).await.unwrap();
+    assert_eq!(read_response(&mut stream).await.status, 200);
+    let targets: Vec<String> = backend.received().into_iter().map(|r| r.target).collect();
+    assert_eq!(targets, ["/api/alice/tasks/1", "/api/alice/tasks/2"]);
+}
+
+/// A backend answering every request with `size` bytes: byte i is `i % 251`.
+async fn big_body_backend(size: usize) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let body = Bytes::from((0..size).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let body = body.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |_: Request<hyper::body::Incoming>| {
+                    let body = body.clone();
+                    async move { Ok::<_, Infallible>(Response::new(Full::new(body))) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// A response larger than the socket buffers, read slowly: the connection must not park (and
+/// drop hyper's write buffer) before every byte has gone out.
+#[tokio::test]
+async fn a_slowly_read_large_response_arrives_whole_before_parking() {
+    const SIZE: usize = 8 * 1024 * 1024;
+    let backend = big_body_backend(SIZE).await;
+    let gateway = start_gateway(BASE_CONFIG, backend).await;
+    let token = token_for("alice");
+    let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
+    for round in 0..2 {
+        stream
+            .write_all(&get("/api/alice/tasks", &token))
+            .await
+            .unwrap();
+        // Let the socket buffers fill and the gateway stall on writing for longer than PARK_AFTER.
+        tokio::time::sleep(QUIET).await;
+        let response = read_response(&mut stream).await;
+        assert_eq!(response.status, 200, "round {round}");
+        assert_eq!(response.body.len(), SIZE, "round {round}");
+        let corrupt = response
+            .body
+            .iter()
+            .enumerate()
+            .position(|(i, &b)| b != (i % 251) as u8);
+        assert_eq!(corrupt, None, "round {round}: body differs at this offset");
+        tokio::time::sleep(QUIET).await;
+    }
+}
+
+/// The header-read timeout still bounds a client that goes quiet in the middle of a request head
+/// on a connection that had parked.
+#[tokio::test]
+async fn a_stalled_request_head_after_a_park_is_still_timed_out() {
+    let backend = Backend::start().await;
+    let config = BASE_CONFIG.replace(
+        "[upstream]",
+        "[limits]\nheader_read_timeout = \"1s\"\n\n[upstream]",
+    );
+    let gateway = start_gateway(&config, backend.addr).await;
+    let token = token_for("alice");
+    let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
+    stream
+        .write_all(&get("/api/alice/tasks", &token))
+        .await
+        .unwrap();
+    assert_eq!(read_response(&mut stream).await.status, 200);
+    tokio::time::sleep(QUIET).await;
+
+    stream.write_all(b"GET /api/alice/tas").await.unwrap();
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(8), stream.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the stalled connection was not closed");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "closed only after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(backend.only().target, "/api/alice/tasks");
+}
+
+/// A parked connection that stays quiet is closed after the keep-alive limit
+/// (min(header_read_timeout, idle_timeout)), like an unparked one.
+#[tokio::test]
+async fn a_parked_connection_is_closed_after_the_keepalive_limit() {
+    let backend = Backend::start().await;
+    let config = BASE_CONFIG.replace(
+        "[upstream]",
+        "[limits]\nheader_read_timeout = \"1s\"\n\n[upstream]",
+    );
+    let gateway = start_gateway(&config, backend.addr).await;
+    let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
+    stream
+        .write_all(&get("/api/alice/tasks", &token_for("alice")))
+        .await
+        .unwrap();
+    assert_eq!(read_response(&mut stream).await.status, 200);
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "still open after 5 s");
+    assert!(rest.is_empty(), "nothing is written to an idle connection");
+    assert_eq!(parked_gauge(&gateway), 0);
+    assert_eq!(backend.count(), 1);
+}
+
+/// Shutdown closes parked connections at once (they have nothing in flight).
+#[tokio::test]
+async fn shutdown_closes_parked_connections() {
+    let (backend, gateway) = setup().await;
+    let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
+    stream
+        .write_all(&get("/api/alice/tasks", &token_for("alice")))
+        .await
+        .unwrap();
+    assert_eq!(read_response(&mut stream).await.status, 200);
+    tokio::time::sleep(QUIET).await;
+    assert_eq!(parked_gauge(&gateway), 1);
+
+    drop(gateway);
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(3), stream.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "a parked connection outlived the shutdown");
+    assert!(rest.is_empty());
+    assert_eq!(backend.count(), 1);
+}
