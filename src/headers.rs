@@ -29,6 +29,18 @@ const HOP_BY_HOP: [&str; 8] = [
     "proxy-authenticate",
 ];
 
+/// `HOP_BY_HOP`, parsed once.
+static HOP_BY_HOP_NAMES: [HeaderName; HOP_BY_HOP.len()] = [
+    http::header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    http::header::TE,
+    http::header::TRANSFER_ENCODING,
+    http::header::UPGRADE,
+    http::header::PROXY_AUTHORIZATION,
+    http::header::PROXY_AUTHENTICATE,
+];
+
 /// Client-sent headers that claim to describe the original request or client. The backend (or a
 /// framework in it) may believe them, so only the gateway sets them.
 const FORWARDING: [&str; 12] = [
@@ -159,18 +171,17 @@ impl HeaderPolicy {
         });
         let nominated = self.connection_nominated(headers)?;
 
-        let original = std::mem::take(headers);
-        headers.reserve(original.len() + 5);
-        let mut keep = false;
-        let mut current: Option<HeaderName> = None;
-        for (name, value) in original {
-            if let Some(name) = name {
-                keep = !self.is_dropped(name.as_str().as_bytes(), &nominated);
-                current = Some(name);
+        // In place: a client's headers rarely include more than `Host` to drop, so collect the
+        // doomed names (allocating only if there are any) instead of rebuilding the map.
+        headers.remove(HOST);
+        let mut doomed: Vec<HeaderName> = Vec::new();
+        for name in headers.keys() {
+            if self.is_dropped(name.as_str().as_bytes(), &nominated) {
+                doomed.push(name.clone());
             }
-            if let (true, Some(name)) = (keep, &current) {
-                headers.append(name.clone(), value);
-            }
+        }
+        for name in &doomed {
+            headers.remove(name);
         }
 
         headers.insert(X_FORWARDED_FOR.clone(), forwarding.forwarded_for.clone());
@@ -208,17 +219,33 @@ impl HeaderPolicy {
 
     /// Removes hop-by-hop headers from an upstream response before it goes to the client.
     pub fn rewrite_response(&self, headers: &mut HeaderMap) {
+        // One pass over the (few) response names against the parsed constants; only what is
+        // there gets removed, and nothing is parsed unless `Connection` nominates a name.
+        let mut present = 0u16;
+        for name in headers.keys() {
+            if let Some(index) = HOP_BY_HOP_NAMES.iter().position(|hop| hop == name) {
+                present |= 1 << index;
+            }
+        }
+        if present == 0 {
+            return;
+        }
         if let Some(connection) = headers.get(CONNECTION).cloned() {
-            if let Ok(list) = connection.to_str() {
-                for token in list.split(',') {
-                    if let Ok(name) = HeaderName::from_bytes(token.trim().as_bytes()) {
-                        headers.remove(name);
-                    }
+            for token in connection.as_bytes().split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                if token.eq_ignore_ascii_case(b"close") || token.eq_ignore_ascii_case(b"keep-alive")
+                {
+                    continue; // not a header name, or removed below anyway
+                }
+                if let Ok(name) = HeaderName::from_bytes(token) {
+                    headers.remove(name);
                 }
             }
         }
-        for name in HOP_BY_HOP {
-            headers.remove(name);
+        for (index, name) in HOP_BY_HOP_NAMES.iter().enumerate() {
+            if present & (1 << index) != 0 {
+                headers.remove(name);
+            }
         }
     }
 
@@ -308,4 +335,42 @@ fn normalized_eq(name: &[u8], normalized: &[u8]) -> bool {
             .iter()
             .zip(normalized)
             .all(|(&a, &b)| normalize_byte(a) == b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parsed_hop_by_hop_names_are_the_listed_ones() {
+        let parsed: Vec<&str> = HOP_BY_HOP_NAMES.iter().map(HeaderName::as_str).collect();
+        assert_eq!(parsed, HOP_BY_HOP);
+    }
+
+    #[test]
+    fn response_rewrite_removes_hop_by_hop_and_nominated_names_only() {
+        let policy_headers = [
+            ("content-type", "application/json"),
+            ("connection", "keep-alive, X-Secret-Hop"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret-hop", "1"),
+            ("transfer-encoding", "chunked"),
+            ("x-kept", "yes"),
+        ];
+        let mut headers = HeaderMap::new();
+        for (name, value) in policy_headers {
+            headers.append(name, HeaderValue::from_static(value));
+        }
+        let config = crate::config::Config::parse(
+            "[upstream]\nurl = \"http://127.0.0.1:1\"\n[auth]\nalgorithms = [\"HS256\"]\n\
+             secret_env = \"S\"\n[[route]]\npath = \"/\"\nauth = \"public\"\n",
+            "test.toml",
+            &|_| Some("0123456789abcdef0123456789abcdef".to_string()),
+        )
+        .expect("valid test config");
+        HeaderPolicy::new(&config.auth, std::iter::empty()).rewrite_response(&mut headers);
+        let mut left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["content-type", "x-kept"]);
+    }
 }

@@ -7,7 +7,6 @@
 //! `forward` without passing every stage before it.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -391,15 +390,42 @@ fn strip_prefix(uri: &http::Uri, segments: usize) -> Result<http::Uri, GatewayEr
 
 /// A fresh request id: a random per-process prefix and a counter. Unique, cheap, and not a secret.
 fn new_request_id() -> HeaderValue {
-    static PREFIX: std::sync::LazyLock<u64> = std::sync::LazyLock::new(|| {
-        let mut bytes = [0u8; 8];
-        let _ = getrandom::fill(&mut bytes);
-        u64::from_le_bytes(bytes)
+    // `<16 hex: random per thread>-<12 hex: per-thread sequence>`: unique without a shared
+    // counter (which two workers would bounce between their caches on every request).
+    thread_local! {
+        static SEQUENCE: std::cell::Cell<(u64, u64)> = std::cell::Cell::new((thread_prefix(), 0));
+    }
+    let (prefix, sequence) = SEQUENCE.with(|cell| {
+        let (prefix, sequence) = cell.get();
+        cell.set((prefix, sequence.wrapping_add(1)));
+        (prefix, sequence)
     });
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let sequence = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let id = format!("{:016x}-{sequence:012x}", *PREFIX);
-    HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+    let mut id = [b'-'; 29];
+    hex_into(&mut id[..16], prefix);
+    hex_into(&mut id[17..], sequence);
+    HeaderValue::from_maybe_shared(Bytes::copy_from_slice(&id))
+        .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
+fn thread_prefix() -> u64 {
+    let mut bytes = [0u8; 8];
+    if getrandom::fill(&mut bytes).is_err() {
+        // No randomness: fall back to something that still differs between threads and runs.
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.subsec_nanos());
+        bytes[..4].copy_from_slice(&nanos.to_le_bytes());
+    }
+    u64::from_le_bytes(bytes)
+}
+
+/// Writes the low `out.len()` hex digits of `value`, most significant first.
+fn hex_into(out: &mut [u8], mut value: u64) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for byte in out.iter_mut().rev() {
+        *byte = DIGITS[(value & 0xf) as usize];
+        value >>= 4;
+    }
 }
 
 fn unix_now() -> u64 {
@@ -407,4 +433,29 @@ fn unix_now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|elapsed| elapsed.as_secs())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_well_formed_and_distinct() {
+        let first = new_request_id();
+        let second = new_request_id();
+        assert_ne!(first, second);
+        for id in [&first, &second] {
+            let text = id.to_str().unwrap();
+            assert_eq!(text.len(), 29, "{text}");
+            assert_eq!(text.as_bytes()[16], b'-', "{text}");
+            assert!(text
+                .bytes()
+                .enumerate()
+                .all(|(i, b)| i == 16 || b.is_ascii_hexdigit()));
+        }
+        let (a, b) = (first.to_str().unwrap(), second.to_str().unwrap());
+        assert_eq!(a[..16], b[..16], "same thread, same prefix");
+        let sequence = |id: &str| u64::from_str_radix(&id[17..], 16).unwrap();
+        assert_eq!(sequence(b), sequence(a) + 1);
+    }
 }
