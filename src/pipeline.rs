@@ -326,7 +326,7 @@ impl Gateway {
         let sent = Instant::now();
         let forwarded = upstream.forward(parts, body).await;
         exchange.upstream_time = Some(sent.elapsed());
-        let mut response = forwarded.inspect_err(|err| {
+        let (mut response, lease) = forwarded.inspect_err(|err| {
             self.metrics
                 .upstream_errors
                 .get_or_create(&crate::metrics::ReasonLabels { reason: err.code() })
@@ -346,13 +346,14 @@ impl Gateway {
                 .and_then(serde_json::Value::as_u64)
                 .map(|exp| Duration::from_secs(exp.saturating_sub(unix_now())));
             stream::splice(client, backend, limits, expires_in);
-            return Ok(response.map(|body| UpstreamBody::new(body, None)));
+            // The connection now carries the WebSocket: it never returns to the pool.
+            return Ok(response.map(|body| UpstreamBody::new(body, None, None)));
         }
         self.headers.rewrite_response(response.headers_mut());
         if let (true, Some(allowance)) = (self.limits.headers, allowance) {
             allowance.write_headers(response.headers_mut());
         }
-        Ok(response.map(|body| UpstreamBody::new(body, route.stream_timeout)))
+        Ok(response.map(|body| UpstreamBody::new(body, route.stream_timeout, Some(lease))))
     }
 
     async fn authenticate(&self, headers: &http::HeaderMap) -> Result<Arc<Identity>, GatewayError> {

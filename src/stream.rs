@@ -21,6 +21,7 @@ use tokio::time::Sleep;
 use crate::body::BoxError;
 use crate::config::WebSocketConfig;
 use crate::server::IdleTimeout;
+use crate::upstream::Lease;
 
 /// Hop-by-hop names that must not travel in trailers either.
 const HOP_BY_HOP_TRAILERS: [&str; 9] = [
@@ -43,10 +44,12 @@ fn clean_trailers(trailers: &mut HeaderMap) {
 }
 
 /// The backend's response body on its way to the client: frames pass through as they arrive,
-/// trailers are cleaned, and a route's `stream_timeout` ends the body when it expires.
+/// trailers are cleaned, and a route's `stream_timeout` ends the body when it expires. Once the
+/// body has ended, its connection goes back to the pool (src/upstream.rs).
 pub struct UpstreamBody {
     inner: Incoming,
     deadline: Option<Pin<Box<Sleep>>>,
+    lease: Option<Lease>,
 }
 
 /// The body ran past its route's `stream_timeout`.
@@ -55,10 +58,30 @@ pub struct UpstreamBody {
 pub struct StreamTimedOut;
 
 impl UpstreamBody {
-    pub fn new(inner: Incoming, stream_timeout: Option<Duration>) -> UpstreamBody {
+    pub fn new(
+        inner: Incoming,
+        stream_timeout: Option<Duration>,
+        lease: Option<Lease>,
+    ) -> UpstreamBody {
         UpstreamBody {
             inner,
             deadline: stream_timeout.map(|limit| Box::pin(tokio::time::sleep(limit))),
+            lease,
+        }
+    }
+
+    fn release(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            lease.release();
+        }
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        // A body nobody polled to the end may still be complete (HEAD, 204, Content-Length: 0).
+        if self.inner.is_end_stream() {
+            self.release();
         }
     }
 }
@@ -74,6 +97,7 @@ impl Body for UpstreamBody {
         let this = self.get_mut();
         if let Some(deadline) = this.deadline.as_mut() {
             if deadline.as_mut().poll(cx).is_ready() {
+                this.lease = None;
                 return Poll::Ready(Some(Err(Box::new(StreamTimedOut))));
             }
         }
@@ -88,8 +112,14 @@ impl Body for UpstreamBody {
                 };
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(err))) => Poll::Ready(Some(Err(Box::new(err)))),
-            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(Some(Err(err))) => {
+                this.lease = None; // the connection's framing is lost: never reuse it
+                Poll::Ready(Some(Err(Box::new(err))))
+            }
+            Poll::Ready(None) => {
+                this.release();
+                Poll::Ready(None)
+            }
             Poll::Pending => Poll::Pending,
         }
     }

@@ -21,5 +21,6 @@ mod routing;
 mod streaming;
 mod tokens;
 mod upstream_failures;
+mod upstream_pool;
 // TLS (issue 6), last to keep merges simple.
 mod tls;
