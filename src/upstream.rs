@@ -213,7 +213,9 @@ impl Upstream {
             let fresh = pooled.is_none();
             let mut sender = match pooled.take() {
                 Some(sender) => sender,
-                None => self.connect().await?,
+                // Boxed: connecting is rare on a warm pool, and its state (resolver, TLS
+                // handshake) would otherwise be part of every request's future, which hyper moves.
+                None => Box::pin(self.connect()).await?,
             };
             match sender.try_send_request(request).await {
                 Ok(response) => {

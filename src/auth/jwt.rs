@@ -347,8 +347,9 @@ impl Issuer {
         };
         let current = match remote.keys() {
             Some(set) => set,
-            None => remote
-                .refetch_throttled()
+            // Boxed, here and below: a fetch is rare, and its state would otherwise be part of
+            // every request's future, which hyper moves into place per request.
+            None => Box::pin(remote.refetch_throttled())
                 .await
                 .ok_or(VerifyError::KeysUnavailable)?,
         };
@@ -356,8 +357,7 @@ impl Issuer {
             return outcome;
         }
         // An unknown kid may be a rotation we have not seen: one (throttled, shared) refetch.
-        let refreshed = remote
-            .refetch_throttled()
+        let refreshed = Box::pin(remote.refetch_throttled())
             .await
             .ok_or(VerifyError::KeysUnavailable)?;
         check(&refreshed).unwrap_or(Err(VerifyError::Invalid(TokenError::NoKey)))
