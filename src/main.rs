@@ -151,8 +151,11 @@ fn run_gateway(config: Config, config_path: PathBuf) -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        let listener = match TcpListener::bind(config.server.listen).await {
-            Ok(listener) => listener,
+        let workers = config.server.workers.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        });
+        let listeners = match authgate::server::bind_workers(config.server.listen, workers) {
+            Ok(listeners) => listeners,
             Err(err) => {
                 eprintln!("authgate: cannot listen on {}: {err}", config.server.listen);
                 return ExitCode::from(EXIT_RUNTIME);
@@ -237,12 +240,7 @@ fn run_gateway(config: Config, config_path: PathBuf) -> ExitCode {
                 Duration::from_secs(2),
             ))
         });
-        let workers = config.server.workers.unwrap_or_else(|| {
-            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
-        });
-        let served = listener.into_std().and_then(|listener| {
-            authgate::server::spawn_workers(listener, workers, live, tls, stopped)
-        });
+        let served = authgate::server::spawn_workers(listeners, live, tls, stopped);
         let code = match served {
             // The workers drain and stop once `stopped` turns; this thread keeps running the
             // control tasks (reloads, JWKS refreshes) until they have.

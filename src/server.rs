@@ -13,7 +13,7 @@
 //! - HTTP/2: `max_concurrent_streams`, header list size, keep-alive pings.
 //!
 //! Threading (`spawn_workers`): one OS thread per worker, each running a single-threaded tokio
-//! runtime that accepts from its own descriptor of the one listening socket and runs every
+//! runtime that accepts from its own socket of an `SO_REUSEPORT` group and runs every
 //! connection it accepted to the end on that thread: the request, the upstream exchange (the
 //! upstream pool is per thread, src/upstream.rs) and the response. No task migrates and no wake-up
 //! crosses threads on the request path, which is what a work-stealing runtime spends its time on
@@ -116,30 +116,56 @@ impl Workers {
     }
 }
 
-/// Serves `listener` (plain, or TLS when `tls` is set) on `workers` threads, each with its own
-/// single-threaded runtime and its own duplicate of the listening descriptor: the kernel hands
-/// each new connection to whichever worker accepts first, so an idle worker picks up the next
-/// one. When `stop` turns true every worker stops accepting and drains as `serve` does.
+/// Binds `workers` listening sockets to `address`, one per worker, in one `SO_REUSEPORT` group:
+/// the kernel spreads new connections over them by a hash of the peer's address and port. (One
+/// shared socket would let whichever worker wakes first accept a whole burst of connections and
+/// leave the others idle.) A plain bind is tried first, so that an address already in use, by
+/// another authgate too, is an error rather than a silently shared port.
+pub fn bind_workers(
+    address: std::net::SocketAddr,
+    workers: usize,
+) -> io::Result<Vec<std::net::TcpListener>> {
+    let address = std::net::TcpListener::bind(address)?.local_addr()?;
+    let mut listeners = Vec::with_capacity(workers.max(1));
+    for _ in 0..workers.max(1) {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(address),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
+        socket.set_reuse_address(true)?;
+        #[cfg(unix)]
+        socket.set_reuse_port(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&address.into())?;
+        socket.listen(1024)?;
+        listeners.push(socket.into());
+    }
+    Ok(listeners)
+}
+
+/// Serves `listeners` (plain, or TLS when `tls` is set; from `bind_workers`) on one thread each,
+/// each thread with its own single-threaded runtime. When `stop` turns true every worker stops
+/// accepting and drains as `serve` does.
 ///
 /// Runtimes and listener registrations are made here, before any thread starts, so that a
 /// failure is returned to the caller instead of killing a thread.
 pub fn spawn_workers(
-    listener: std::net::TcpListener,
-    workers: usize,
+    listeners: Vec<std::net::TcpListener>,
     live: Arc<Live>,
     tls: Option<Arc<TlsListener>>,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> io::Result<Workers> {
-    listener.set_nonblocking(true)?;
     let slots = connection_slots(&live);
-    let mut prepared = Vec::with_capacity(workers);
-    for _ in 0..workers.max(1) {
+    let mut prepared = Vec::with_capacity(listeners.len());
+    for listener in listeners {
+        listener.set_nonblocking(true)?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
         let own = {
             let _entered = runtime.enter();
-            TcpListener::from_std(listener.try_clone()?)?
+            TcpListener::from_std(listener)?
         };
         prepared.push((runtime, own));
     }

@@ -481,3 +481,104 @@ fn every_command_has_help() {
         .unwrap();
     assert_eq!(bad.status.code(), Some(2));
 }
+
+/// The real binary with two workers (each its own socket of an SO_REUSEPORT group): 64 concurrent
+/// keep-alive clients are all answered, the backend sees each request once with the right
+/// identity, and a second instance on the same port is refused instead of joining the group.
+#[test]
+fn two_workers_serve_concurrent_clients_and_a_second_instance_is_refused() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let backend = runtime.block_on(Backend::start());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let path = temp_path("workers");
+    let config = config_file(backend.addr, "").replace(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"127.0.0.1:{port}\"\nworkers = 2"),
+    );
+    std::fs::write(&path, config).unwrap();
+    let spawn = || {
+        Command::new(env!("CARGO_BIN_EXE_authgate"))
+            .args(["--config", path.to_str().unwrap()])
+            .env("BETTER_AUTH_SECRET", SECRET)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut first = spawn();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "the gateway did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let second = spawn().wait_with_output().unwrap();
+    assert_eq!(second.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(stderr.contains("cannot listen on"), "{stderr}");
+
+    let token = token_for("alice");
+    let clients: Vec<_> = (0..64)
+        .map(|client| {
+            let token = token.clone();
+            std::thread::spawn(move || {
+                let mut stream = std::net::TcpStream::connect(addr).unwrap();
+                let mut statuses = Vec::new();
+                for round in 0..5 {
+                    let close = if round == 4 {
+                        "Connection: close\r\n"
+                    } else {
+                        ""
+                    };
+                    write!(
+                        stream,
+                        "GET /api/alice/tasks/{client}-{round} HTTP/1.1\r\nHost: x\r\n\
+                         Authorization: Bearer {token}\r\n{close}\r\n"
+                    )
+                    .unwrap();
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        stream.read_exact(&mut byte).unwrap();
+                        head.push(byte[0]);
+                    }
+                    let response = parse_response(&head);
+                    let length: usize = response.header("content-length").unwrap().parse().unwrap();
+                    let mut body = vec![0u8; length];
+                    stream.read_exact(&mut body).unwrap();
+                    statuses.push(response.status);
+                }
+                statuses
+            })
+        })
+        .collect();
+    for client in clients {
+        assert_eq!(client.join().unwrap(), [200; 5]);
+    }
+    let received = backend.received();
+    assert_eq!(received.len(), 64 * 5);
+    let mut targets: Vec<String> = received.iter().map(|r| r.target.clone()).collect();
+    targets.sort();
+    targets.dedup();
+    assert_eq!(
+        targets.len(),
+        64 * 5,
+        "every request reached the backend exactly once"
+    );
+    assert!(received
+        .iter()
+        .all(|r| r.header_values("x-user-id") == ["alice"]));
+
+    assert!(Command::new("kill")
+        .args(["-TERM", &first.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    assert_eq!(first.wait().unwrap().code(), Some(0));
+    let _ = std::fs::remove_file(&path);
+}
