@@ -12,6 +12,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::headers::TrailerPolicy;
+use crate::keepalive::BodyGuard;
 
 /// The body went past `max_body_bytes`; found in the upstream error's source chain, becomes 413.
 #[derive(Debug, thiserror::Error)]
@@ -27,15 +28,23 @@ pub struct RequestBody {
     trailers: Option<TrailerPolicy>,
     /// A body already read in full (for an owner-field check), sent as one frame.
     buffered: Option<Bytes>,
+    /// Keeps the client connection from parking until the body has been read to its end.
+    guard: Option<BodyGuard>,
 }
 
 impl RequestBody {
-    pub fn limited(inner: Incoming, limit: u64, trailers: TrailerPolicy) -> RequestBody {
+    pub fn limited(
+        inner: Incoming,
+        limit: u64,
+        trailers: TrailerPolicy,
+        guard: Option<BodyGuard>,
+    ) -> RequestBody {
         RequestBody {
             inner: Some(inner),
             remaining: limit,
             trailers: Some(trailers),
             buffered: None,
+            guard,
         }
     }
 
@@ -46,6 +55,7 @@ impl RequestBody {
             remaining: 0,
             trailers: None,
             buffered: None,
+            guard: None,
         }
     }
 
@@ -56,6 +66,7 @@ impl RequestBody {
             remaining: 0,
             trailers: None,
             buffered: Some(bytes),
+            guard: None,
         }
     }
 }
@@ -114,7 +125,12 @@ impl Body for RequestBody {
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(err))) => Poll::Ready(Some(Err(Box::new(err)))),
-            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(None) => {
+                if let Some(guard) = this.guard.take() {
+                    guard.finish();
+                }
+                Poll::Ready(None)
+            }
             Poll::Pending => Poll::Pending,
         }
     }

@@ -6,8 +6,9 @@
 //!
 //! How hyper is made to let go: [`Parkable`], the IO under hyper, reports end-of-stream when hyper
 //! asks for bytes, none are there, and the connection has been quiet for [`PARK_AFTER`]:
-//! - no request in flight and no response still streaming ([`InFlight`] guards, one per request,
-//!   held by the response body until hyper drops it);
+//! - no request in flight, no response still streaming and no request body still arriving
+//!   ([`InFlight`], held by the response body until hyper drops it, and [`BodyGuard`], held by the
+//!   request body until its end; a body abandoned early blocks parking until the next request);
 //! - hyper has flushed everything since the last response ended (hyper only calls `poll_flush`
 //!   on its IO once its own write buffer is empty), so no response byte can be stranded;
 //! - nothing was read since the last response ended.
@@ -61,6 +62,9 @@ pub struct ConnState {
     quiet: AtomicBool,
     /// A 101 was sent: the socket now belongs to the upgraded protocol and must never park.
     upgraded: AtomicBool,
+    /// A request body was dropped before its end: hyper drains (reads) the rest before the next
+    /// request, so the connection must not park until that next request has started.
+    unfinished_body: AtomicBool,
 }
 
 impl ConnState {
@@ -70,6 +74,7 @@ impl ConnState {
             answered: AtomicU32::new(0),
             quiet: AtomicBool::new(true),
             upgraded: AtomicBool::new(false),
+            unfinished_body: AtomicBool::new(false),
         })
     }
 }
@@ -79,20 +84,60 @@ impl ConnState {
 #[derive(Debug)]
 pub struct InFlight(Arc<ConnState>);
 
+impl ConnState {
+    fn release(&self) {
+        if self.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.quiet.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
 impl InFlight {
     pub fn start(state: &Arc<ConnState>) -> InFlight {
         state.in_flight.fetch_add(1, Ordering::Relaxed);
+        // hyper parses a request head only once the previous body has been read to its end.
+        state.unfinished_body.store(false, Ordering::Relaxed);
         InFlight(state.clone())
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        let state = &self.0;
-        state.answered.fetch_add(1, Ordering::Relaxed);
-        if state.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
-            state.quiet.store(true, Ordering::Relaxed);
+        self.0.answered.fetch_add(1, Ordering::Relaxed);
+        self.0.release();
+    }
+}
+
+/// Held by a request body until it has been read to its end. A response can end before its
+/// request body does (a backend answering early): the connection must not park while hyper is
+/// still reading that body, or the rest of it would be taken for a new request.
+#[derive(Debug)]
+pub struct BodyGuard {
+    state: Arc<ConnState>,
+    finished: bool,
+}
+
+impl BodyGuard {
+    pub fn start(state: &Arc<ConnState>) -> BodyGuard {
+        state.in_flight.fetch_add(1, Ordering::Relaxed);
+        BodyGuard {
+            state: state.clone(),
+            finished: false,
         }
+    }
+
+    /// The body was read to its end.
+    pub fn finish(mut self) {
+        self.finished = true;
+    }
+}
+
+impl Drop for BodyGuard {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.state.unfinished_body.store(true, Ordering::Relaxed);
+        }
+        self.state.release();
     }
 }
 
@@ -181,6 +226,7 @@ impl Parkable {
         let answered = state.answered.load(Ordering::Relaxed);
         (self.may_park || answered != self.answered_at_start)
             && !state.upgraded.load(Ordering::Relaxed)
+            && !state.unfinished_body.load(Ordering::Relaxed)
             && state.in_flight.load(Ordering::Relaxed) == 0
             && state.quiet.load(Ordering::Relaxed)
             && answered == self.answered_at_flush
@@ -252,7 +298,14 @@ impl AsyncWrite for Parkable {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         this.answered_at_flush = this.state.answered.load(Ordering::Relaxed);
-        Pin::new(&mut this.inner).poll_flush(cx)
+        let flushed = Pin::new(&mut this.inner).poll_flush(cx);
+        // A response whose last bytes had to wait for the socket: hyper will not ask for bytes
+        // again by itself, so the park timer is armed here.
+        if flushed.is_ready() && this.can_park() {
+            let park_at = this.inner.last_activity() + PARK_AFTER;
+            this.inner.wake_by(park_at, cx);
+        }
+        flushed
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -23,6 +23,7 @@ use crate::config::{AuthMode, Config, ConfigError, LimitsConfig, UpstreamRef};
 use crate::error::GatewayError;
 use crate::forwarded::TrustedProxies;
 use crate::headers::{ClientInfo, Forwarding, HeaderPolicy};
+use crate::keepalive::BodyGuard;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimits;
 use crate::routes::RouteTable;
@@ -128,6 +129,7 @@ impl Gateway {
         &self,
         mut request: Request<Incoming>,
         client: &ClientInfo,
+        body_guard: Option<BodyGuard>,
     ) -> Response<ResponseBody> {
         let started = Instant::now();
         let method = request.method().clone();
@@ -139,7 +141,7 @@ impl Gateway {
         let mut exchange = Exchange::default();
         let outcome = tokio::time::timeout(
             self.server_limits.request_timeout,
-            self.run(request, client, &mut exchange),
+            self.run(request, client, body_guard, &mut exchange),
         )
         .await
         .unwrap_or(Err(GatewayError::RequestTimeout));
@@ -201,6 +203,7 @@ impl Gateway {
         &self,
         request: Request<Incoming>,
         client: &ClientInfo,
+        body_guard: Option<BodyGuard>,
         exchange: &mut Exchange,
     ) -> Result<Response<UpstreamBody>, GatewayError> {
         let (mut parts, body) = request.into_parts();
@@ -270,6 +273,9 @@ impl Gateway {
                 let bytes =
                     crate::body::read_to_limit(body, owner.max_bytes.min(max_body as usize))
                         .await?;
+                if let Some(guard) = body_guard {
+                    guard.finish();
+                }
                 authz::check_body_owner(
                     content_type.as_ref(),
                     &bytes,
@@ -278,7 +284,7 @@ impl Gateway {
                 )?;
                 RequestBody::buffered(bytes)
             }
-            _ => RequestBody::limited(body, max_body, self.headers.trailer_policy()),
+            _ => RequestBody::limited(body, max_body, self.headers.trailer_policy(), body_guard),
         };
         let claim_headers: Vec<(HeaderName, HeaderValue)> = match &identity {
             Some(identity) if !route.claim_headers.is_empty() => route

@@ -3,12 +3,13 @@
 //! each request to the pipeline, and shut down gracefully.
 //!
 //! Limits enforced here, all from `[limits]`:
-//! - `max_connections`: a connection slot is taken *before* `accept`, so connections above the cap
+//! - `max_connections`: one budget shared by every worker; a worker that accepted a connection
+//!   waits for a slot before serving it (holding at most that one), so connections above the cap
 //!   wait in the kernel's listen backlog until a slot frees; nothing is crashed or reset.
 //! - `header_read_timeout`: hyper enforces it only when a timer is installed on the builder, which
-//!   `connection_builder` does; without it a slowloris client holds a connection forever. hyper
-//!   also arms it while an HTTP/1 keep-alive connection waits for its next request, so an idle
-//!   HTTP/1 connection is closed after `min(idle_timeout, header_read_timeout)`.
+//!   `connection_builder` does; without it a slowloris client holds a connection forever. A plain
+//!   HTTP/1 connection waiting for its (next) request, parked or new, is closed after
+//!   `min(idle_timeout, header_read_timeout)` (`LimitsConfig::keepalive`).
 //! - `idle_timeout`: no bytes either way for this long closes the connection (`IdleTimeout`).
 //! - HTTP/2: `max_concurrent_streams`, header list size, keep-alive pings.
 //!
@@ -38,7 +39,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::config::LimitsConfig;
 use crate::headers::ClientInfo;
-use crate::keepalive::{self, drained, ConnState, InFlight};
+use crate::keepalive::{self, drained, BodyGuard, ConnState, InFlight};
 use crate::live::Live;
 use crate::tls::ClientStream;
 use crate::tls::TlsListener;
@@ -210,13 +211,6 @@ async fn serve_with(
     let mut opened: u32 = 0;
     tokio::pin!(shutdown);
     loop {
-        let slot = tokio::select! {
-            slot = slots.clone().acquire_owned() => match slot {
-                Ok(slot) => slot,
-                Err(_) => break,
-            },
-            () = &mut shutdown => break,
-        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -226,6 +220,16 @@ async fn serve_with(
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
+            },
+            () = &mut shutdown => break,
+        };
+        // The slot is taken after `accept`: a worker waiting for a slot holds one accepted
+        // connection and its backlog waits behind it. (Taken before, an idle worker would sit on
+        // a slot while the connections the kernel gave another worker could not be served.)
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
             },
             () = &mut shutdown => break,
         };
@@ -248,14 +252,20 @@ async fn serve_with(
             let state = tls.is_none().then(ConnState::new);
             let service = {
                 let state = state.clone();
-                service_fn(move |request| {
+                service_fn(move |request: http::Request<hyper::body::Incoming>| {
                     let in_flight = state.as_ref().map(InFlight::start);
+                    let body_guard = match &state {
+                        Some(state) if !http_body::Body::is_end_stream(request.body()) => {
+                            Some(BodyGuard::start(state))
+                        }
+                        _ => None,
+                    };
                     // The gateway of the moment; the request keeps it even if a reload happens.
                     let gateway = live.gateway();
                     let client = client.clone();
                     let hsts = hsts.clone();
                     async move {
-                        let mut response = gateway.handle(request, &client).await;
+                        let mut response = gateway.handle(request, &client, body_guard).await;
                         crate::tls::add_hsts(&mut response, hsts);
                         Ok::<_, Infallible>(keepalive::track(in_flight, response))
                     }

@@ -106,6 +106,9 @@ impl Body for UpstreamBody {
                 let frame = match frame.into_trailers() {
                     Ok(mut trailers) => {
                         clean_trailers(&mut trailers);
+                        // Trailers end the body; hyper's server may not poll for the end after
+                        // them, so the connection goes back to the pool now.
+                        this.release();
                         Frame::trailers(trailers)
                     }
                     Err(frame) => frame,

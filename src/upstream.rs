@@ -91,6 +91,12 @@ impl Pools {
             return;
         }
         let mut idle = self.idle().borrow_mut();
+        // Amortized reaping: the oldest entry goes if the backend closed it or it expired.
+        if idle.first().is_some_and(|oldest| {
+            oldest.sender.is_closed() || oldest.since.elapsed() > POOL_IDLE_TIMEOUT
+        }) {
+            idle.remove(0);
+        }
         if idle.len() < POOL_MAX_IDLE {
             idle.push(Idle {
                 sender,

@@ -265,3 +265,116 @@ async fn shutdown_closes_parked_connections() {
     assert!(rest.is_empty());
     assert_eq!(backend.count(), 1);
 }
+
+/// A backend that answers as soon as it has a request head, before reading the body (an early
+/// 404 or 200, as Express does), then reads and discards the Content-Length body. It records the
+/// request-target of every head it parses.
+async fn early_answer_backend() -> (SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut buffer = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let head_end = loop {
+                        if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break end + 4;
+                        }
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = parse_request_head(&buffer[..head_end]);
+                    log.lock().unwrap().push(head.0.clone());
+                    buffer.drain(..head_end);
+                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 11\r\n\r\n{\"ok\":true}";
+                    if stream.write_all(answer).await.is_err() {
+                        return;
+                    }
+                    let mut body_left = head.1;
+                    while body_left > 0 {
+                        if buffer.is_empty() {
+                            match stream.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        let take = body_left.min(buffer.len());
+                        buffer.drain(..take);
+                        body_left -= take;
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// (request-target, Content-Length) of a raw request head.
+fn parse_request_head(head: &[u8]) -> (String, usize) {
+    let text = String::from_utf8_lossy(head);
+    let target = text.split(' ').nth(1).unwrap_or_default().to_string();
+    let length = text
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().ok())
+                .flatten()
+        })
+        .unwrap_or(0);
+    (target, length)
+}
+
+/// The backend answers before the request body is complete; the client pauses mid-body past
+/// `PARK_AFTER`, then sends the rest, which looks like a request. The connection must not park
+/// while the body is still arriving: the rest is body, never a second request.
+#[tokio::test]
+async fn a_body_still_arriving_after_an_early_answer_is_not_taken_for_a_request() {
+    let (backend, seen) = early_answer_backend().await;
+    let gateway = start_gateway(BASE_CONFIG, backend).await;
+    let token = token_for("alice");
+    let smuggled = format!(
+        "GET /api/alice/tasks/smuggled HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {token}\r\n\r\n"
+    );
+    let first_part = "x".repeat(16);
+    let body_len = first_part.len() + smuggled.len();
+    let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
+    stream
+        .write_all(
+            format!(
+                "POST /api/alice/tasks HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {token}\r\n\
+                 Content-Type: application/json\r\nContent-Length: {body_len}\r\n\r\n{first_part}"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let early = read_response(&mut stream).await;
+    assert_eq!(early.status, 200);
+    tokio::time::sleep(QUIET).await;
+    stream.write_all(smuggled.as_bytes()).await.unwrap();
+
+    // No second response: the smuggled bytes were body.
+    let mut extra = [0u8; 256];
+    let more = tokio::time::timeout(Duration::from_millis(500), stream.read(&mut extra)).await;
+    assert!(
+        more.is_err(),
+        "a second response arrived: {:?}",
+        more.map(|n| String::from_utf8_lossy(&extra[..n.unwrap_or(0)]).into_owned())
+    );
+    // A real next request on the same connection still works.
+    stream
+        .write_all(&get("/api/alice/tasks/next", &token))
+        .await
+        .unwrap();
+    assert_eq!(read_response(&mut stream).await.status, 200);
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen, ["/api/alice/tasks", "/api/alice/tasks/next"]);
+}
