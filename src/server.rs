@@ -78,7 +78,7 @@ pub(crate) fn connection_builder(limits: &LimitsConfig) -> auto::Builder<TokioEx
 /// to `shutdown_grace` for open connections to finish their requests.
 pub async fn serve(listener: TcpListener, live: Arc<Live>, shutdown: impl Future<Output = ()>) {
     let slots = connection_slots(&live);
-    serve_with(listener, live, None, slots, shutdown).await
+    serve_with(listener, live, None, slots, None, shutdown).await
 }
 
 /// `serve` with TLS on every connection (src/tls.rs): the handshake must finish within
@@ -91,7 +91,7 @@ pub async fn serve_tls(
     shutdown: impl Future<Output = ()>,
 ) {
     let slots = connection_slots(&live);
-    serve_with(listener, live, Some(tls), slots, shutdown).await
+    serve_with(listener, live, Some(tls), slots, None, shutdown).await
 }
 
 /// `max_connections` is one budget for the whole process, shared by every worker.
@@ -114,6 +114,123 @@ impl Workers {
                 tracing::error!("a worker thread panicked");
             }
         }
+    }
+}
+
+/// Spreads connections over the workers by how many each serves. `SO_REUSEPORT` picks a worker
+/// by a hash of the peer's address, which leaves one worker with noticeably more connections than
+/// another (32 connections over 2 workers: 20/12 is common) and its clients with the longer tail
+/// latency; so the worker that accepted a connection hands it to the least loaded worker when
+/// that one serves fewer, as HAProxy's listeners do. A handoff costs one channel message per
+/// connection, never per request.
+struct Peers {
+    load: Box<[std::sync::atomic::AtomicUsize]>,
+    inboxes: Box<[tokio::sync::mpsc::UnboundedSender<Handoff>]>,
+}
+
+struct Balance {
+    me: usize,
+    peers: Arc<Peers>,
+    inbox: tokio::sync::mpsc::UnboundedReceiver<Handoff>,
+}
+
+struct Handoff {
+    stream: std::net::TcpStream,
+    peer: std::net::SocketAddr,
+    slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+type Accepted = (
+    tokio::net::TcpStream,
+    std::net::SocketAddr,
+    tokio::sync::OwnedSemaphorePermit,
+);
+
+impl Peers {
+    /// One entry and one inbox per worker; none for a single worker.
+    #[allow(clippy::type_complexity)]
+    fn new(
+        workers: usize,
+    ) -> (
+        Option<Arc<Peers>>,
+        Vec<tokio::sync::mpsc::UnboundedReceiver<Handoff>>,
+    ) {
+        if workers < 2 {
+            return (None, Vec::new());
+        }
+        let (senders, receivers): (Vec<_>, Vec<_>) = (0..workers)
+            .map(|_| tokio::sync::mpsc::unbounded_channel())
+            .unzip();
+        let peers = Peers {
+            load: (0..workers).map(|_| Default::default()).collect(),
+            inboxes: senders.into(),
+        };
+        (Some(Arc::new(peers)), receivers)
+    }
+
+    /// Counts the connection against the worker that will serve it, and returns it if that is
+    /// `me`; otherwise it is on its way to that worker.
+    fn dispatch(
+        &self,
+        me: usize,
+        stream: tokio::net::TcpStream,
+        peer: std::net::SocketAddr,
+        slot: tokio::sync::OwnedSemaphorePermit,
+    ) -> Option<Accepted> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mine = self.load[me].load(Relaxed);
+        let (target, least) = self
+            .load
+            .iter()
+            .map(|load| load.load(Relaxed))
+            .enumerate()
+            .min_by_key(|&(_, load)| load)
+            .unwrap_or((me, mine));
+        if target == me || least >= mine {
+            self.load[me].fetch_add(1, Relaxed);
+            return Some((stream, peer, slot));
+        }
+        let Ok(stream) = stream.into_std() else {
+            return None; // could not detach it: the connection is dropped (closed)
+        };
+        self.load[target].fetch_add(1, Relaxed);
+        let handoff = Handoff { stream, peer, slot };
+        match self.inboxes[target].send(handoff) {
+            Ok(()) => None,
+            Err(returned) => {
+                // That worker has stopped: serve it here after all.
+                self.load[target].fetch_sub(1, Relaxed);
+                self.load[me].fetch_add(1, Relaxed);
+                let Handoff { stream, peer, slot } = returned.0;
+                let stream = tokio::net::TcpStream::from_std(stream).ok()?;
+                Some((stream, peer, slot))
+            }
+        }
+    }
+
+    fn done(&self, worker: usize) {
+        self.load[worker].fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Takes a served connection off its worker's count when the connection ends.
+struct LoadGuard {
+    peers: Arc<Peers>,
+    me: usize,
+}
+
+impl Drop for LoadGuard {
+    fn drop(&mut self) {
+        self.peers.done(self.me);
+    }
+}
+
+async fn next_handoff(
+    inbox: &mut Option<tokio::sync::mpsc::UnboundedReceiver<Handoff>>,
+) -> Option<Handoff> {
+    match inbox {
+        Some(inbox) => inbox.recv().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -170,11 +287,21 @@ pub fn spawn_workers(
         };
         prepared.push((runtime, own));
     }
+    let (peers, inboxes) = Peers::new(prepared.len());
+    let mut inboxes = inboxes.into_iter();
     let mut threads = Vec::with_capacity(prepared.len());
     for (index, (runtime, own)) in prepared.into_iter().enumerate() {
         let live = live.clone();
         let tls = tls.clone();
         let slots = slots.clone();
+        let balance = match (&peers, inboxes.next()) {
+            (Some(peers), Some(inbox)) => Some(Balance {
+                me: index,
+                peers: peers.clone(),
+                inbox,
+            }),
+            _ => None,
+        };
         let mut stop = stop.clone();
         let thread = std::thread::Builder::new()
             .name(format!("authgate-worker-{index}"))
@@ -183,7 +310,7 @@ pub fn spawn_workers(
                     let stopped = async move {
                         let _ = stop.wait_for(|stop| *stop).await;
                     };
-                    serve_with(own, live, tls, slots, stopped).await
+                    serve_with(own, live, tls, slots, balance, stopped).await
                 })
             })?;
         threads.push(thread);
@@ -196,8 +323,13 @@ async fn serve_with(
     live: Arc<Live>,
     tls: Option<Arc<TlsListener>>,
     slots: Arc<Semaphore>,
+    balance: Option<Balance>,
     shutdown: impl Future<Output = ()>,
 ) {
+    let (peers, me, mut inbox) = match balance {
+        Some(Balance { me, peers, inbox }) => (Some(peers), me, Some(inbox)),
+        None => (None, 0, None),
+    };
     // Per-connection limits are read once: changing them needs a restart (a reload says so).
     let limits = *live.gateway().server_limits();
     let builders = Arc::new(Builders {
@@ -211,28 +343,51 @@ async fn serve_with(
     let mut opened: u32 = 0;
     tokio::pin!(shutdown);
     loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(err) => {
-                    // Usually EMFILE/ENFILE: back off instead of spinning, keep serving.
-                    tracing::warn!(error = %err, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
+        let (stream, peer, slot) = tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(err) => {
+                        // Usually EMFILE/ENFILE: back off instead of spinning, keep serving.
+                        tracing::warn!(error = %err, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                // The slot is taken after `accept`: a worker waiting for a slot holds one
+                // accepted connection and its backlog waits behind it. (Taken before, an idle
+                // worker would sit on a slot while the connections the kernel gave another worker
+                // could not be served.)
+                let slot = tokio::select! {
+                    slot = slots.clone().acquire_owned() => match slot {
+                        Ok(slot) => slot,
+                        Err(_) => break,
+                    },
+                    () = &mut shutdown => break,
+                };
+                match &peers {
+                    Some(peers) => match peers.dispatch(me, stream, peer, slot) {
+                        Some(here) => here,
+                        None => continue, // handed to a less loaded worker
+                    },
+                    None => (stream, peer, slot),
                 }
-            },
+            }
+            Some(handoff) = next_handoff(&mut inbox) => {
+                match tokio::net::TcpStream::from_std(handoff.stream) {
+                    Ok(stream) => (stream, handoff.peer, handoff.slot),
+                    Err(err) => {
+                        tracing::warn!(error = %err, "cannot take over a connection");
+                        if let Some(peers) = &peers {
+                            peers.done(me);
+                        }
+                        continue;
+                    }
+                }
+            }
             () = &mut shutdown => break,
         };
-        // The slot is taken after `accept`: a worker waiting for a slot holds one accepted
-        // connection and its backlog waits behind it. (Taken before, an idle worker would sit on
-        // a slot while the connections the kernel gave another worker could not be served.)
-        let slot = tokio::select! {
-            slot = slots.clone().acquire_owned() => match slot {
-                Ok(slot) => slot,
-                Err(_) => break,
-            },
-            () = &mut shutdown => break,
-        };
+        let load = peers.clone().map(|peers| LoadGuard { peers, me });
         let _ = stream.set_nodelay(true);
         let client = Arc::new(ClientInfo::new(peer, tls.is_some()));
         let live = live.clone();
@@ -243,6 +398,7 @@ async fn serve_with(
         let tls = tls.clone();
         let task = async move {
             let _slot = slot;
+            let _load = load;
             let open = live.metrics().open_connections.clone();
             let parked = live.metrics().parked_connections.clone();
             open.inc();
