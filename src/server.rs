@@ -681,3 +681,79 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for IdleTimeout<T> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering::Relaxed;
+
+    use super::*;
+
+    async fn accepted(
+        listener: &TcpListener,
+        slots: &Arc<Semaphore>,
+    ) -> (
+        tokio::net::TcpStream,
+        std::net::SocketAddr,
+        tokio::sync::OwnedSemaphorePermit,
+        tokio::net::TcpStream,
+    ) {
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (stream, peer) = listener.accept().await.unwrap();
+        let slot = slots.clone().acquire_owned().await.unwrap();
+        (stream, peer, slot, client)
+    }
+
+    #[tokio::test]
+    async fn new_connections_go_to_the_least_loaded_worker() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let slots = Arc::new(Semaphore::new(10));
+        let (peers, mut inboxes) = Peers::new(2);
+        let peers = peers.expect("two workers balance");
+        peers.load[0].store(2, Relaxed);
+
+        // Worker 0 serves 2, worker 1 none: worker 1 gets it, with its slot.
+        let (stream, peer, slot, _client) = accepted(&listener, &slots).await;
+        assert!(peers.dispatch(0, stream, peer, slot).is_none());
+        let handoff = inboxes[1]
+            .try_recv()
+            .expect("worker 1 received the connection");
+        assert_eq!(handoff.peer, peer);
+        assert_eq!(slots.available_permits(), 9, "the slot travels with it");
+        assert_eq!(
+            (peers.load[0].load(Relaxed), peers.load[1].load(Relaxed)),
+            (2, 1)
+        );
+
+        // 2 against 1: worker 1 again. Then level (2, 2): worker 0 keeps its own.
+        let (stream, peer, slot, _client2) = accepted(&listener, &slots).await;
+        assert!(peers.dispatch(0, stream, peer, slot).is_none());
+        assert!(inboxes[1].try_recv().is_ok());
+        let (stream, peer, slot, _client3) = accepted(&listener, &slots).await;
+        let here = peers.dispatch(0, stream, peer, slot).expect("served here");
+        assert_eq!(here.1, peer);
+        assert_eq!(
+            (peers.load[0].load(Relaxed), peers.load[1].load(Relaxed)),
+            (3, 2)
+        );
+
+        // A stopped worker's share comes back to the sender.
+        drop(inboxes.pop());
+        peers.load[1].store(0, Relaxed);
+        let (stream, peer, slot, _client4) = accepted(&listener, &slots).await;
+        assert!(peers.dispatch(0, stream, peer, slot).is_some());
+        assert_eq!(
+            (peers.load[0].load(Relaxed), peers.load[1].load(Relaxed)),
+            (4, 0)
+        );
+        peers.done(0);
+        assert_eq!(peers.load[0].load(Relaxed), 3);
+    }
+
+    #[test]
+    fn a_single_worker_does_not_balance() {
+        let (peers, inboxes) = Peers::new(1);
+        assert!(peers.is_none() && inboxes.is_empty());
+    }
+}
