@@ -60,6 +60,18 @@ async fn read_response(stream: &mut TcpStream) -> RawResponse {
     }
 }
 
+/// A connection that answered `GET /api/alice/tasks` (200) and has been quiet for `QUIET` since.
+async fn parked_connection(gateway: &GatewayHandle, token: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
+    stream
+        .write_all(&get("/api/alice/tasks", token))
+        .await
+        .unwrap();
+    assert_eq!(read_response(&mut stream).await.status, 200);
+    tokio::time::sleep(QUIET).await;
+    stream
+}
+
 fn parked_gauge(gateway: &GatewayHandle) -> i64 {
     gateway.live.metrics().parked_connections.get()
 }
@@ -69,14 +81,7 @@ async fn a_parked_connection_serves_its_next_request() {
     assert!(QUIET > PARK_AFTER * 2);
     let (backend, gateway) = setup().await;
     let token = token_for("alice");
-    let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
-
-    stream
-        .write_all(&get("/api/alice/tasks", &token))
-        .await
-        .unwrap();
-    assert_eq!(read_response(&mut stream).await.status, 200);
-    tokio::time::sleep(QUIET).await;
+    let mut stream = parked_connection(&gateway, &token).await;
     assert_eq!(parked_gauge(&gateway), 1, "the idle connection parked");
 
     stream
@@ -100,13 +105,7 @@ async fn a_parked_connection_serves_its_next_request() {
 async fn the_owner_rule_still_holds_after_a_park() {
     let (backend, gateway) = setup().await;
     let token = token_for("alice");
-    let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
-    stream
-        .write_all(&get("/api/alice/tasks", &token))
-        .await
-        .unwrap();
-    assert_eq!(read_response(&mut stream).await.status, 200);
-    tokio::time::sleep(QUIET).await;
+    let mut stream = parked_connection(&gateway, &token).await;
 
     stream
         .write_all(&get("/api/bob/tasks", &token))
@@ -200,13 +199,7 @@ async fn a_stalled_request_head_after_a_park_is_still_timed_out() {
     );
     let gateway = start_gateway(&config, backend.addr).await;
     let token = token_for("alice");
-    let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
-    stream
-        .write_all(&get("/api/alice/tasks", &token))
-        .await
-        .unwrap();
-    assert_eq!(read_response(&mut stream).await.status, 200);
-    tokio::time::sleep(QUIET).await;
+    let mut stream = parked_connection(&gateway, &token).await;
 
     stream.write_all(b"GET /api/alice/tas").await.unwrap();
     let started = std::time::Instant::now();
@@ -249,13 +242,7 @@ async fn a_parked_connection_is_closed_after_the_keepalive_limit() {
 #[tokio::test]
 async fn shutdown_closes_parked_connections() {
     let (backend, gateway) = setup().await;
-    let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
-    stream
-        .write_all(&get("/api/alice/tasks", &token_for("alice")))
-        .await
-        .unwrap();
-    assert_eq!(read_response(&mut stream).await.status, 200);
-    tokio::time::sleep(QUIET).await;
+    let mut stream = parked_connection(&gateway, &token_for("alice")).await;
     assert_eq!(parked_gauge(&gateway), 1);
 
     drop(gateway);
