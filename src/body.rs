@@ -71,6 +71,18 @@ impl RequestBody {
     }
 }
 
+impl RequestBody {
+    fn finish_guard(&mut self) {
+        if let Some(guard) = self.guard.take() {
+            guard.finish();
+        }
+    }
+}
+
+fn inner_ended(inner: &Option<Incoming>) -> bool {
+    inner.as_ref().is_some_and(Body::is_end_stream)
+}
+
 /// Reads a whole body, refusing more than `max` bytes (413) without holding more than that.
 pub async fn read_to_limit(
     body: Incoming,
@@ -112,8 +124,15 @@ impl Body for RequestBody {
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
                     }
                     this.remaining -= len;
+                    // hyper's client stops polling once a body says it has ended, so the last
+                    // data frame is where the guard learns it.
+                    if inner_ended(&this.inner) {
+                        this.finish_guard();
+                    }
                     return Poll::Ready(Some(Ok(frame)));
                 }
+                // Trailers are the last frame (hyper's client does not poll past them either).
+                this.finish_guard();
                 let frame = match (frame.into_trailers(), &this.trailers) {
                     (Ok(mut trailers), Some(policy)) => {
                         policy.clean(&mut trailers);
@@ -126,9 +145,7 @@ impl Body for RequestBody {
             }
             Poll::Ready(Some(Err(err))) => Poll::Ready(Some(Err(Box::new(err)))),
             Poll::Ready(None) => {
-                if let Some(guard) = this.guard.take() {
-                    guard.finish();
-                }
+                this.finish_guard();
                 Poll::Ready(None)
             }
             Poll::Pending => Poll::Pending,

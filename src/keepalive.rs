@@ -36,6 +36,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
+use futures_util::task::AtomicWaker;
 use http::{Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -50,11 +51,15 @@ use tokio::time::Instant;
 
 use crate::server::IdleTimeout;
 
-/// What the service side tells the IO side about one connection. Only the connection's own task
-/// touches it (the service future and the response body are polled by hyper in that task), so
-/// relaxed atomics are enough; they are atomics only because tasks must be `Send`.
+/// What the service side tells the IO side about one connection. The connection's own task
+/// touches it (hyper polls the service future and the response body there), and so does the
+/// upstream connection's task, which drops the request body and with it the [`BodyGuard`]: that
+/// release wakes the connection's task (`waker`) so it can park. Each field is its own atomic;
+/// none needs ordering with another.
 #[derive(Debug)]
 pub struct ConnState {
+    /// The client connection's task, registered when it waits for bytes.
+    waker: AtomicWaker,
     in_flight: AtomicU32,
     /// Responses finished (their body dropped by hyper), wrapping.
     answered: AtomicU32,
@@ -70,6 +75,7 @@ pub struct ConnState {
 impl ConnState {
     pub fn new() -> Arc<ConnState> {
         Arc::new(ConnState {
+            waker: AtomicWaker::new(),
             in_flight: AtomicU32::new(0),
             answered: AtomicU32::new(0),
             quiet: AtomicBool::new(true),
@@ -138,6 +144,9 @@ impl Drop for BodyGuard {
             self.state.unfinished_body.store(true, Ordering::Relaxed);
         }
         self.state.release();
+        // Usually dropped in the upstream connection's task: the client connection's task may be
+        // waiting with no park timer armed.
+        self.state.waker.wake();
     }
 }
 
@@ -258,7 +267,11 @@ impl AsyncRead for Parkable {
                 }
                 Poll::Ready(result)
             }
-            Poll::Pending if this.can_park() => {
+            Poll::Pending if !this.can_park() => {
+                this.state.waker.register(cx.waker());
+                Poll::Pending
+            }
+            Poll::Pending => {
                 let park_at = this.inner.last_activity() + PARK_AFTER;
                 if Instant::now() >= park_at {
                     this.parked = true;
@@ -269,7 +282,6 @@ impl AsyncRead for Parkable {
                 this.inner.wake_by(park_at, cx);
                 Poll::Pending
             }
-            Poll::Pending => Poll::Pending,
         }
     }
 }

@@ -200,9 +200,9 @@ impl Peers {
             Err(returned) => {
                 // That worker has stopped: serve it here after all.
                 self.load[target].fetch_sub(1, Relaxed);
-                self.load[me].fetch_add(1, Relaxed);
                 let Handoff { stream, peer, slot } = returned.0;
                 let stream = tokio::net::TcpStream::from_std(stream).ok()?;
+                self.load[me].fetch_add(1, Relaxed);
                 Some((stream, peer, slot))
             }
         }
@@ -211,26 +211,10 @@ impl Peers {
     fn done(&self, worker: usize) {
         self.load[worker].fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
-}
 
-/// Takes a served connection off its worker's count when the connection ends.
-struct LoadGuard {
-    peers: Arc<Peers>,
-    me: usize,
-}
-
-impl Drop for LoadGuard {
-    fn drop(&mut self) {
-        self.peers.done(self.me);
-    }
-}
-
-async fn next_handoff(
-    inbox: &mut Option<tokio::sync::mpsc::UnboundedReceiver<Handoff>>,
-) -> Option<Handoff> {
-    match inbox {
-        Some(inbox) => inbox.recv().await,
-        None => std::future::pending().await,
+    /// A worker that stopped accepting gets no more handoffs: its load goes out of reach.
+    fn stop(&self, worker: usize) {
+        self.load[worker].fetch_add(usize::MAX / 2, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -326,79 +310,173 @@ async fn serve_with(
     balance: Option<Balance>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let (peers, me, mut inbox) = match balance {
+    let (peers, me, inbox) = match balance {
         Some(Balance { me, peers, inbox }) => (Some(peers), me, Some(inbox)),
         None => (None, 0, None),
     };
     // Per-connection limits are read once: changing them needs a restart (a reload says so).
     let limits = *live.gateway().server_limits();
-    let builders = Arc::new(Builders {
-        auto: connection_builder(&limits),
-        http1: http1_builder(&limits),
-    });
     // Graceful shutdown by hand: hyper-util's GracefulShutdown does not take connections that
     // can upgrade (WebSocket). Each connection watches `draining` and finishes its requests.
     let (drain, draining) = tokio::sync::watch::channel(false);
-    let open = Arc::new(tokio::sync::Semaphore::new(0));
-    let mut opened: u32 = 0;
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, peer, slot) = tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(accepted) => accepted,
-                    Err(err) => {
-                        // Usually EMFILE/ENFILE: back off instead of spinning, keep serving.
-                        tracing::warn!(error = %err, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                // The slot is taken after `accept`: a worker waiting for a slot holds one
-                // accepted connection and its backlog waits behind it. (Taken before, an idle
-                // worker would sit on a slot while the connections the kernel gave another worker
-                // could not be served.)
-                let slot = tokio::select! {
-                    slot = slots.clone().acquire_owned() => match slot {
-                        Ok(slot) => slot,
-                        Err(_) => break,
-                    },
-                    () = &mut shutdown => break,
-                };
-                match &peers {
-                    Some(peers) => match peers.dispatch(me, stream, peer, slot) {
-                        Some(here) => here,
-                        None => continue, // handed to a less loaded worker
-                    },
-                    None => (stream, peer, slot),
-                }
-            }
-            Some(handoff) = next_handoff(&mut inbox) => {
+    let worker = Arc::new(Worker {
+        live,
+        tls,
+        builders: Builders {
+            auto: connection_builder(&limits),
+            http1: http1_builder(&limits),
+        },
+        limits,
+        draining,
+        connections: Connections::default(),
+        peers: peers.clone(),
+        me,
+    });
+    // Connections handed over by other workers are started by a task of their own, so that they
+    // never wait behind this worker's wait for a slot (they bring theirs).
+    if let Some(mut inbox) = inbox {
+        let worker = worker.clone();
+        tokio::spawn(async move {
+            while let Some(handoff) = inbox.recv().await {
                 match tokio::net::TcpStream::from_std(handoff.stream) {
-                    Ok(stream) => (stream, handoff.peer, handoff.slot),
+                    Ok(stream) => worker.start(stream, handoff.peer, handoff.slot),
                     Err(err) => {
                         tracing::warn!(error = %err, "cannot take over a connection");
-                        if let Some(peers) = &peers {
-                            peers.done(me);
+                        if let Some(peers) = &worker.peers {
+                            peers.done(worker.me);
                         }
-                        continue;
                     }
                 }
             }
+        });
+    }
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // Usually EMFILE/ENFILE: back off instead of spinning, keep serving.
+                    tracing::warn!(error = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
             () = &mut shutdown => break,
         };
-        let load = peers.clone().map(|peers| LoadGuard { peers, me });
+        // The slot is taken after `accept`: a worker waiting for a slot holds one accepted
+        // connection and its backlog waits behind it. (Taken before, an idle worker would sit on
+        // a slot while the connections the kernel gave another worker could not be served.)
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
+        match &peers {
+            Some(peers) => {
+                if let Some((stream, peer, slot)) = peers.dispatch(me, stream, peer, slot) {
+                    worker.start(stream, peer, slot);
+                } // else: handed to a less loaded worker
+            }
+            None => worker.start(stream, peer, slot),
+        }
+    }
+    if let Some(peers) = &peers {
+        peers.stop(me);
+    }
+    drop(listener);
+    tracing::info!("shutting down: waiting for in-flight requests");
+    let _ = drain.send(true);
+    if tokio::time::timeout(limits.shutdown_grace, worker.connections.all_closed())
+        .await
+        .is_err()
+    {
+        tracing::warn!("shutdown grace period elapsed with connections still open");
+    }
+}
+
+/// What every connection of one worker shares.
+struct Worker {
+    live: Arc<Live>,
+    tls: Option<Arc<TlsListener>>,
+    builders: Builders,
+    limits: LimitsConfig,
+    draining: tokio::sync::watch::Receiver<bool>,
+    connections: Connections,
+    peers: Option<Arc<Peers>>,
+    me: usize,
+}
+
+/// The connections a worker is serving, for the drain at shutdown.
+#[derive(Default)]
+struct Connections {
+    open: std::sync::atomic::AtomicUsize,
+    closed: tokio::sync::Notify,
+}
+
+impl Connections {
+    async fn all_closed(&self) {
+        loop {
+            let notified = self.closed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.open.load(std::sync::atomic::Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Counts one connection for the drain and, with balancing, against its worker's load.
+struct ConnectionGuard {
+    worker: Arc<Worker>,
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        let worker = &self.worker;
+        if let Some(peers) = &worker.peers {
+            peers.done(worker.me);
+        }
+        let connections = &worker.connections;
+        if connections
+            .open
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel)
+            == 1
+        {
+            connections.closed.notify_waiters();
+        }
+    }
+}
+
+impl Worker {
+    /// Serves one accepted connection on this thread, to its end. Its load was already counted.
+    fn start(
+        self: &Arc<Worker>,
+        stream: tokio::net::TcpStream,
+        peer: std::net::SocketAddr,
+        slot: tokio::sync::OwnedSemaphorePermit,
+    ) {
+        self.connections
+            .open
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        let guard = ConnectionGuard {
+            worker: self.clone(),
+        };
         let _ = stream.set_nodelay(true);
-        let client = Arc::new(ClientInfo::new(peer, tls.is_some()));
-        let live = live.clone();
-        let builders = builders.clone();
-        let mut draining = draining.clone();
-        let finished = open.clone();
-        opened = opened.saturating_add(1);
-        let tls = tls.clone();
+        let worker = self.clone();
+        let client = Arc::new(ClientInfo::new(peer, worker.tls.is_some()));
+        let live = worker.live.clone();
+        let tls = worker.tls.clone();
+        let limits = worker.limits;
+        let mut draining = worker.draining.clone();
         let task = async move {
             let _slot = slot;
-            let _load = load;
+            let _guard = guard;
+            let builders = &worker.builders;
             let open = live.metrics().open_connections.clone();
             let parked = live.metrics().parked_connections.clone();
             open.inc();
@@ -474,20 +552,8 @@ async fn serve_with(
                 tracing::debug!(error = %err, %peer, "connection ended with an error");
             }
             open.dec();
-            // Every connection, failed handshakes included, returns its permit for the drain.
-            finished.add_permits(1);
         };
         tokio::spawn(task);
-    }
-    drop(listener);
-    tracing::info!("shutting down: waiting for in-flight requests");
-    let _ = drain.send(true);
-    // Every connection task returns one permit when it ends: all of them back means all done.
-    if tokio::time::timeout(limits.shutdown_grace, open.acquire_many(opened))
-        .await
-        .is_err()
-    {
-        tracing::warn!("shutdown grace period elapsed with connections still open");
     }
 }
 

@@ -77,10 +77,11 @@ impl Pools {
         while index > 0 {
             index -= 1;
             let entry = &idle[index];
+            // `remove`, not `swap_remove`: the order (oldest first) is what reaping relies on.
             if entry.sender.is_closed() || now - entry.since > POOL_IDLE_TIMEOUT {
-                idle.swap_remove(index);
+                idle.remove(index);
             } else if entry.sender.is_ready() {
-                return Some(idle.swap_remove(index).sender);
+                return Some(idle.remove(index).sender);
             }
         }
         None

@@ -356,6 +356,8 @@ async fn a_body_still_arriving_after_an_early_answer_is_not_taken_for_a_request(
         "a second response arrived: {:?}",
         more.map(|n| String::from_utf8_lossy(&extra[..n.unwrap_or(0)]).into_owned())
     );
+    // Once the body is in, the connection parks like any other.
+    assert_eq!(parked_gauge(&gateway), 1, "parked after the body ended");
     // A real next request on the same connection still works.
     stream
         .write_all(&get("/api/alice/tasks/next", &token))
@@ -463,4 +465,48 @@ async fn random_splits_and_pauses_lose_nothing() {
             "seed {seed}: what the backend received, in order"
         );
     }
+}
+
+/// A request with a body: the body guard is released when the last byte is read (hyper's client
+/// does not poll past it), so the connection parks afterwards like after a GET.
+#[tokio::test]
+async fn a_connection_parks_after_a_request_with_a_body() {
+    let (backend, gateway) = setup().await;
+    let token = token_for("alice");
+    let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
+    for (round, body) in ["{\"title\":\"one\"}", "{\"title\":\"two\"}"]
+        .iter()
+        .enumerate()
+    {
+        stream
+            .write_all(
+                format!(
+                    "POST /api/alice/tasks HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {token}\r\n\
+                     Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                )
+                .as_bytes(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            read_response(&mut stream).await.status,
+            200,
+            "round {round}"
+        );
+        tokio::time::sleep(QUIET).await;
+        assert_eq!(
+            parked_gauge(&gateway),
+            1,
+            "round {round}: parked after a POST"
+        );
+    }
+    let bodies: Vec<Vec<u8>> = backend.received().into_iter().map(|r| r.body).collect();
+    assert_eq!(
+        bodies,
+        [
+            b"{\"title\":\"one\"}".to_vec(),
+            b"{\"title\":\"two\"}".to_vec()
+        ]
+    );
 }
