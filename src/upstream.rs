@@ -57,28 +57,38 @@ struct Idle {
     since: Instant,
 }
 
+impl Idle {
+    /// Closed by the backend, or idle too long to trust.
+    fn stale(&self, now: Instant) -> bool {
+        self.sender.is_closed() || now - self.since > POOL_IDLE_TIMEOUT
+    }
+}
+
 impl Pools {
     fn idle(&self) -> &RefCell<Vec<Idle>> {
         self.per_thread.get_or(RefCell::default)
     }
 
+    /// Amortized reaping: the oldest entry (the list is oldest first) goes if it is stale, so
+    /// connections nobody reuses do not pile up.
+    fn reap_oldest(idle: &mut Vec<Idle>, now: Instant) {
+        if idle.first().is_some_and(|oldest| oldest.stale(now)) {
+            idle.remove(0);
+        }
+    }
+
     /// The most recently used connection that can take a request now (LIFO keeps few connections
-    /// hot). Dead and expired ones met on the way are dropped, and the oldest one is checked on
-    /// every call so that connections nobody reuses do not pile up.
+    /// hot). Stale ones met on the way are dropped.
     fn checkout(&self) -> Option<Sender> {
         let mut idle = self.idle().borrow_mut();
         let now = Instant::now();
-        if idle.first().is_some_and(|oldest| {
-            oldest.sender.is_closed() || now - oldest.since > POOL_IDLE_TIMEOUT
-        }) {
-            idle.remove(0);
-        }
+        Self::reap_oldest(&mut idle, now);
         let mut index = idle.len();
         while index > 0 {
             index -= 1;
             let entry = &idle[index];
             // `remove`, not `swap_remove`: the order (oldest first) is what reaping relies on.
-            if entry.sender.is_closed() || now - entry.since > POOL_IDLE_TIMEOUT {
+            if entry.stale(now) {
                 idle.remove(index);
             } else if entry.sender.is_ready() {
                 return Some(idle.remove(index).sender);
@@ -92,17 +102,10 @@ impl Pools {
             return;
         }
         let mut idle = self.idle().borrow_mut();
-        // Amortized reaping: the oldest entry goes if the backend closed it or it expired.
-        if idle.first().is_some_and(|oldest| {
-            oldest.sender.is_closed() || oldest.since.elapsed() > POOL_IDLE_TIMEOUT
-        }) {
-            idle.remove(0);
-        }
+        let now = Instant::now();
+        Self::reap_oldest(&mut idle, now);
         if idle.len() < POOL_MAX_IDLE {
-            idle.push(Idle {
-                sender,
-                since: Instant::now(),
-            });
+            idle.push(Idle { sender, since: now });
         }
     }
 }
