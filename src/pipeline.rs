@@ -332,7 +332,7 @@ impl Gateway {
         let sent = Instant::now();
         let forwarded = upstream.forward(parts, body).await;
         exchange.upstream_time = Some(sent.elapsed());
-        let (mut response, lease) = forwarded.inspect_err(|err| {
+        let mut response = forwarded.inspect_err(|err| {
             self.metrics
                 .upstream_errors
                 .get_or_create(&crate::metrics::ReasonLabels { reason: err.code() })
@@ -353,13 +353,13 @@ impl Gateway {
                 .map(|exp| Duration::from_secs(exp.saturating_sub(unix_now())));
             stream::splice(client, backend, limits, expires_in);
             // The connection now carries the WebSocket: it never returns to the pool.
-            return Ok(response.map(|body| UpstreamBody::new(body, None, None)));
+            return Ok(response.map(|source| UpstreamBody::new(source.detached(), None)));
         }
         self.headers.rewrite_response(response.headers_mut());
         if let (true, Some(allowance)) = (self.limits.headers, allowance) {
             allowance.write_headers(response.headers_mut());
         }
-        Ok(response.map(|body| UpstreamBody::new(body, route.stream_timeout, Some(lease))))
+        Ok(response.map(|source| UpstreamBody::new(source, route.stream_timeout)))
     }
 
     async fn authenticate(&self, headers: &http::HeaderMap) -> Result<Arc<Identity>, GatewayError> {

@@ -13,7 +13,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderValue, CONNECTION, UPGRADE};
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::time::Sleep;
@@ -21,7 +20,7 @@ use tokio::time::Sleep;
 use crate::body::BoxError;
 use crate::config::WebSocketConfig;
 use crate::server::IdleTimeout;
-use crate::upstream::Lease;
+use crate::upstream::Source;
 
 /// Hop-by-hop names that must not travel in trailers either.
 const HOP_BY_HOP_TRAILERS: [&str; 9] = [
@@ -47,9 +46,8 @@ fn clean_trailers(trailers: &mut HeaderMap) {
 /// trailers are cleaned, and a route's `stream_timeout` ends the body when it expires. Once the
 /// body has ended, its connection goes back to the pool (src/upstream.rs).
 pub struct UpstreamBody {
-    inner: Incoming,
+    inner: Source,
     deadline: Option<Pin<Box<Sleep>>>,
-    lease: Option<Lease>,
 }
 
 /// The body ran past its route's `stream_timeout`.
@@ -58,21 +56,26 @@ pub struct UpstreamBody {
 pub struct StreamTimedOut;
 
 impl UpstreamBody {
-    pub fn new(
-        inner: Incoming,
-        stream_timeout: Option<Duration>,
-        lease: Option<Lease>,
-    ) -> UpstreamBody {
+    pub fn new(inner: Source, stream_timeout: Option<Duration>) -> UpstreamBody {
         UpstreamBody {
             inner,
             deadline: stream_timeout.map(|limit| Box::pin(tokio::time::sleep(limit))),
-            lease,
         }
     }
 
     fn release(&mut self) {
-        if let Some(lease) = self.lease.take() {
-            lease.release();
+        if let Source::Hyper { lease, .. } = &mut self.inner {
+            if let Some(lease) = lease.take() {
+                lease.release();
+            }
+        }
+    }
+
+    /// Never reuse the connection: its framing is lost.
+    fn forfeit(&mut self) {
+        match &mut self.inner {
+            Source::Hyper { lease, .. } => *lease = None,
+            Source::Lean(body) => body.forfeit(),
         }
     }
 }
@@ -80,8 +83,11 @@ impl UpstreamBody {
 impl Drop for UpstreamBody {
     fn drop(&mut self) {
         // A body nobody polled to the end may still be complete (HEAD, 204, Content-Length: 0).
-        if self.inner.is_end_stream() {
-            self.release();
+        // (A lean body gives its connection back by itself, at its exact end.)
+        if let Source::Hyper { body, .. } = &self.inner {
+            if body.is_end_stream() {
+                self.release();
+            }
         }
     }
 }
@@ -97,11 +103,19 @@ impl Body for UpstreamBody {
         let this = self.get_mut();
         if let Some(deadline) = this.deadline.as_mut() {
             if deadline.as_mut().poll(cx).is_ready() {
-                this.lease = None;
+                this.forfeit();
                 return Poll::Ready(Some(Err(Box::new(StreamTimedOut))));
             }
         }
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        let polled = match &mut this.inner {
+            Source::Hyper { body, .. } => Pin::new(body)
+                .poll_frame(cx)
+                .map_err(|err| Box::new(err) as BoxError),
+            Source::Lean(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map_err(|err| Box::new(err) as BoxError),
+        };
+        match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 let frame = match frame.into_trailers() {
                     Ok(mut trailers) => {
@@ -116,8 +130,8 @@ impl Body for UpstreamBody {
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(err))) => {
-                this.lease = None; // the connection's framing is lost: never reuse it
-                Poll::Ready(Some(Err(Box::new(err))))
+                this.forfeit();
+                Poll::Ready(Some(Err(err)))
             }
             Poll::Ready(None) => {
                 this.release();
@@ -128,11 +142,17 @@ impl Body for UpstreamBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            Source::Hyper { body, .. } => body.is_end_stream(),
+            Source::Lean(body) => body.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Source::Hyper { body, .. } => body.size_hint(),
+            Source::Lean(body) => body.size_hint(),
+        }
     }
 }
 

@@ -21,6 +21,7 @@ mod routing;
 mod streaming;
 mod tokens;
 mod upstream_failures;
+mod upstream_framing;
 mod upstream_pool;
 // TLS (issue 6), last to keep merges simple.
 mod tls;

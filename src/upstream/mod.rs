@@ -1,0 +1,502 @@
+//! Forwarding to the backend over pooled HTTP/1.1 keep-alive connections. Bodies stream in both
+//! directions; nothing is buffered here.
+//!
+//! Two clients share the work. Body-less requests to a plain-TCP backend, nearly all of them, take
+//! the lean path of src/upstream/h1.rs: the request task itself writes the head and reads the
+//! response. Requests with a body, WebSocket upgrades and TLS backends go through hyper's HTTP/1
+//! client, whose connections are each driven by a task of their own.
+//!
+//! The pools are per thread and lock-free: a worker (src/server.rs) only reuses connections made on
+//! its own thread, so an exchange with the backend never wakes another thread. A connection goes
+//! back to its thread's pool when the response body has been read to the end (carried by the
+//! response body: [`Lease`], or the lean body itself), and is skipped at checkout if the backend
+//! closed it or it is not ready for another request yet.
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{HOST, UPGRADE};
+use http::request::Parts;
+use http::uri::{PathAndQuery, Scheme};
+use http::{HeaderValue, Method, Request, Response, Uri, Version};
+use http_body::Body;
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use hyper_util::client::legacy::connect::HttpConnector;
+use thread_local::ThreadLocal;
+use tokio::time::Instant;
+use tower_service::Service;
+
+use crate::body::{BodyTooLarge, RequestBody};
+use crate::config::UpstreamConfig;
+use crate::error::GatewayError;
+
+pub mod h1;
+
+type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+type Sender = http1::SendRequest<RequestBody>;
+
+/// An idle pooled connection older than this is closed instead of reused: backends close theirs
+/// after their own keep-alive timeout, and a request racing that close costs a retry.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Idle connections kept per thread; more are closed.
+const POOL_MAX_IDLE: usize = 1024;
+
+pub struct Upstream {
+    connector: Connector,
+    /// `scheme://authority/`, what the connector dials.
+    address: Uri,
+    /// The `Host` the backend is sent: the configured authority, without a default port.
+    host: HeaderValue,
+    pools: Arc<Pools>,
+    timeout: Duration,
+    /// `host:port` for the lean path (src/upstream/h1.rs); `None` for TLS backends.
+    plain_address: Option<(String, u16)>,
+    connect_timeout: Duration,
+}
+
+/// A backend response body, from whichever client carried it.
+pub enum Source {
+    Hyper {
+        body: Incoming,
+        lease: Option<Lease>,
+    },
+    Lean(h1::LeanBody),
+}
+
+impl Source {
+    /// The body without its connection's lease: for a connection that now carries a WebSocket.
+    pub fn detached(self) -> Source {
+        match self {
+            Source::Hyper { body, .. } => Source::Hyper { body, lease: None },
+            lean => lean,
+        }
+    }
+}
+
+/// Idle connections, per thread: hyper's (for requests with a body, upgrades and TLS) and the
+/// lean ones of src/upstream/h1.rs (body-less requests over plain TCP).
+#[derive(Default)]
+pub struct Pools {
+    per_thread: ThreadLocal<RefCell<ThreadPools>>,
+}
+
+#[derive(Default)]
+struct ThreadPools {
+    hyper: IdleList<Sender>,
+    lean: IdleList<h1::Conn>,
+}
+
+/// What the pool needs to know of a connection.
+trait Pooled {
+    /// Closed by the backend, or otherwise unfit for another request.
+    fn is_closed(&self) -> bool;
+    /// Can take a request right now.
+    fn is_ready(&mut self) -> bool;
+}
+
+impl Pooled for Sender {
+    fn is_closed(&self) -> bool {
+        http1::SendRequest::is_closed(self)
+    }
+    fn is_ready(&mut self) -> bool {
+        http1::SendRequest::is_ready(self)
+    }
+}
+
+impl Pooled for h1::Conn {
+    fn is_closed(&self) -> bool {
+        !self.is_reusable()
+    }
+    fn is_ready(&mut self) -> bool {
+        true
+    }
+}
+
+/// Oldest first.
+struct IdleList<C>(Vec<Idle<C>>);
+
+impl<C> Default for IdleList<C> {
+    fn default() -> Self {
+        IdleList(Vec::new())
+    }
+}
+
+struct Idle<C> {
+    conn: C,
+    since: Instant,
+}
+
+impl<C: Pooled> Idle<C> {
+    /// Closed by the backend, or idle too long to trust.
+    fn stale(&self, now: Instant) -> bool {
+        now - self.since > POOL_IDLE_TIMEOUT || self.conn.is_closed()
+    }
+}
+
+impl<C: Pooled> IdleList<C> {
+    /// Amortized reaping: the oldest entry goes if it is stale, so connections nobody reuses do
+    /// not pile up.
+    fn reap_oldest(&mut self, now: Instant) {
+        if self.0.first().is_some_and(|oldest| oldest.stale(now)) {
+            self.0.remove(0);
+        }
+    }
+
+    /// The most recently used connection that can take a request now (LIFO keeps few connections
+    /// hot). Stale ones met on the way are dropped.
+    fn checkout(&mut self) -> Option<C> {
+        let now = Instant::now();
+        self.reap_oldest(now);
+        let mut index = self.0.len();
+        while index > 0 {
+            index -= 1;
+            let entry = &mut self.0[index];
+            // `remove`, not `swap_remove`: the order (oldest first) is what reaping relies on.
+            if entry.stale(now) {
+                self.0.remove(index);
+            } else if entry.conn.is_ready() {
+                return Some(self.0.remove(index).conn);
+            }
+        }
+        None
+    }
+
+    fn put(&mut self, conn: C) {
+        let now = Instant::now();
+        self.reap_oldest(now);
+        if self.0.len() < POOL_MAX_IDLE {
+            self.0.push(Idle { conn, since: now });
+        }
+    }
+}
+
+impl Pools {
+    fn local(&self) -> &RefCell<ThreadPools> {
+        self.per_thread.get_or(RefCell::default)
+    }
+
+    fn checkout(&self) -> Option<Sender> {
+        self.local().borrow_mut().hyper.checkout()
+    }
+
+    fn put(&self, sender: Sender) {
+        if !sender.is_closed() {
+            self.local().borrow_mut().hyper.put(sender);
+        }
+    }
+
+    fn checkout_lean(&self) -> Option<h1::Conn> {
+        self.local().borrow_mut().lean.checkout()
+    }
+
+    pub fn put_lean(&self, conn: h1::Conn) {
+        self.local().borrow_mut().lean.put(conn);
+    }
+}
+
+/// The connection a response came on. Released to the pool once the response body has ended;
+/// dropped otherwise (hyper then closes the connection, whose framing is unknown).
+pub struct Lease {
+    sender: Sender,
+    pools: Arc<Pools>,
+}
+
+impl Lease {
+    pub fn release(self) {
+        self.pools.put(self.sender);
+    }
+}
+
+impl Upstream {
+    pub fn new(config: &UpstreamConfig) -> Upstream {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(config.connect_timeout));
+        // http:// stays plain TCP; https:// gets TLS, never falling back to plain (src/tls.rs).
+        let connector = crate::tls::upstream_connector(connector, config.tls.as_ref());
+        let address = Uri::builder()
+            .scheme(config.scheme.clone())
+            .authority(config.authority.clone())
+            .path_and_query("/")
+            .build()
+            .unwrap_or_default();
+        let default_port = if config.scheme == Scheme::HTTPS {
+            443
+        } else {
+            80
+        };
+        let host = match config.authority.port_u16() {
+            Some(port) if port == default_port => config.authority.host(),
+            _ => config.authority.as_str(),
+        };
+        Upstream {
+            connector,
+            address,
+            host: HeaderValue::from_str(host)
+                .unwrap_or_else(|_| HeaderValue::from_static("localhost")),
+            pools: Arc::default(),
+            timeout: config.timeout,
+            plain_address: (config.scheme == Scheme::HTTP).then(|| {
+                let host = config.authority.host();
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                (host.to_string(), config.authority.port_u16().unwrap_or(80))
+            }),
+            connect_timeout: config.connect_timeout,
+        }
+    }
+
+    /// Sends the request to the backend with the original path and query bytes, and returns the
+    /// response head as soon as it arrives (its body streams, and carries the connection back to
+    /// the pool at its end). Refused or reset: 502. No response head within the timeout: 504.
+    /// Body over the limit: 413.
+    ///
+    /// A request that was never written (its pooled connection turned out closed) is resent on a
+    /// new connection: nothing reached the backend, so this is safe for every method. A body-less
+    /// GET or HEAD whose connection closed before any response byte (a stale pooled connection
+    /// racing the backend's keep-alive timeout) is retried once too: those requests are
+    /// idempotent. Nothing else is retried.
+    ///
+    /// Body-less requests to a plain-TCP backend take the lean path (src/upstream/h1.rs); the
+    /// rest (bodies, WebSocket upgrades, TLS backends) go through hyper's client.
+    pub async fn forward(
+        &self,
+        mut parts: Parts,
+        body: RequestBody,
+    ) -> Result<Response<Source>, GatewayError> {
+        // Origin-form on the wire; the client's Host was dropped by the rewrite.
+        let path_and_query = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        parts.headers.insert(HOST, self.host.clone());
+        let idempotent = parts.method == Method::GET || parts.method == Method::HEAD;
+        let deadline = Instant::now() + self.timeout;
+        if self.plain_address.is_some() && !parts.headers.contains_key(UPGRADE) {
+            let framing = h1::RequestFraming::of(&body);
+            let head = h1::encode_request(
+                &parts.method,
+                path_and_query.as_str(),
+                &parts.headers,
+                framing,
+            );
+            let head_request = parts.method == Method::HEAD;
+            let retry = idempotent && framing == h1::RequestFraming::Empty;
+            let mut upload =
+                (framing != h1::RequestFraming::Empty).then(|| h1::Upload::new(body, framing));
+            let exchange = async {
+                match self.send_lean(&head, upload.take(), head_request).await {
+                    Err(Attempt::Stale) if retry => {
+                        tracing::debug!(
+                            "stale upstream connection; retrying the idempotent request"
+                        );
+                        self.send_lean(&head, None, head_request).await
+                    }
+                    outcome => outcome,
+                }
+            };
+            return self.within(deadline, exchange).await;
+        }
+        parts.uri = Uri::from(path_and_query);
+        // The backend speaks HTTP/1.1 whatever the client spoke to us.
+        parts.version = Version::HTTP_11;
+        let retry = if idempotent && body.is_end_stream() {
+            retry_head(&parts)
+        } else {
+            None
+        };
+        let exchange = async {
+            match self.send(Request::from_parts(parts, body)).await {
+                Err(Attempt::Stale) => match retry {
+                    Some(parts) => {
+                        tracing::debug!(
+                            "stale upstream connection; retrying the idempotent request"
+                        );
+                        self.send(Request::from_parts(parts, RequestBody::empty()))
+                            .await
+                    }
+                    None => Err(Attempt::Stale),
+                },
+                outcome => outcome,
+            }
+        };
+        self.within(deadline, exchange).await
+    }
+
+    async fn within(
+        &self,
+        deadline: Instant,
+        exchange: impl Future<Output = Result<Response<Source>, Attempt>>,
+    ) -> Result<Response<Source>, GatewayError> {
+        match tokio::time::timeout_at(deadline, exchange).await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(attempt)) => Err(attempt.into_error()),
+            Err(_) => {
+                tracing::warn!(timeout = ?self.timeout, "upstream timed out");
+                Err(GatewayError::UpstreamTimeout)
+            }
+        }
+    }
+
+    /// One lean attempt: a pooled connection (or a new one), and the request on it. A request
+    /// that a pooled connection could not take at all (not a byte written, the body untouched)
+    /// goes once more, on a new connection.
+    async fn send_lean(
+        &self,
+        head: &[u8],
+        mut upload: Option<h1::Upload>,
+        head_request: bool,
+    ) -> Result<Response<Source>, Attempt> {
+        let mut pooled = self.pools.checkout_lean();
+        loop {
+            let fresh = pooled.is_none();
+            let conn = match pooled.take() {
+                Some(conn) => conn,
+                None => Box::pin(self.connect_lean()).await?,
+            };
+            let sending = upload.take();
+            match h1::exchange(conn, head, sending, head_request, &self.pools).await {
+                Ok(response) => return Ok(response.map(Source::Lean)),
+                Err(h1::ExchangeError::Unsent(unsent)) if !fresh => {
+                    upload = unsent.map(|upload| *upload)
+                }
+                Err(h1::ExchangeError::Stale) => return Err(Attempt::Stale),
+                Err(h1::ExchangeError::Unsent(_)) => {
+                    tracing::warn!("cannot write to a new upstream connection");
+                    return Err(Attempt::Failed);
+                }
+                Err(h1::ExchangeError::Failed(why)) => {
+                    tracing::warn!(error = why, "upstream response refused");
+                    return Err(Attempt::Failed);
+                }
+                Err(h1::ExchangeError::Upload(err)) if err.is::<BodyTooLarge>() => {
+                    return Err(Attempt::BodyTooLarge)
+                }
+                Err(h1::ExchangeError::Upload(err)) => {
+                    tracing::warn!(error = %err, "the request body failed on its way upstream");
+                    return Err(Attempt::Failed);
+                }
+            }
+        }
+    }
+
+    async fn connect_lean(&self) -> Result<h1::Conn, Attempt> {
+        let Some((host, port)) = &self.plain_address else {
+            return Err(Attempt::Failed);
+        };
+        let connecting = tokio::net::TcpStream::connect((host.as_str(), *port));
+        let stream = match tokio::time::timeout(self.connect_timeout, connecting).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(err)) => {
+                tracing::warn!(error = %err, "cannot connect to the upstream");
+                return Err(Attempt::Failed);
+            }
+            Err(_) => {
+                tracing::warn!(timeout = ?self.connect_timeout, "upstream connect timed out");
+                return Err(Attempt::Failed);
+            }
+        };
+        // The head goes in one write; Nagle would hold a second one back for an ACK.
+        let _ = stream.set_nodelay(true);
+        Ok(h1::Conn::new(stream))
+    }
+
+    /// One attempt: a pooled connection (or a new one), and the request on it. A request that a
+    /// pooled connection gave back unsent goes once more, on a new connection.
+    async fn send(&self, request: Request<RequestBody>) -> Result<Response<Source>, Attempt> {
+        let mut request = request;
+        let mut pooled = self.pools.checkout();
+        loop {
+            let fresh = pooled.is_none();
+            let mut sender = match pooled.take() {
+                Some(sender) => sender,
+                // Boxed: connecting is rare on a warm pool, and its state (resolver, TLS
+                // handshake) would otherwise be part of every request's future, which hyper moves.
+                None => Box::pin(self.connect()).await?,
+            };
+            match sender.try_send_request(request).await {
+                Ok(response) => {
+                    let lease = Lease {
+                        sender,
+                        pools: self.pools.clone(),
+                    };
+                    return Ok(response.map(|body| Source::Hyper {
+                        body,
+                        lease: Some(lease),
+                    }));
+                }
+                Err(mut err) => match err.take_message() {
+                    // Not written: the pooled connection was closing. Resend on a new one.
+                    Some(unsent) if !fresh => request = unsent,
+                    _ => return Err(classify(err.error())),
+                },
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<Sender, Attempt> {
+        let mut connector = self.connector.clone();
+        let io = connector.call(self.address.clone()).await.map_err(|err| {
+            tracing::warn!(error = %err, "cannot connect to the upstream");
+            Attempt::Failed
+        })?;
+        let (sender, connection) = http1::Builder::new().handshake(io).await.map_err(|err| {
+            tracing::warn!(error = %err, "upstream handshake failed");
+            Attempt::Failed
+        })?;
+        // The connection's driver runs on this thread (see the module comment); upgrades are for
+        // WebSocket splices.
+        tokio::spawn(async move {
+            if let Err(err) = connection.with_upgrades().await {
+                tracing::debug!(error = %err, "upstream connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+}
+
+enum Attempt {
+    /// The connection closed before any response byte: safe to retry if idempotent.
+    Stale,
+    BodyTooLarge,
+    Failed,
+}
+
+impl Attempt {
+    fn into_error(self) -> GatewayError {
+        match self {
+            Attempt::BodyTooLarge => GatewayError::PayloadTooLarge,
+            Attempt::Stale | Attempt::Failed => GatewayError::UpstreamUnavailable,
+        }
+    }
+}
+
+/// The parts needed to resend a body-less request; cloned only for GET and HEAD.
+fn retry_head(parts: &Parts) -> Option<Parts> {
+    let mut request = Request::builder()
+        .method(parts.method.clone())
+        .uri(parts.uri.clone())
+        .version(parts.version)
+        .body(())
+        .ok()?;
+    *request.headers_mut() = parts.headers.clone();
+    Some(request.into_parts().0)
+}
+
+fn classify(err: &hyper::Error) -> Attempt {
+    if err.is_incomplete_message() || err.is_canceled() {
+        return Attempt::Stale;
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(err);
+    while let Some(cause) = source {
+        if cause.is::<BodyTooLarge>() {
+            return Attempt::BodyTooLarge;
+        }
+        source = cause.source();
+    }
+    tracing::warn!(error = %err, source = ?std::error::Error::source(err), "upstream request failed");
+    Attempt::Failed
+}
