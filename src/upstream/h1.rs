@@ -1,17 +1,20 @@
-//! The lean HTTP/1.1 exchange with the backend, for the common request: no body, plain TCP.
+//! The lean HTTP/1.1 client for plain-http backends: every request but WebSocket upgrades.
 //!
 //! Why not hyper's client here: it drives each connection from a task of its own and hands the
 //! request and the response body across channels, about a third of the gateway's user-space
 //! instructions per request (callgrind, bench/callgrind.sh). Here the request task writes the
-//! head in one write and parses the response head in place; the body is read from the socket by
-//! whoever polls it. Requests with a body, WebSocket upgrades and TLS backends still go through
+//! head in one write (and the body after it), and parses the response head in place; the body is
+//! read from the socket by whoever polls it. TLS backends and WebSocket upgrades still go through
 //! hyper (src/upstream/mod.rs).
 //!
 //! Strict, since the response is relayed to a client over another connection: a head that is not
-//! well-formed HTTP/1.1, a `Transfer-Encoding` other than `chunked`, `Transfer-Encoding` with
-//! `Content-Length`, disagreeing or malformed `Content-Length`s, a `101` nobody asked for, or a
-//! malformed chunk is a 502, never a guess. A connection is reused only when its response was
-//! read exactly to its end with nothing after it, and the backend did not ask to close it.
+//! well-formed HTTP/1.1 (bare LF line ends included), a `Transfer-Encoding` other than `chunked`,
+//! `Transfer-Encoding` with `Content-Length`, disagreeing or malformed `Content-Length`s, a `101`
+//! nobody asked for, or a malformed chunk is a 502 (or a cut body), never a guess. A connection is
+//! reused only when its response was read exactly to its end with nothing after it, the backend
+//! did not ask to close it, the whole request body went out before the answer came, and a body-less
+//! answer (HEAD, 204, 304) did not declare a body: each of those is a way for the backend's reading
+//! of the connection and ours to part, and the next user's request would pay for it.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
@@ -22,7 +25,7 @@ use std::task::{ready, Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use http::header::TRANSFER_ENCODING;
-use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH};
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, EXPECT};
 use http::{Method, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::AsyncWrite;
@@ -39,7 +42,8 @@ const MAX_HEADERS: usize = 100;
 const MAX_INFORMATIONAL: usize = 8;
 /// A chunk-size line (with extensions) longer than this is refused.
 const MAX_CHUNK_LINE: usize = 4096;
-/// How long the rest of a request body may take once its response has been relayed.
+/// How long the rest of a client's body may take to arrive (and be thrown away) once the backend
+/// has answered.
 const UPLOAD_LINGER: std::time::Duration = std::time::Duration::from_secs(60);
 /// Read buffer growth step.
 const READ_CHUNK: usize = 16 * 1024;
@@ -166,7 +170,9 @@ pub fn encode_request(
     head.extend_from_slice(target.as_bytes());
     head.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in headers {
-        if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
+        // Framing is ours alone; and hyper has already answered the client's `Expect`, so the
+        // backend is never asked to hold off reading the body.
+        if name == CONTENT_LENGTH || name == TRANSFER_ENCODING || name == EXPECT {
             continue;
         }
         head.extend_from_slice(name.as_str().as_bytes());
@@ -198,6 +204,9 @@ pub fn encode_request(
 pub struct Upload {
     body: RequestBody,
     chunked: bool,
+    /// With `Content-Length` framing, the bytes still owed: a body that runs over or stops short
+    /// of what the head promised fails instead of desynchronizing the connection.
+    owed: u64,
     /// Framed bytes not written yet, in order.
     queue: VecDeque<Bytes>,
     /// The body has ended and its last bytes are queued.
@@ -216,6 +225,10 @@ impl Upload {
         Upload {
             body,
             chunked: framing == RequestFraming::Chunked,
+            owed: match framing {
+                RequestFraming::Length(length) => length,
+                _ => 0,
+            },
             queue: VecDeque::new(),
             ended: false,
         }
@@ -255,7 +268,15 @@ impl Upload {
                         self.queue.push_back(data);
                         self.queue.push_back(Bytes::from_static(b"\r\n"));
                     }
-                    Ok(data) => self.queue.push_back(data),
+                    Ok(data) => {
+                        if data.len() as u64 > self.owed {
+                            return Poll::Ready(Err(UploadError::Body(
+                                "the request body ran past its Content-Length".into(),
+                            )));
+                        }
+                        self.owed -= data.len() as u64;
+                        self.queue.push_back(data);
+                    }
                     Err(frame) => {
                         if let (true, Ok(trailers)) = (self.chunked, frame.into_trailers()) {
                             self.end(Some(&trailers));
@@ -263,9 +284,30 @@ impl Upload {
                     }
                 },
                 Some(Err(err)) => return Poll::Ready(Err(UploadError::Body(err))),
+                None if !self.chunked && self.owed > 0 => {
+                    return Poll::Ready(Err(UploadError::Body(
+                        "the request body ended short of its Content-Length".into(),
+                    )));
+                }
                 None => self.end(None),
             }
         }
+    }
+
+    /// Reads the rest of the client's body and throws it away, so the client's connection stays
+    /// in step (what it still sends is body, not a next request), without any of it reaching the
+    /// backend. Bounded by the body limit and `UPLOAD_LINGER`.
+    fn discard_rest(self) {
+        let mut body = self.body;
+        tokio::spawn(tokio::time::timeout(
+            UPLOAD_LINGER,
+            std::future::poll_fn(move |cx| loop {
+                match ready!(Pin::new(&mut body).poll_frame(cx)) {
+                    Some(Ok(_)) => {}
+                    Some(Err(_)) | None => return Poll::Ready(()),
+                }
+            }),
+        ));
     }
 
     /// Queues the end of the body: for chunked framing, the last chunk and any trailers.
@@ -340,11 +382,20 @@ pub async fn exchange(
         conn.poll_head(cx, &mut reading)
     })
     .await?;
-    let framing = framing(status, head_request, &headers).map_err(ExchangeError::Failed)?;
-    let keep_alive = version == Version::HTTP_11 && !asks_to_close(&headers) && !write_failed;
+    let (framing, clean) =
+        framing(status, head_request, &headers).map_err(ExchangeError::Failed)?;
+    // The backend answered before the whole body was sent. Whatever it does with the rest, its
+    // reading of this connection can no longer be trusted: a backend that answers without draining
+    // would take the rest of the body (attacker's bytes) for a next request. So the rest never goes
+    // upstream, and the connection is closed after this response.
+    let answered_early = upload.is_some() || write_failed;
+    if let Some(unsent) = upload {
+        unsent.discard_rest();
+    }
+    let keep_alive =
+        version == Version::HTTP_11 && clean && !asks_to_close(&headers) && !answered_early;
     let mut body = LeanBody {
         conn: Some(conn),
-        upload,
         framing,
         keep_alive,
         pools: pools.clone(),
@@ -424,6 +475,9 @@ fn parse_head(buffer: &mut BytesMut) -> Result<Option<Head>, &'static str> {
         &mut fields,
     );
     let length = match parsed {
+        Ok(httparse::Status::Complete(length)) if has_bare_lf(&buffer[..length]) => {
+            return Err("a bare LF in the response head")
+        }
         Ok(httparse::Status::Complete(length)) if length <= MAX_HEAD_BYTES => length,
         Ok(httparse::Status::Complete(_)) => return Err("the response head is too large"),
         Ok(httparse::Status::Partial) => return Ok(None),
@@ -469,14 +523,23 @@ fn parse_head(buffer: &mut BytesMut) -> Result<Option<Head>, &'static str> {
     Ok(Some((status, version, headers)))
 }
 
-/// How the response body is delimited (RFC 9112 section 6.3), refusing every ambiguity.
+/// How the response body is delimited (RFC 9112 section 6.3), refusing every ambiguity; and
+/// whether the connection may serve again afterwards as far as framing goes. A response that has
+/// no body (HEAD, 204, 304) but declares one (`Transfer-Encoding`, a non-zero `Content-Length`)
+/// may be followed by body bytes a backend sends anyway, which the next exchange would read as its
+/// response: its connection is not reused.
 fn framing(
     status: StatusCode,
     head_request: bool,
     headers: &HeaderMap,
-) -> Result<Framing, &'static str> {
+) -> Result<(Framing, bool), &'static str> {
     if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
-        return Ok(Framing::Length(0));
+        let declares_body = headers.contains_key(TRANSFER_ENCODING)
+            || headers
+                .get_all(CONTENT_LENGTH)
+                .iter()
+                .any(|value| value.as_bytes() != b"0");
+        return Ok((Framing::Length(0), !declares_body));
     }
     let mut encodings = headers.get_all(TRANSFER_ENCODING).iter();
     if let Some(first) = encodings.next() {
@@ -491,7 +554,7 @@ fn framing(
         if headers.contains_key(CONTENT_LENGTH) {
             return Err("both Transfer-Encoding and Content-Length");
         }
-        return Ok(Framing::Chunked(Chunked::Size));
+        return Ok((Framing::Chunked(Chunked::Size), true));
     }
     let mut length = None;
     for value in headers.get_all(CONTENT_LENGTH) {
@@ -501,7 +564,7 @@ fn framing(
         }
         length = Some(parsed);
     }
-    Ok(length.map_or(Framing::UntilClose, Framing::Length))
+    Ok((length.map_or(Framing::UntilClose, Framing::Length), true))
 }
 
 /// Digits only, as RFC 9110 section 8.6 has it, and small enough to count.
@@ -552,8 +615,6 @@ enum Chunked {
 /// goes back to the pool; dropped before that, the connection is closed.
 pub struct LeanBody {
     conn: Option<Conn>,
-    /// The request body, when the backend answered before it was all sent.
-    upload: Option<Upload>,
     framing: Framing,
     keep_alive: bool,
     pools: Arc<Pools>,
@@ -562,18 +623,9 @@ pub struct LeanBody {
 impl LeanBody {
     fn finish(&mut self) {
         self.framing = Framing::Done;
-        let Some(conn) = self.conn.take() else {
-            return;
-        };
-        let reusable = self.keep_alive && conn.buffer.is_empty();
-        match self.upload.take() {
-            None if reusable => self.pools.put_lean(conn),
-            None => {}
-            // The backend answered before the body was all sent. The client goes on sending it,
-            // and reads it as body, not as a next request, only if someone takes it: finish the
-            // upload (as hyper's client would), then the connection may serve again.
-            Some(upload) => {
-                tokio::spawn(finish_upload(conn, upload, reusable, self.pools.clone()));
+        if let Some(conn) = self.conn.take() {
+            if self.keep_alive && conn.buffer.is_empty() {
+                self.pools.put_lean(conn);
             }
         }
     }
@@ -582,25 +634,11 @@ impl LeanBody {
     pub fn forfeit(&mut self) {
         self.framing = Framing::Done;
         self.conn = None;
-        self.upload = None;
     }
 
     fn broken(&mut self, why: &'static str) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         self.forfeit();
         Poll::Ready(Some(Err(BodyError(why))))
-    }
-}
-
-/// The rest of a request body whose response has already been relayed. Bounded: the client's
-/// connection has its own idle timeout, and a backend that stops reading gets `UPLOAD_LINGER`.
-async fn finish_upload(mut conn: Conn, mut upload: Upload, reusable: bool, pools: Arc<Pools>) {
-    let sent = tokio::time::timeout(
-        UPLOAD_LINGER,
-        std::future::poll_fn(|cx| upload.poll_send(&mut conn.stream, cx)),
-    )
-    .await;
-    if matches!(sent, Ok(Ok(()))) && reusable && conn.is_reusable() {
-        pools.put_lean(conn);
     }
 }
 
@@ -618,18 +656,6 @@ impl Body for LeanBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
-        if let (Some(sending), Some(conn)) = (this.upload.as_mut(), this.conn.as_mut()) {
-            match sending.poll_send(&mut conn.stream, cx) {
-                Poll::Ready(Ok(())) => this.upload = None,
-                // The backend has answered; what it did not take of the body is its choice. The
-                // connection is not reused (`finish` sees the upload unfinished).
-                Poll::Ready(Err(_)) => {
-                    this.upload = None;
-                    this.keep_alive = false;
-                }
-                Poll::Pending => {}
-            }
-        }
         loop {
             let Some(conn) = this.conn.as_mut() else {
                 return Poll::Ready(None);
@@ -729,7 +755,7 @@ fn decode_chunked(state: &mut Chunked, buffer: &mut BytesMut) -> Result<Decoded,
                 }
                 // After the size only an extension may follow (`;name[=value]`, which we skip),
                 // with optional whitespace before it.
-                let rest = rest.trim_ascii_start();
+                let rest = trim_blanks(rest);
                 if !rest.is_empty()
                     && (rest[0] != b';' || rest.iter().any(|&b| b < 0x20 && b != b'\t'))
                 {
@@ -776,6 +802,11 @@ fn decode_chunked(state: &mut Chunked, buffer: &mut BytesMut) -> Result<Decoded,
                 }
                 let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
                 return match httparse::parse_headers(buffer, &mut fields) {
+                    Ok(httparse::Status::Complete((length, _)))
+                        if has_bare_lf(&buffer[..length]) =>
+                    {
+                        Err("a bare LF in the trailer section")
+                    }
                     Ok(httparse::Status::Complete((length, fields))) => {
                         let mut trailers = HeaderMap::with_capacity(fields.len());
                         for field in fields.iter() {
@@ -808,6 +839,23 @@ fn find_crlf(buffer: &[u8], limit: usize) -> Result<Option<usize>, &'static str>
         None if buffer.len() > limit => Err("a chunk-size line too long"),
         None => Ok(None),
     }
+}
+
+/// Leading spaces and tabs (the "bad whitespace" RFC 9112 tolerates before an extension), and
+/// nothing else.
+fn trim_blanks(bytes: &[u8]) -> &[u8] {
+    let start = bytes
+        .iter()
+        .position(|&b| b != b' ' && b != b'\t')
+        .unwrap_or(bytes.len());
+    &bytes[start..]
+}
+
+/// A line feed not preceded by a carriage return: httparse accepts one as a line end, a backend
+/// that decoded `%0a` into a field would produce one, and a proxy that reads it as a line end
+/// while others do not is how responses get split.
+fn has_bare_lf(section: &[u8]) -> bool {
+    memchr::memchr_iter(b'\n', section).any(|at| at == 0 || section[at - 1] != b'\r')
 }
 
 fn hex_value(digit: u8) -> u8 {
@@ -873,6 +921,9 @@ mod tests {
             b"\r\nhello\r\n0\r\n\r\n",        // no size
             b"1000000000000000\r\n",          // 16 hex digits: too large
             b"5 x\r\nhello\r\n0\r\n\r\n",     // junk after the size
+            b"5\r\r\nhello\r\n0\r\n\r\n",     // CR before the line end
+            b"5\x0c\r\nhello\r\n0\r\n\r\n",   // form feed after the size
+            b"5\r;x\r\nhello\r\n0\r\n\r\n",   // CR before an extension
             b"0\r\nbad field\r\n\r\n",        // malformed trailer
         ] {
             assert!(
@@ -886,9 +937,55 @@ mod tests {
     }
 
     fn head(text: &str) -> Result<Framing, &'static str> {
+        head_of(text, false).map(|(framing, _)| framing)
+    }
+
+    fn head_of(text: &str, head_request: bool) -> Result<(Framing, bool), &'static str> {
         let mut buffer = BytesMut::from(text.as_bytes());
         let (status, _, headers) = parse_head(&mut buffer)?.expect("complete");
-        framing(status, false, &headers)
+        framing(status, head_request, &headers)
+    }
+
+    #[test]
+    fn bodiless_answers_that_declare_a_body_lose_their_connection() {
+        let head = "HTTP/1.1 200 OK\r\ncontent-length: 11\r\n\r\n";
+        assert_eq!(head_of(head, true), Ok((Framing::Length(0), false)));
+        let head = "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+        assert_eq!(head_of(head, true), Ok((Framing::Length(0), true)));
+        let head = "HTTP/1.1 204 No Content\r\n\r\n";
+        assert_eq!(head_of(head, false), Ok((Framing::Length(0), true)));
+        let head = "HTTP/1.1 304 Not Modified\r\ntransfer-encoding: chunked\r\n\r\n";
+        assert_eq!(head_of(head, false), Ok((Framing::Length(0), false)));
+    }
+
+    #[test]
+    fn bare_line_feeds_are_refused_in_heads_and_trailers() {
+        assert!(head("HTTP/1.1 200 OK\ncontent-length: 0\r\n\r\n").is_err());
+        assert!(head("HTTP/1.1 200 OK\r\nlocation: /a\ncontent-length: 0\r\n\r\n").is_err());
+        assert!(head("HTTP/1.1 200 OK\r\ncontent-length: 0\n\n").is_err());
+        assert!(decode_all(b"0\r\nx-a: 1\n\r\n", 64).is_err());
+        assert!(decode_all(b"0\r\nx-a: 1\r\n\n", 64).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_request_body_must_match_the_length_its_head_declared() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut stream = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let _peer = listener.accept().await.unwrap();
+        for (declared, expected) in [
+            (3, "the request body ran past its Content-Length"),
+            (10, "the request body ended short of its Content-Length"),
+        ] {
+            let body = RequestBody::buffered(Bytes::from_static(b"hello"));
+            let mut upload = Upload::new(body, RequestFraming::Length(declared));
+            let sent = std::future::poll_fn(|cx| upload.poll_send(&mut stream, cx)).await;
+            match sent {
+                Err(UploadError::Body(err)) => assert_eq!(err.to_string(), expected),
+                _ => panic!("declared {declared}: the mismatch was not refused"),
+            }
+        }
     }
 
     #[test]

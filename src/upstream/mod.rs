@@ -13,7 +13,6 @@
 //! closed it or it is not ready for another request yet.
 
 use std::cell::RefCell;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -285,21 +284,37 @@ impl Upstream {
             );
             let head_request = parts.method == Method::HEAD;
             let retry = idempotent && framing == h1::RequestFraming::Empty;
-            let mut upload =
+            let upload =
                 (framing != h1::RequestFraming::Empty).then(|| h1::Upload::new(body, framing));
-            let exchange = async {
-                match self.send_lean(&head, upload.take(), head_request).await {
+            // Written inline (no intermediate future values): every future held across an await
+            // is part of this one, and a moved future keeps its old slot too.
+            let outcome = tokio::time::timeout_at(deadline, async {
+                match self.send_lean(&head, upload, head_request, true).await {
                     Err(Attempt::Stale) if retry => {
                         tracing::debug!(
                             "stale upstream connection; retrying the idempotent request"
                         );
-                        self.send_lean(&head, None, head_request).await
+                        self.send_lean(&head, None, head_request, false).await
                     }
                     outcome => outcome,
                 }
-            };
-            return self.within(deadline, exchange).await;
+            })
+            .await;
+            return self.settle(outcome);
         }
+        // Boxed: hyper's client (TLS backends, WebSocket upgrades) is the rare path, and its state
+        // would otherwise more than double every request's future, which is moved per request.
+        Box::pin(self.forward_with_hyper(parts, path_and_query, body, deadline)).await
+    }
+
+    async fn forward_with_hyper(
+        &self,
+        mut parts: Parts,
+        path_and_query: PathAndQuery,
+        body: RequestBody,
+        deadline: Instant,
+    ) -> Result<Response<Source>, GatewayError> {
+        let idempotent = parts.method == Method::GET || parts.method == Method::HEAD;
         parts.uri = Uri::from(path_and_query);
         // The backend speaks HTTP/1.1 whatever the client spoke to us.
         parts.version = Version::HTTP_11;
@@ -308,7 +323,7 @@ impl Upstream {
         } else {
             None
         };
-        let exchange = async {
+        let outcome = tokio::time::timeout_at(deadline, async {
             match self.send(Request::from_parts(parts, body)).await {
                 Err(Attempt::Stale) => match retry {
                     Some(parts) => {
@@ -322,16 +337,17 @@ impl Upstream {
                 },
                 outcome => outcome,
             }
-        };
-        self.within(deadline, exchange).await
+        })
+        .await;
+        self.settle(outcome)
     }
 
-    async fn within(
+    /// The exchange's outcome as the pipeline sees it.
+    fn settle(
         &self,
-        deadline: Instant,
-        exchange: impl Future<Output = Result<Response<Source>, Attempt>>,
+        outcome: Result<Result<Response<Source>, Attempt>, tokio::time::error::Elapsed>,
     ) -> Result<Response<Source>, GatewayError> {
-        match tokio::time::timeout_at(deadline, exchange).await {
+        match outcome {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(attempt)) => Err(attempt.into_error()),
             Err(_) => {
@@ -341,16 +357,21 @@ impl Upstream {
         }
     }
 
-    /// One lean attempt: a pooled connection (or a new one), and the request on it. A request
-    /// that a pooled connection could not take at all (not a byte written, the body untouched)
-    /// goes once more, on a new connection.
+    /// One lean attempt: a pooled connection (or a new one; always a new one with `may_pool`
+    /// false, for a retry), and the request on it. A request that a pooled connection could not
+    /// take at all (not a byte written, the body untouched) goes once more, on a new connection.
     async fn send_lean(
         &self,
         head: &[u8],
         mut upload: Option<h1::Upload>,
         head_request: bool,
+        may_pool: bool,
     ) -> Result<Response<Source>, Attempt> {
-        let mut pooled = self.pools.checkout_lean();
+        let mut pooled = if may_pool {
+            self.pools.checkout_lean()
+        } else {
+            None
+        };
         loop {
             let fresh = pooled.is_none();
             let conn = match pooled.take() {

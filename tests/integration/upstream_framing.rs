@@ -49,6 +49,11 @@ enum Reply {
     SendThenClose(Vec<u8>),
     /// Writes these bytes one at a time, a millisecond apart.
     Trickle(Vec<u8>),
+    /// Writes these bytes at once, without reading the request body: what a lenient backend
+    /// that refuses early does. Whatever else arrives is read as the next request.
+    AnswerWithoutReadingBody(Vec<u8>),
+    /// Writes the first bytes, then the second 50 ms later.
+    SendThenLater(Vec<u8>, Vec<u8>),
 }
 
 struct ScriptedBackend {
@@ -104,6 +109,13 @@ async fn serve_script(
             head,
             body: Vec::new(),
         };
+        if let Reply::AnswerWithoutReadingBody(bytes) = script(seen.target()) {
+            log.lock().unwrap().push(seen);
+            if stream.write_all(&bytes).await.is_err() {
+                return;
+            }
+            continue;
+        }
         if seen
             .field("transfer-encoding")
             .iter()
@@ -142,6 +154,16 @@ async fn serve_script(
         let reply = script(seen.target());
         log.lock().unwrap().push(seen);
         match reply {
+            Reply::AnswerWithoutReadingBody(_) => unreachable!("answered above"),
+            Reply::SendThenLater(first, second) => {
+                if stream.write_all(&first).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                if stream.write_all(&second).await.is_err() {
+                    return;
+                }
+            }
             Reply::Send(bytes) => {
                 if stream.write_all(&bytes).await.is_err() {
                     return;
@@ -215,6 +237,10 @@ fn script(target: &str) -> Reply {
              HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfinal",
         ),
         "head" => raw("HTTP/1.1 200 OK\r\ncontent-length: 11\r\n\r\n"),
+        "late-head-body" => Reply::SendThenLater(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 44\r\n\r\n".to_vec(),
+            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nevil!".to_vec(),
+        ),
         "no-content" => raw("HTTP/1.1 204 No Content\r\n\r\n"),
         "extra" => raw(
             "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok\
@@ -225,6 +251,9 @@ fn script(target: &str) -> Reply {
             b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n4\r\ndefg\r\n0\r\n\r\n".to_vec(),
         ),
         "close-after" => Reply::SendThenClose(ok("{\"closing\":true}")),
+        "refuse-early" => Reply::AnswerWithoutReadingBody(
+            b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\n\r\n".to_vec(),
+        ),
         "cl-and-te" => raw("HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"),
         "two-lengths" => raw("HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\nhello!"),
         "length-list" => raw("HTTP/1.1 200 OK\r\ncontent-length: 5, 5\r\n\r\nhello"),
@@ -332,7 +361,7 @@ async fn informational_responses_are_skipped_not_relayed() {
 }
 
 #[tokio::test]
-async fn head_and_204_responses_end_at_their_head_and_keep_the_connection() {
+async fn head_and_204_responses_end_at_their_head() {
     let (backend, gateway, auth) = framing_setup().await;
     let head = raw_exchange(
         gateway.addr,
@@ -362,7 +391,14 @@ async fn head_and_204_responses_end_at_their_head_and_keep_the_connection() {
     let seen = backend.seen();
     assert_eq!(seen.len(), 3);
     assert_eq!(seen[0].head.split(' ').next(), Some("HEAD"));
-    assert!(seen.iter().all(|s| s.connection == 1), "{seen:?}");
+    // The HEAD answer declares a body it does not carry (Content-Length: 11): its connection is
+    // not followed (see the late-body test below). The 204 declares none: its connection serves
+    // the next request.
+    assert_eq!(
+        seen.iter().map(|s| s.connection).collect::<Vec<_>>(),
+        [1, 2, 2],
+        "{seen:?}"
+    );
 }
 
 #[tokio::test]
@@ -548,4 +584,104 @@ async fn a_connection_the_backend_closed_is_never_used_again() {
     assert_eq!(seen.len(), 2, "the POST reached the backend exactly once");
     assert_eq!(seen[1].connection, 2);
     assert_eq!(seen[1].body, b"{\"title\":\"once\"}");
+}
+
+/// A lenient backend refuses a POST at once without reading its body, and would read whatever
+/// follows as its next request. The client sends the first part of the body, sees the answer,
+/// then sends the rest: a request for bob's data. The rest must never reach the backend, and the
+/// connection it would have arrived on is not used again; the client's own connection stays in
+/// step (the rest was body).
+#[tokio::test]
+async fn after_an_early_answer_the_rest_of_the_body_never_reaches_the_backend() {
+    let (backend, gateway, auth) = framing_setup().await;
+    let smuggled = "GET /api/bob/tasks HTTP/1.1\r\nHost: b\r\nX-User-Id: bob\r\n\r\n";
+    let first_part = "{\"title\":\"x\"}";
+    let length = first_part.len() + smuggled.len();
+    let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
+    stream
+        .write_all(
+            format!(
+                "POST /api/alice/tasks/refuse-early HTTP/1.1\r\nHost: gw\r\n\
+                 Authorization: {auth}\r\nContent-Type: application/json\r\n\
+                 Content-Length: {length}\r\n\r\n{first_part}"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while find(&answer, b"\r\n\r\n").is_none() {
+        let n = stream.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "the gateway closed before answering");
+        answer.extend_from_slice(&chunk[..n]);
+    }
+    assert!(
+        answer.starts_with(b"HTTP/1.1 401"),
+        "{:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    stream.write_all(smuggled.as_bytes()).await.unwrap();
+    // The client's connection reads the rest as body: a next request on it works.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stream
+        .write_all(
+            format!(
+                "GET /api/alice/tasks HTTP/1.1\r\nHost: gw\r\nAuthorization: {auth}\r\n\
+                 Connection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest))
+        .await
+        .expect("the next answer within 10 s")
+        .unwrap();
+    let next = parse_response(&rest);
+    assert_eq!(next.status, 200);
+    assert_eq!(next.json()["ok"], true);
+
+    let seen = backend.seen();
+    let targets: Vec<&str> = seen.iter().map(Seen::target).collect();
+    assert_eq!(
+        targets,
+        ["/api/alice/tasks/refuse-early", "/api/alice/tasks"]
+    );
+    assert!(
+        !seen.iter().any(|s| s.target().contains("bob")),
+        "the smuggled request reached the backend: {seen:?}"
+    );
+    assert_eq!(
+        seen[1].connection, 2,
+        "the early-answer connection was not reused"
+    );
+}
+
+/// A backend that sends a body after its answer to HEAD (a broken HEAD handler), a little later:
+/// had the connection been reused, those bytes would have been read as the next request's
+/// response. An answer that declares a body it does not carry is never followed on its connection.
+#[tokio::test]
+async fn a_body_sent_late_after_a_head_answer_is_never_taken_for_the_next_response() {
+    let (backend, gateway, auth) = framing_setup().await;
+    let head = raw_exchange(
+        gateway.addr,
+        &build_request(
+            "HEAD",
+            "/api/alice/tasks/late-head-body",
+            &[("Authorization", &auth)],
+            b"",
+        ),
+    )
+    .await;
+    assert!(head.starts_with(b"HTTP/1.1 200 OK\r\n"));
+    let next = get(&gateway, &auth, "/api/alice/tasks").await;
+    assert_eq!(next.status, 200);
+    assert_eq!(next.json()["ok"], true, "its own answer, not the late body");
+    let seen = backend.seen();
+    assert_eq!(
+        seen.iter().map(|s| s.connection).collect::<Vec<_>>(),
+        [1, 2]
+    );
 }

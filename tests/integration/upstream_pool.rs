@@ -124,13 +124,30 @@ async fn sequential_requests_reuse_one_upstream_connection() {
             "round {round}: {method} {target}"
         );
     }
-    assert_eq!(
-        backend.connections.load(Ordering::SeqCst),
-        1,
-        "one pooled connection"
-    );
     let requests = backend.requests.lock().unwrap().clone();
     assert_eq!(requests.len(), 20);
+    // One pooled connection serves them all in turn, except that an answer to HEAD declaring a
+    // body it does not carry (hyper's backend sends Content-Length: 11) is never followed on its
+    // connection (src/upstream/h1.rs): the request after it opens the next one.
+    for pair in requests.windows(2) {
+        let (before, after) = (&pair[0], &pair[1]);
+        let declared_unsent_body = before.1 == "HEAD" && !before.2.ends_with("empty");
+        let expected = if declared_unsent_body {
+            before.0 + 1
+        } else {
+            before.0
+        };
+        assert_eq!(
+            after.0, expected,
+            "{} {} after {} {}",
+            after.1, after.2, before.1, before.2
+        );
+    }
+    assert_eq!(
+        backend.connections.load(Ordering::SeqCst),
+        requests.last().map_or(0, |last| last.0),
+        "no connection beyond those"
+    );
     for (_, method, _, body) in &requests {
         let expected: &[u8] = if method == "POST" {
             b"{\"title\":\"t\"}"
