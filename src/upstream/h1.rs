@@ -352,13 +352,13 @@ impl Upload {
 pub async fn exchange(
     mut conn: Conn,
     head: &[u8],
-    mut upload: Option<Upload>,
+    mut upload: Option<Box<Upload>>,
     head_request: bool,
     pools: &Arc<Pools>,
 ) -> Result<Response<LeanBody>, ExchangeError> {
     if let Err(written) = conn.write_request(head).await {
         return Err(match written {
-            0 => ExchangeError::Unsent(upload.map(Box::new)),
+            0 => ExchangeError::Unsent(upload),
             _ => ExchangeError::Failed("the connection broke while the request was written"),
         });
     }

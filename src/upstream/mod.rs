@@ -13,9 +13,11 @@
 //! closed it or it is not ready for another request yet.
 
 use std::cell::RefCell;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::Either;
 use http::header::{HOST, UPGRADE};
 use http::request::Parts;
 use http::uri::{PathAndQuery, Scheme};
@@ -260,11 +262,14 @@ impl Upstream {
     ///
     /// Body-less requests to a plain-TCP backend take the lean path (src/upstream/h1.rs); the
     /// rest (bodies, WebSocket upgrades, TLS backends) go through hyper's client.
-    pub async fn forward(
+    pub fn forward(
         &self,
         mut parts: Parts,
         body: RequestBody,
-    ) -> Result<Response<Source>, GatewayError> {
+    ) -> impl Future<Output = Result<Response<Source>, GatewayError>> + '_ {
+        // The preparation is synchronous, so that what the returned future holds (and every
+        // request moves) is only what the exchange needs: not the request's parts, nor the other
+        // client's state.
         // Origin-form on the wire; the client's Host was dropped by the rewrite.
         let path_and_query = parts
             .uri
@@ -272,39 +277,53 @@ impl Upstream {
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
         parts.headers.insert(HOST, self.host.clone());
-        let idempotent = parts.method == Method::GET || parts.method == Method::HEAD;
         let deadline = Instant::now() + self.timeout;
-        if self.plain_address.is_some() && !parts.headers.contains_key(UPGRADE) {
-            let framing = h1::RequestFraming::of(&body);
-            let head = h1::encode_request(
-                &parts.method,
-                path_and_query.as_str(),
-                &parts.headers,
-                framing,
-            );
-            let head_request = parts.method == Method::HEAD;
-            let retry = idempotent && framing == h1::RequestFraming::Empty;
-            let upload =
-                (framing != h1::RequestFraming::Empty).then(|| h1::Upload::new(body, framing));
-            // Written inline (no intermediate future values): every future held across an await
-            // is part of this one, and a moved future keeps its old slot too.
-            let outcome = tokio::time::timeout_at(deadline, async {
-                match self.send_lean(&head, upload, head_request, true).await {
-                    Err(Attempt::Stale) if retry => {
-                        tracing::debug!(
-                            "stale upstream connection; retrying the idempotent request"
-                        );
-                        self.send_lean(&head, None, head_request, false).await
-                    }
-                    outcome => outcome,
-                }
-            })
-            .await;
-            return self.settle(outcome);
+        if self.plain_address.is_none() || parts.headers.contains_key(UPGRADE) {
+            // hyper's client (TLS backends, WebSocket upgrades): the rare path, boxed.
+            return Either::Right(Box::pin(self.forward_with_hyper(
+                parts,
+                path_and_query,
+                body,
+                deadline,
+            )));
         }
-        // Boxed: hyper's client (TLS backends, WebSocket upgrades) is the rare path, and its state
-        // would otherwise more than double every request's future, which is moved per request.
-        Box::pin(self.forward_with_hyper(parts, path_and_query, body, deadline)).await
+        let framing = h1::RequestFraming::of(&body);
+        let head = h1::encode_request(
+            &parts.method,
+            path_and_query.as_str(),
+            &parts.headers,
+            framing,
+        );
+        let head_request = parts.method == Method::HEAD;
+        let idempotent = parts.method == Method::GET || head_request;
+        let retry = idempotent && framing == h1::RequestFraming::Empty;
+        // Boxed: only requests with a body have one, and it would sit in every request's future.
+        let upload = (framing != h1::RequestFraming::Empty)
+            .then(|| Box::new(h1::Upload::new(body, framing)));
+        Either::Left(self.forward_lean(head, upload, head_request, retry, deadline))
+    }
+
+    async fn forward_lean(
+        &self,
+        head: Vec<u8>,
+        upload: Option<Box<h1::Upload>>,
+        head_request: bool,
+        retry: bool,
+        deadline: Instant,
+    ) -> Result<Response<Source>, GatewayError> {
+        // Written inline (no intermediate future values): every future held across an await is
+        // part of this one, and a moved future keeps its old slot too.
+        let outcome = tokio::time::timeout_at(deadline, async {
+            match self.send_lean(&head, upload, head_request, true).await {
+                Err(Attempt::Stale) if retry => {
+                    tracing::debug!("stale upstream connection; retrying the idempotent request");
+                    self.send_lean(&head, None, head_request, false).await
+                }
+                outcome => outcome,
+            }
+        })
+        .await;
+        self.settle(outcome)
     }
 
     async fn forward_with_hyper(
@@ -363,7 +382,7 @@ impl Upstream {
     async fn send_lean(
         &self,
         head: &[u8],
-        mut upload: Option<h1::Upload>,
+        mut upload: Option<Box<h1::Upload>>,
         head_request: bool,
         may_pool: bool,
     ) -> Result<Response<Source>, Attempt> {
@@ -381,9 +400,7 @@ impl Upstream {
             let sending = upload.take();
             match h1::exchange(conn, head, sending, head_request, &self.pools).await {
                 Ok(response) => return Ok(response.map(Source::Lean)),
-                Err(h1::ExchangeError::Unsent(unsent)) if !fresh => {
-                    upload = unsent.map(|upload| *upload)
-                }
+                Err(h1::ExchangeError::Unsent(unsent)) if !fresh => upload = unsent,
                 Err(h1::ExchangeError::Stale) => return Err(Attempt::Stale),
                 Err(h1::ExchangeError::Unsent(_)) => {
                     tracing::warn!("cannot write to a new upstream connection");
