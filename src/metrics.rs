@@ -14,7 +14,7 @@ use prometheus_client::registry::Registry;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     /// The route pattern, or `none` when no route matched.
-    pub route: Arc<String>,
+    pub route: &'static str,
     pub method: &'static str,
     /// `2xx`, `4xx`, ...
     pub status: &'static str,
@@ -168,14 +168,14 @@ impl Metrics {
 
     pub fn record_request(
         &self,
-        route: &Arc<String>,
+        route: &'static str,
         method: &http::Method,
         status: u16,
         took: Duration,
     ) {
         self.requests
             .get_or_create(&RequestLabels {
-                route: route.clone(),
+                route,
                 method: method_label(method),
                 status: status_class(status),
             })

@@ -58,13 +58,12 @@ struct Exchange {
     client_ip: Option<IpAddr>,
     /// Set only once the target passed validation: refused targets are never logged raw.
     path_validated: bool,
-    route: Option<Arc<String>>,
+    route: Option<&'static str>,
     user: Option<Arc<Identity>>,
     upstream_time: Option<Duration>,
 }
 
-static NO_ROUTE: std::sync::LazyLock<Arc<String>> =
-    std::sync::LazyLock::new(|| Arc::new("none".to_string()));
+const NO_ROUTE: &str = "none";
 
 impl Gateway {
     /// The authenticator, for readiness checks.
@@ -157,7 +156,7 @@ impl Gateway {
             .headers_mut()
             .insert(X_REQUEST_ID.clone(), request_id.clone());
         let took = started.elapsed();
-        let route = exchange.route.as_ref().unwrap_or(&NO_ROUTE);
+        let route = exchange.route.unwrap_or(NO_ROUTE);
         self.metrics
             .record_request(route, &method, response.status().as_u16(), took);
         if self.access_log {
@@ -167,7 +166,7 @@ impl Gateway {
                 client_ip = %exchange.client_ip.unwrap_or(client.peer.ip()),
                 method = %method,
                 path = if exchange.path_validated { uri.path() } else { "-" },
-                route = route.as_str(),
+                route,
                 status = response.status().as_u16(),
                 reason = reason.unwrap_or("-"),
                 user = exchange.user.as_ref().map_or("-", |user| user.user_id.as_str()),
@@ -225,7 +224,7 @@ impl Gateway {
             exchange.path_validated = true;
             let matched = self.routes.lookup(&parts.method, &target.path)?;
             let route = matched.route;
-            exchange.route = Some(route.label.clone());
+            exchange.route = Some(route.label);
             if stream::is_websocket_upgrade(&parts.headers) {
                 if route.websocket.is_none() {
                     return Err(GatewayError::BadRequest(
@@ -363,9 +362,9 @@ impl Gateway {
     }
 
     async fn authenticate(&self, headers: &http::HeaderMap) -> Result<Arc<Identity>, GatewayError> {
-        let token = auth::extract_bearer(headers).map_err(GatewayError::Unauthorized)?;
+        let token = auth::bearer_bytes(headers).map_err(GatewayError::Unauthorized)?;
         self.authenticator
-            .verify(token, unix_now())
+            .verify_bearer(token, unix_now())
             .await
             .map_err(|err| match err {
                 VerifyError::Invalid(err) => GatewayError::Unauthorized(err),

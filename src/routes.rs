@@ -16,14 +16,32 @@ use crate::config::{
 use crate::error::GatewayError;
 use crate::policy::{ClaimCondition, ClaimHeader};
 
+/// A route pattern as a `'static` label. Each distinct pattern is kept once for the life of the
+/// process (a reload reuses what it finds), so this grows only with the distinct patterns ever
+/// configured, not with reloads or requests.
+pub fn intern_label(pattern: &str) -> &'static str {
+    static LABELS: std::sync::Mutex<std::collections::BTreeSet<&'static str>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut labels = LABELS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(&known) = labels.get(pattern) {
+        return known;
+    }
+    let label: &'static str = Box::leak(pattern.into());
+    labels.insert(label);
+    label
+}
+
 /// One `[[route]]`, ready to use.
 #[derive(Debug)]
 pub struct Route {
     /// Position in the config, for per-route state kept elsewhere (rate limiters).
     pub index: usize,
     pub pattern: Box<str>,
-    /// The pattern as a metrics label, shared rather than copied per request.
-    pub label: std::sync::Arc<String>,
+    /// The pattern as a metrics and log label: interned (see `intern_label`), so a request
+    /// refers to it without touching a reference count the other workers also write.
+    pub label: &'static str,
     pub auth: AuthMode,
     /// The path parameter that must equal the authenticated user id.
     pub owner: Option<Box<str>>,
@@ -75,7 +93,7 @@ impl RouteTable {
             let route = Route {
                 index,
                 pattern: config.path.as_str().into(),
-                label: std::sync::Arc::new(config.path.clone()),
+                label: intern_label(&config.path),
                 auth: config.auth,
                 owner: config.owner.as_deref().map(Into::into),
                 owner_query_params: config

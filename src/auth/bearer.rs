@@ -24,6 +24,12 @@ static TOKEN_BYTE: [bool; 256] = {
 /// joining duplicates with ", ") might read the other one. The scheme is case-insensitive
 /// (RFC 9110 section 11.1); the token must be a compact JWS made of base64url characters and dots.
 pub fn extract_bearer(headers: &HeaderMap) -> Result<&str, TokenError> {
+    token_text(bearer_bytes(headers)?)
+}
+
+/// `extract_bearer` without the character check, which `token_text` does: the token cache
+/// recognises a verified token by its bytes, and only an unknown one needs checking.
+pub fn bearer_bytes(headers: &HeaderMap) -> Result<&[u8], TokenError> {
     let mut values = headers.get_all(AUTHORIZATION).iter();
     let value = values.next().ok_or(TokenError::Missing)?;
     if values.next().is_some() {
@@ -47,6 +53,11 @@ pub fn extract_bearer(headers: &HeaderMap) -> Result<&str, TokenError> {
     if token.len() > MAX_TOKEN_BYTES {
         return Err(TokenError::TooLarge);
     }
+    Ok(token)
+}
+
+/// The token as text, if every byte is a base64url character or a dot.
+pub fn token_text(token: &[u8]) -> Result<&str, TokenError> {
     if !token.iter().all(|&b| TOKEN_BYTE[usize::from(b)]) {
         return Err(TokenError::Malformed);
     }

@@ -244,10 +244,17 @@ impl Authenticator {
 
     /// Verifies a compact JWS at time `now` (seconds since the epoch).
     pub async fn verify(&self, token: &str, now: u64) -> Result<Arc<Identity>, VerifyError> {
+        self.verify_bearer(token.as_bytes(), now).await
+    }
+
+    /// `verify` for the raw bytes of a bearer token: a cached token is recognised before its
+    /// characters are checked (only verified tokens are cached); any other is checked first.
+    pub async fn verify_bearer(&self, raw: &[u8], now: u64) -> Result<Arc<Identity>, VerifyError> {
         let generation = self.generation();
-        if let Some(identity) = self.cache.get(token, now, generation) {
+        if let Some(identity) = self.cache.get(raw, now, generation) {
             return Ok(identity);
         }
+        let token = super::bearer::token_text(raw)?;
         let token_parts = UnverifiedToken::parse(token)?;
         let issuer = self.select_issuer(&token_parts.claims)?;
         if !issuer.allowed.contains(&token_parts.algorithm) {
@@ -260,7 +267,7 @@ impl Authenticator {
         // Recorded under the generation read before verifying: if keys changed meanwhile, the
         // entry is already stale and will not be served.
         self.cache
-            .insert(token, identity.clone(), expires_at, generation);
+            .insert(raw, identity.clone(), expires_at, generation);
         Ok(identity)
     }
 

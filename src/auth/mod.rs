@@ -9,7 +9,7 @@ mod jwt;
 mod keys;
 
 pub use algorithm::JwsAlgorithm;
-pub use bearer::{extract_bearer, MAX_TOKEN_BYTES};
+pub use bearer::{bearer_bytes, extract_bearer, MAX_TOKEN_BYTES};
 pub use jwks::{RemoteJwks, MAX_JWKS_BYTES};
 pub use jwt::{parse_algorithm, Authenticator, Identity, VerifyError};
 pub use keys::KeySet;
