@@ -329,8 +329,9 @@ impl Gateway {
         }
         .ok_or(GatewayError::UpstreamUnavailable)?;
         let sent = Instant::now();
-        let forwarded = upstream.forward(parts, body).await;
-        exchange.upstream_time = Some(sent.elapsed());
+        let forwarded = upstream.forward(parts, body, sent).await;
+        let upstream_time = sent.elapsed();
+        exchange.upstream_time = Some(upstream_time);
         let mut response = forwarded.inspect_err(|err| {
             self.metrics
                 .upstream_errors
@@ -339,7 +340,7 @@ impl Gateway {
         })?;
         self.metrics
             .upstream_duration
-            .observe(sent.elapsed().as_secs_f64());
+            .observe(upstream_time.as_secs_f64());
         if let (Some((client, limits)), http::StatusCode::SWITCHING_PROTOCOLS) =
             (websocket, response.status())
         {

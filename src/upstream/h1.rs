@@ -355,6 +355,7 @@ pub async fn exchange(
     mut upload: Option<Box<Upload>>,
     head_request: bool,
     pools: &Arc<Pools>,
+    started: tokio::time::Instant,
 ) -> Result<Response<LeanBody>, ExchangeError> {
     if let Err(written) = conn.write_request(head).await {
         return Err(match written {
@@ -399,6 +400,8 @@ pub async fn exchange(
         framing,
         keep_alive,
         pools: pools.clone(),
+        started,
+        polled: false,
     };
     if body.framing == Framing::Length(0) {
         body.finish();
@@ -618,6 +621,10 @@ pub struct LeanBody {
     framing: Framing,
     keep_alive: bool,
     pools: Arc<Pools>,
+    /// When the exchange began: a body read in the first poll (nearly all of them) dates the
+    /// connection's return to the pool from here, with no clock read; a longer one reads the clock.
+    started: tokio::time::Instant,
+    polled: bool,
 }
 
 impl LeanBody {
@@ -625,7 +632,12 @@ impl LeanBody {
         self.framing = Framing::Done;
         if let Some(conn) = self.conn.take() {
             if self.keep_alive && conn.buffer.is_empty() {
-                self.pools.put_lean(conn);
+                let now = if self.polled {
+                    tokio::time::Instant::now()
+                } else {
+                    self.started
+                };
+                self.pools.put_lean(conn, now);
             }
         }
     }
@@ -656,6 +668,27 @@ impl Body for LeanBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
+        let result = this.poll_body(cx);
+        this.polled = true;
+        result
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.framing, Framing::Done | Framing::Length(0))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.framing {
+            Framing::Length(remaining) => SizeHint::with_exact(remaining),
+            Framing::Done => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+impl LeanBody {
+    fn poll_body(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self;
         loop {
             let Some(conn) = this.conn.as_mut() else {
                 return Poll::Ready(None);
@@ -712,18 +745,6 @@ impl Body for LeanBody {
                 Ok(false) => return this.broken("the backend closed before the end of the body"),
                 Err(_) => return this.broken("the connection broke"),
             }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        matches!(self.framing, Framing::Done | Framing::Length(0))
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self.framing {
-            Framing::Length(remaining) => SizeHint::with_exact(remaining),
-            Framing::Done => SizeHint::with_exact(0),
-            _ => SizeHint::default(),
         }
     }
 }

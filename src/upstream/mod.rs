@@ -148,8 +148,7 @@ impl<C: Pooled> IdleList<C> {
 
     /// The most recently used connection that can take a request now (LIFO keeps few connections
     /// hot). Stale ones met on the way are dropped.
-    fn checkout(&mut self) -> Option<C> {
-        let now = Instant::now();
+    fn checkout(&mut self, now: Instant) -> Option<C> {
         self.reap_oldest(now);
         let mut index = self.0.len();
         while index > 0 {
@@ -165,8 +164,9 @@ impl<C: Pooled> IdleList<C> {
         None
     }
 
-    fn put(&mut self, conn: C) {
-        let now = Instant::now();
+    /// `now` may be a little old (the start of the exchange the connection served): it only
+    /// decides when an idle connection is too old to trust, in tens of seconds.
+    fn put(&mut self, conn: C, now: Instant) {
         self.reap_oldest(now);
         if self.0.len() < POOL_MAX_IDLE {
             self.0.push(Idle { conn, since: now });
@@ -180,21 +180,21 @@ impl Pools {
     }
 
     fn checkout(&self) -> Option<Sender> {
-        self.local().borrow_mut().hyper.checkout()
+        self.local().borrow_mut().hyper.checkout(Instant::now())
     }
 
     fn put(&self, sender: Sender) {
         if !sender.is_closed() {
-            self.local().borrow_mut().hyper.put(sender);
+            self.local().borrow_mut().hyper.put(sender, Instant::now());
         }
     }
 
-    fn checkout_lean(&self) -> Option<h1::Conn> {
-        self.local().borrow_mut().lean.checkout()
+    fn checkout_lean(&self, now: Instant) -> Option<h1::Conn> {
+        self.local().borrow_mut().lean.checkout(now)
     }
 
-    pub fn put_lean(&self, conn: h1::Conn) {
-        self.local().borrow_mut().lean.put(conn);
+    pub fn put_lean(&self, conn: h1::Conn, now: Instant) {
+        self.local().borrow_mut().lean.put(conn, now);
     }
 }
 
@@ -266,6 +266,7 @@ impl Upstream {
         &self,
         mut parts: Parts,
         body: RequestBody,
+        started: std::time::Instant,
     ) -> impl Future<Output = Result<Response<Source>, GatewayError>> + '_ {
         // The preparation is synchronous, so that what the returned future holds (and every
         // request moves) is only what the exchange needs: not the request's parts, nor the other
@@ -277,7 +278,8 @@ impl Upstream {
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
         parts.headers.insert(HOST, self.host.clone());
-        let deadline = Instant::now() + self.timeout;
+        let started = Instant::from_std(started);
+        let deadline = started + self.timeout;
         if self.plain_address.is_none() || parts.headers.contains_key(UPGRADE) {
             // hyper's client (TLS backends, WebSocket upgrades): the rare path, boxed.
             return Either::Right(Box::pin(self.forward_with_hyper(
@@ -300,7 +302,7 @@ impl Upstream {
         // Boxed: only requests with a body have one, and it would sit in every request's future.
         let upload = (framing != h1::RequestFraming::Empty)
             .then(|| Box::new(h1::Upload::new(body, framing)));
-        Either::Left(self.forward_lean(head, upload, head_request, retry, deadline))
+        Either::Left(self.forward_lean(head, upload, head_request, retry, started))
     }
 
     async fn forward_lean(
@@ -309,15 +311,19 @@ impl Upstream {
         upload: Option<Box<h1::Upload>>,
         head_request: bool,
         retry: bool,
-        deadline: Instant,
+        started: Instant,
     ) -> Result<Response<Source>, GatewayError> {
+        let deadline = started + self.timeout;
         // Written inline (no intermediate future values): every future held across an await is
         // part of this one, and a moved future keeps its old slot too.
         let outcome = tokio::time::timeout_at(deadline, async {
-            match self.send_lean(&head, upload, head_request, true).await {
+            match self
+                .send_lean(&head, upload, head_request, Some(started))
+                .await
+            {
                 Err(Attempt::Stale) if retry => {
                     tracing::debug!("stale upstream connection; retrying the idempotent request");
-                    self.send_lean(&head, None, head_request, false).await
+                    self.send_lean(&head, None, head_request, None).await
                 }
                 outcome => outcome,
             }
@@ -376,21 +382,18 @@ impl Upstream {
         }
     }
 
-    /// One lean attempt: a pooled connection (or a new one; always a new one with `may_pool`
-    /// false, for a retry), and the request on it. A request that a pooled connection could not
+    /// One lean attempt: a pooled connection (or a new one; always a new one without
+    /// `pooled_at`, the exchange's start, for a retry), and the request on it. A request that a pooled connection could not
     /// take at all (not a byte written, the body untouched) goes once more, on a new connection.
     async fn send_lean(
         &self,
         head: &[u8],
         mut upload: Option<Box<h1::Upload>>,
         head_request: bool,
-        may_pool: bool,
+        pooled_at: Option<Instant>,
     ) -> Result<Response<Source>, Attempt> {
-        let mut pooled = if may_pool {
-            self.pools.checkout_lean()
-        } else {
-            None
-        };
+        let mut pooled = pooled_at.and_then(|now| self.pools.checkout_lean(now));
+        let started = pooled_at.unwrap_or_else(Instant::now);
         loop {
             let fresh = pooled.is_none();
             let conn = match pooled.take() {
@@ -398,7 +401,7 @@ impl Upstream {
                 None => Box::pin(self.connect_lean()).await?,
             };
             let sending = upload.take();
-            match h1::exchange(conn, head, sending, head_request, &self.pools).await {
+            match h1::exchange(conn, head, sending, head_request, &self.pools, started).await {
                 Ok(response) => return Ok(response.map(Source::Lean)),
                 Err(h1::ExchangeError::Unsent(unsent)) if !fresh => upload = unsent,
                 Err(h1::ExchangeError::Stale) => return Err(Attempt::Stale),
