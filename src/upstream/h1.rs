@@ -1,11 +1,12 @@
-//! The lean HTTP/1.1 client for plain-http backends: every request but WebSocket upgrades.
+//! The lean HTTP/1.1 client: every request to the backend but WebSocket upgrades, over plain TCP
+//! or TLS (`https://` backends, rustls).
 //!
 //! Why not hyper's client here: it drives each connection from a task of its own and hands the
 //! request and the response body across channels, about a third of the gateway's user-space
 //! instructions per request (callgrind, bench/callgrind.sh). Here the request task writes the
 //! head in one write (and the body after it), and parses the response head in place; the body is
-//! read from the socket by whoever polls it. TLS backends and WebSocket upgrades still go through
-//! hyper (src/upstream/mod.rs).
+//! read from the socket by whoever polls it. WebSocket upgrades still go through hyper
+//! (src/upstream/mod.rs).
 //!
 //! Strict, since the response is relayed to a client over another connection: a head that is not
 //! well-formed HTTP/1.1 (bare LF line ends included), a `Transfer-Encoding` other than `chunked`,
@@ -28,8 +29,9 @@ use http::header::TRANSFER_ENCODING;
 use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, EXPECT};
 use http::{Method, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
-use tokio::io::AsyncWrite;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_util::either::Either;
 
 use super::Pools;
 use crate::body::{BoxError, RequestBody};
@@ -50,8 +52,19 @@ const READ_CHUNK: usize = 16 * 1024;
 
 /// One idle or busy connection to the backend, with the bytes read from it but not yet used.
 pub struct Conn {
-    stream: TcpStream,
+    stream: Io,
     buffer: BytesMut,
+}
+
+/// The connection's bytes: plain TCP, or TLS over it (an `https://` backend).
+pub type Io = Either<TcpStream, Box<tokio_rustls::client::TlsStream<TcpStream>>>;
+
+/// The TCP socket under the connection.
+fn tcp(io: &Io) -> &TcpStream {
+    match io {
+        Either::Left(tcp) => tcp,
+        Either::Right(tls) => tls.get_ref().0,
+    }
 }
 
 /// Why an exchange failed.
@@ -69,28 +82,47 @@ pub enum ExchangeError {
 }
 
 impl Conn {
-    pub fn new(stream: TcpStream) -> Conn {
+    pub fn new(stream: Io) -> Conn {
         Conn {
             stream,
             buffer: BytesMut::new(),
         }
     }
 
-    /// Whether an idle connection can take a request: nothing has arrived on it since its last
-    /// response (no EOF, no reset, no stray bytes). Costs a syscall only when the reactor saw the
-    /// socket become readable.
+    /// Whether an idle connection can take a request: nothing has arrived on its socket since
+    /// its last response (no EOF, no reset, no stray bytes). Costs a syscall only when the reactor
+    /// saw the socket become readable.
     pub fn is_reusable(&self) -> bool {
         if !self.buffer.is_empty() {
             return false;
         }
+        let tcp = tcp(&self.stream);
         let mut cx = Context::from_waker(std::task::Waker::noop());
-        match self.stream.poll_read_ready(&mut cx) {
+        match tcp.poll_read_ready(&mut cx) {
             Poll::Pending => true,
             Poll::Ready(Err(_)) => false,
-            // Readiness can be left over from the last read; only the socket knows.
+            // Readiness can be left over from the last read; only the socket knows. (On a TLS
+            // connection the bytes would be a record: not reusable either way.)
             Poll::Ready(Ok(())) => {
                 let mut probe = [0u8; 1];
-                matches!(self.stream.try_read(&mut probe), Err(err) if err.kind() == io::ErrorKind::WouldBlock)
+                matches!(tcp.try_read(&mut probe), Err(err) if err.kind() == io::ErrorKind::WouldBlock)
+            }
+        }
+    }
+
+    /// For TLS, what the socket check cannot see: plaintext the TLS layer already decrypted and
+    /// holds, or a close_notify. Reads with a no-op waker: anything but `Pending` means the
+    /// connection has something it should not, or has ended.
+    pub fn has_nothing_buffered(&mut self) -> bool {
+        match &mut self.stream {
+            Either::Left(_) => true,
+            Either::Right(tls) => {
+                let mut cx = Context::from_waker(std::task::Waker::noop());
+                let mut probe = [0u8; 1];
+                let mut probe = ReadBuf::new(&mut probe);
+                Pin::new(tls.as_mut())
+                    .poll_read(&mut cx, &mut probe)
+                    .is_pending()
             }
         }
     }
@@ -99,19 +131,19 @@ impl Conn {
     async fn write_request(&mut self, head: &[u8]) -> Result<(), usize> {
         let mut written = 0;
         while written < head.len() {
-            let outcome = async {
-                self.stream.writable().await?;
-                self.stream.try_write(&head[written..])
-            }
+            let outcome = std::future::poll_fn(|cx| {
+                Pin::new(&mut self.stream).poll_write(cx, &head[written..])
+            })
             .await;
             match outcome {
-                Ok(0) => return Err(written),
+                Ok(0) | Err(_) => return Err(written),
                 Ok(n) => written += n,
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
-                Err(_) => return Err(written),
             }
         }
-        Ok(())
+        // TLS may hold the last record until flushed; plain TCP has nothing to flush.
+        std::future::poll_fn(|cx| Pin::new(&mut self.stream).poll_flush(cx))
+            .await
+            .map_err(|_| written)
     }
 
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
@@ -238,10 +270,11 @@ impl Upload {
     /// the chunked terminator included, is written.
     fn poll_send(
         &mut self,
-        stream: &mut TcpStream,
+        stream: &mut Io,
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), UploadError>> {
         loop {
+            let had_queue = !self.queue.is_empty();
             while !self.queue.is_empty() {
                 let mut slices = [IoSlice::new(&[]); 4];
                 let count = self.queue.len().min(slices.len());
@@ -255,6 +288,11 @@ impl Upload {
                     Ok(written) => written,
                 };
                 self.consume(written);
+            }
+            // Before waiting on the client for more (or finishing), push out what a TLS layer may
+            // still hold; a no-op on plain TCP.
+            if had_queue && ready!(Pin::new(&mut *stream).poll_flush(cx)).is_err() {
+                return Poll::Ready(Err(UploadError::Write));
             }
             if self.ended {
                 return Poll::Ready(Ok(()));
@@ -991,9 +1029,11 @@ mod tests {
     #[tokio::test]
     async fn a_request_body_must_match_the_length_its_head_declared() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut stream = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
+        let mut stream = Either::Left(
+            TcpStream::connect(listener.local_addr().unwrap())
+                .await
+                .unwrap(),
+        );
         let _peer = listener.accept().await.unwrap();
         for (declared, expected) in [
             (3, "the request body ran past its Content-Length"),

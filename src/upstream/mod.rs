@@ -1,10 +1,10 @@
 //! Forwarding to the backend over pooled HTTP/1.1 keep-alive connections. Bodies stream in both
 //! directions; nothing is buffered here.
 //!
-//! Two clients share the work. Body-less requests to a plain-TCP backend, nearly all of them, take
-//! the lean path of src/upstream/h1.rs: the request task itself writes the head and reads the
-//! response. Requests with a body, WebSocket upgrades and TLS backends go through hyper's HTTP/1
-//! client, whose connections are each driven by a task of their own.
+//! Two clients share the work. Every request but a WebSocket upgrade takes the lean path of
+//! src/upstream/h1.rs, over plain TCP or TLS: the request task itself writes the request and reads
+//! the response. WebSocket upgrades go through hyper's HTTP/1 client (its upgrade hand-off feeds
+//! the splice in src/stream.rs), whose connections are each driven by a task of their own.
 //!
 //! The pools are per thread and lock-free: a worker (src/server.rs) only reuses connections made on
 //! its own thread, so an exchange with the backend never wakes another thread. A connection goes
@@ -26,6 +26,7 @@ use http_body::Body;
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::client::legacy::connect::HttpConnector;
+use rustls_pki_types::ServerName;
 use thread_local::ThreadLocal;
 use tokio::time::Instant;
 use tower_service::Service;
@@ -53,8 +54,12 @@ pub struct Upstream {
     host: HeaderValue,
     pools: Arc<Pools>,
     timeout: Duration,
-    /// `host:port` for the lean path (src/upstream/h1.rs); `None` for TLS backends.
-    plain_address: Option<(String, u16)>,
+    /// `host:port` that the lean path (src/upstream/h1.rs) dials.
+    lean_address: (String, u16),
+    /// For an `https://` backend: the TLS client the lean path wraps its connections in, and the
+    /// name the backend's certificate must carry.
+    lean_tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
+    is_https: bool,
     connect_timeout: Duration,
 }
 
@@ -112,7 +117,7 @@ impl Pooled for h1::Conn {
         !self.is_reusable()
     }
     fn is_ready(&mut self) -> bool {
-        true
+        self.has_nothing_buffered()
     }
 }
 
@@ -233,6 +238,22 @@ impl Upstream {
             Some(port) if port == default_port => config.authority.host(),
             _ => config.authority.as_str(),
         };
+        let bare_host = config
+            .authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        // Config validation checked the scheme and TLS settings; a host that is not a valid
+        // server name cannot get a certificate either, so such a backend only ever gets 502s.
+        let lean_tls = match (&config.tls, ServerName::try_from(bare_host.to_string())) {
+            (Some(tls), Ok(name)) => {
+                let mut client = rustls::ClientConfig::clone(&tls.client);
+                // This client speaks HTTP/1.1 only; say so if the backend negotiates.
+                client.alpn_protocols = vec![b"http/1.1".to_vec()];
+                Some((tokio_rustls::TlsConnector::from(Arc::new(client)), name))
+            }
+            _ => None,
+        };
         Upstream {
             connector,
             address,
@@ -240,11 +261,12 @@ impl Upstream {
                 .unwrap_or_else(|_| HeaderValue::from_static("localhost")),
             pools: Arc::default(),
             timeout: config.timeout,
-            plain_address: (config.scheme == Scheme::HTTP).then(|| {
-                let host = config.authority.host();
-                let host = host.trim_start_matches('[').trim_end_matches(']');
-                (host.to_string(), config.authority.port_u16().unwrap_or(80))
-            }),
+            lean_address: (
+                bare_host.to_string(),
+                config.authority.port_u16().unwrap_or(default_port),
+            ),
+            lean_tls,
+            is_https: config.scheme == Scheme::HTTPS,
             connect_timeout: config.connect_timeout,
         }
     }
@@ -260,8 +282,8 @@ impl Upstream {
     /// racing the backend's keep-alive timeout) is retried once too: those requests are
     /// idempotent. Nothing else is retried.
     ///
-    /// Body-less requests to a plain-TCP backend take the lean path (src/upstream/h1.rs); the
-    /// rest (bodies, WebSocket upgrades, TLS backends) go through hyper's client.
+    /// Everything but WebSocket upgrades takes the lean path (src/upstream/h1.rs); upgrades go
+    /// through hyper's client.
     pub fn forward(
         &self,
         mut parts: Parts,
@@ -280,8 +302,8 @@ impl Upstream {
         parts.headers.insert(HOST, self.host.clone());
         let started = Instant::from_std(started);
         let deadline = started + self.timeout;
-        if self.plain_address.is_none() || parts.headers.contains_key(UPGRADE) {
-            // hyper's client (TLS backends, WebSocket upgrades): the rare path, boxed.
+        if parts.headers.contains_key(UPGRADE) || (self.is_https && self.lean_tls.is_none()) {
+            // hyper's client, for WebSocket upgrades: the rare path, boxed.
             return Either::Right(Box::pin(self.forward_with_hyper(
                 parts,
                 path_and_query,
@@ -424,25 +446,36 @@ impl Upstream {
         }
     }
 
+    /// A new connection: TCP, and TLS over it for an `https://` backend (never plain for one),
+    /// both within `connect_timeout`.
     async fn connect_lean(&self) -> Result<h1::Conn, Attempt> {
-        let Some((host, port)) = &self.plain_address else {
-            return Err(Attempt::Failed);
+        let (host, port) = &self.lean_address;
+        let connecting = async {
+            let stream = tokio::net::TcpStream::connect((host.as_str(), *port))
+                .await
+                .map_err(|err| format!("cannot connect to the upstream: {err}"))?;
+            // The head goes in one write; Nagle would hold a second one back for an ACK.
+            let _ = stream.set_nodelay(true);
+            match &self.lean_tls {
+                None => Ok(tokio_util::either::Either::Left(stream)),
+                Some((connector, name)) => connector
+                    .connect(name.clone(), stream)
+                    .await
+                    .map(|tls| tokio_util::either::Either::Right(Box::new(tls)))
+                    .map_err(|err| format!("upstream TLS handshake failed: {err}")),
+            }
         };
-        let connecting = tokio::net::TcpStream::connect((host.as_str(), *port));
-        let stream = match tokio::time::timeout(self.connect_timeout, connecting).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(err)) => {
-                tracing::warn!(error = %err, "cannot connect to the upstream");
-                return Err(Attempt::Failed);
+        match tokio::time::timeout(self.connect_timeout, connecting).await {
+            Ok(Ok(stream)) => Ok(h1::Conn::new(stream)),
+            Ok(Err(why)) => {
+                tracing::warn!(error = %why, "cannot open an upstream connection");
+                Err(Attempt::Failed)
             }
             Err(_) => {
                 tracing::warn!(timeout = ?self.connect_timeout, "upstream connect timed out");
-                return Err(Attempt::Failed);
+                Err(Attempt::Failed)
             }
-        };
-        // The head goes in one write; Nagle would hold a second one back for an ACK.
-        let _ = stream.set_nodelay(true);
-        Ok(h1::Conn::new(stream))
+        }
     }
 
     /// One attempt: a pooled connection (or a new one), and the request on it. A request that a

@@ -990,6 +990,18 @@ async fn start_tls_backend(
     leaf: &Leaf,
     client_ca: Option<&CertificateDer<'static>>,
 ) -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+    let (addr, seen, _) = start_tls_backend_logged(leaf, client_ca).await;
+    (addr, seen)
+}
+
+/// (TLS connection number, method, body) of each request a TLS backend received.
+type TlsSeen = Arc<Mutex<Vec<(usize, String, Vec<u8>)>>>;
+
+/// `start_tls_backend`, also recording which connection each request came on, and its body.
+async fn start_tls_backend_logged(
+    leaf: &Leaf,
+    client_ca: Option<&CertificateDer<'static>>,
+) -> (SocketAddr, Arc<Mutex<Vec<String>>>, TlsSeen) {
     let chain = vec![leaf.der.clone()];
     let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
     let builder = ServerConfig::builder_with_provider(authgate::tls::provider())
@@ -1014,19 +1026,25 @@ async fn start_tls_backend(
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let seen = Arc::new(Mutex::new(Vec::new()));
-    let log = seen.clone();
+    let details: TlsSeen = Arc::new(Mutex::new(Vec::new()));
+    let (log, detail_log) = (seen.clone(), details.clone());
     tokio::spawn(async move {
+        let mut connections = 0;
         loop {
             let Ok((tcp, _)) = listener.accept().await else {
                 continue;
             };
-            let (acceptor, log) = (acceptor.clone(), log.clone());
+            let (acceptor, log, detail_log) = (acceptor.clone(), log.clone(), detail_log.clone());
+            let connection = {
+                connections += 1;
+                connections
+            };
             tokio::spawn(async move {
                 let Ok(stream) = acceptor.accept(tcp).await else {
                     return;
                 };
                 let service = service_fn(move |request: Request<hyper::body::Incoming>| {
-                    let log = log.clone();
+                    let (log, detail_log) = (log.clone(), detail_log.clone());
                     async move {
                         let user = request
                             .headers()
@@ -1035,6 +1053,14 @@ async fn start_tls_backend(
                             .unwrap_or("-")
                             .to_string();
                         log.lock().unwrap().push(user);
+                        let method = request.method().to_string();
+                        let body = request
+                            .into_body()
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes().to_vec())
+                            .unwrap_or_default();
+                        detail_log.lock().unwrap().push((connection, method, body));
                         Ok::<_, std::convert::Infallible>(Response::new(Full::new(
                             Bytes::from_static(b"{\"ok\":true}"),
                         )))
@@ -1046,7 +1072,7 @@ async fn start_tls_backend(
             });
         }
     });
-    (addr, seen)
+    (addr, seen, details)
 }
 
 /// The base config with an https upstream at `backend` and the given upstream keys.
@@ -1391,4 +1417,66 @@ async fn https_jwks_with_an_untrusted_certificate_yields_no_keys() {
         "no request got through the failed handshake"
     );
     assert_eq!(backend.count(), 0);
+}
+
+/// The lean client over TLS: one pooled TLS connection carries sequential requests, and request
+/// bodies (sized and chunked) arrive whole through it.
+#[tokio::test]
+async fn https_upstream_connections_are_pooled_and_carry_bodies() {
+    let backend_ca = Ca::new("backend CA");
+    let dir = TempDir::new("upstream-pool");
+    let ca_file = dir.write("backend-ca.pem", &backend_ca.pem);
+    let leaf = backend_ca.leaf("backend", &["127.0.0.1", "localhost"]);
+    let (backend, seen, details) = start_tls_backend_logged(&leaf, None).await;
+    let config = https_upstream_config(backend, &format!("ca_file = \"{}\"", toml_path(&ca_file)));
+    let live = Live::new(config).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(authgate::server::serve(listener, live, async {
+        let _ = stopped.await;
+    }));
+    let auth = bearer(&token_for("alice"));
+    let json = ("Content-Type", "application/json");
+    let authorization = [("Authorization", auth.as_str())];
+    let get_tasks = || request(addr, "GET", "/api/alice/tasks", &authorization, b"");
+    assert_eq!(get_tasks().await.status, 200);
+    let sized = request(
+        addr,
+        "POST",
+        "/api/alice/tasks",
+        &[("Authorization", &auth), json],
+        b"{\"title\":\"over tls\"}",
+    )
+    .await;
+    assert_eq!(sized.status, 200);
+    let chunked = send_raw(
+        addr,
+        format!(
+            "POST /api/alice/tasks HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\
+             Authorization: {auth}\r\nContent-Type: application/json\r\n\
+             Transfer-Encoding: chunked\r\n\r\n6\r\n{{\"titl\r\nB\r\ne\":\"chunk\"}}\r\n0\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert_eq!(chunked.status, 200);
+    assert_eq!(get_tasks().await.status, 200);
+
+    assert_eq!(*seen.lock().unwrap(), ["alice"; 4]);
+    let details = details.lock().unwrap().clone();
+    let summary: Vec<(usize, &str, &[u8])> = details
+        .iter()
+        .map(|(connection, method, body)| (*connection, method.as_str(), body.as_slice()))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (1, "GET", &b""[..]),
+            (1, "POST", &b"{\"title\":\"over tls\"}"[..]),
+            (1, "POST", &b"{\"title\":\"chunk\"}"[..]),
+            (1, "GET", &b""[..]),
+        ],
+        "one pooled TLS connection, bodies intact"
+    );
 }
