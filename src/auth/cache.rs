@@ -61,15 +61,17 @@ thread_local! {
         RefCell::new((0..LOCAL_SLOTS).map(|_| None).collect());
 }
 
-/// The thread slot for a token, from its last bytes (for a signed token, signature bytes) and its
-/// length. Not keyed: a collision, aimed or not, only evicts a thread's entry.
+/// The thread slot for a token, from its last bytes (for a signed token, signature bytes), its
+/// length and a per-process random seed, so slots cannot be aimed at from outside. A collision
+/// only evicts a thread's entry.
 fn local_slot(token: &[u8]) -> usize {
+    static SEED: std::sync::LazyLock<u64> =
+        std::sync::LazyLock::new(|| RandomState::new().hash_one(0u8));
     let tail = &token[token.len().saturating_sub(8)..];
-    let mixed = tail.iter().fold(token.len() as u64, |acc, &byte| {
-        acc.wrapping_mul(0x100_0000_01b3)
-            .wrapping_add(u64::from(byte))
+    let mixed = tail.iter().fold(*SEED ^ token.len() as u64, |acc, &byte| {
+        (acc ^ u64::from(byte)).wrapping_mul(0x100_0000_01b3)
     });
-    (mixed as usize) % LOCAL_SLOTS
+    ((mixed ^ (mixed >> 29)) as usize) % LOCAL_SLOTS
 }
 
 impl Entry {

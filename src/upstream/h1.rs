@@ -243,6 +243,9 @@ pub struct Upload {
     queue: VecDeque<Bytes>,
     /// The body has ended and its last bytes are queued.
     ended: bool,
+    /// Bytes were written since the last completed flush: a TLS layer may still hold them, and
+    /// nothing else would send them (reading never writes).
+    unflushed: bool,
 }
 
 enum UploadError {
@@ -263,6 +266,7 @@ impl Upload {
             },
             queue: VecDeque::new(),
             ended: false,
+            unflushed: false,
         }
     }
 
@@ -274,7 +278,6 @@ impl Upload {
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), UploadError>> {
         loop {
-            let had_queue = !self.queue.is_empty();
             while !self.queue.is_empty() {
                 let mut slices = [IoSlice::new(&[]); 4];
                 let count = self.queue.len().min(slices.len());
@@ -287,12 +290,16 @@ impl Upload {
                     Ok(0) | Err(_) => return Poll::Ready(Err(UploadError::Write)),
                     Ok(written) => written,
                 };
+                self.unflushed = true;
                 self.consume(written);
             }
             // Before waiting on the client for more (or finishing), push out what a TLS layer may
-            // still hold; a no-op on plain TCP.
-            if had_queue && ready!(Pin::new(&mut *stream).poll_flush(cx)).is_err() {
-                return Poll::Ready(Err(UploadError::Write));
+            // still hold, until a flush completes; a no-op on plain TCP.
+            if self.unflushed {
+                if ready!(Pin::new(&mut *stream).poll_flush(cx)).is_err() {
+                    return Poll::Ready(Err(UploadError::Write));
+                }
+                self.unflushed = false;
             }
             if self.ended {
                 return Poll::Ready(Ok(()));
@@ -668,8 +675,8 @@ pub struct LeanBody {
 impl LeanBody {
     fn finish(&mut self) {
         self.framing = Framing::Done;
-        if let Some(conn) = self.conn.take() {
-            if self.keep_alive && conn.buffer.is_empty() {
+        if let Some(mut conn) = self.conn.take() {
+            if self.keep_alive && conn.buffer.is_empty() && conn.has_nothing_buffered() {
                 let now = if self.polled {
                     tokio::time::Instant::now()
                 } else {

@@ -101,6 +101,8 @@ trait Pooled {
     fn is_closed(&self) -> bool;
     /// Can take a request right now.
     fn is_ready(&mut self) -> bool;
+    /// Whether a connection that is not ready is finished with (rather than busy for now).
+    const DEAD_WHEN_UNREADY: bool;
 }
 
 impl Pooled for Sender {
@@ -110,6 +112,7 @@ impl Pooled for Sender {
     fn is_ready(&mut self) -> bool {
         http1::SendRequest::is_ready(self)
     }
+    const DEAD_WHEN_UNREADY: bool = false;
 }
 
 impl Pooled for h1::Conn {
@@ -119,6 +122,8 @@ impl Pooled for h1::Conn {
     fn is_ready(&mut self) -> bool {
         self.has_nothing_buffered()
     }
+    // Not ready means bytes or an end arrived on an idle connection: never use it again.
+    const DEAD_WHEN_UNREADY: bool = true;
 }
 
 /// Oldest first.
@@ -164,6 +169,8 @@ impl<C: Pooled> IdleList<C> {
                 self.0.remove(index);
             } else if entry.conn.is_ready() {
                 return Some(self.0.remove(index).conn);
+            } else if C::DEAD_WHEN_UNREADY {
+                self.0.remove(index);
             }
         }
         None
@@ -173,8 +180,11 @@ impl<C: Pooled> IdleList<C> {
     /// decides when an idle connection is too old to trust, in tens of seconds.
     fn put(&mut self, conn: C, now: Instant) {
         self.reap_oldest(now);
+        // Kept in order (reaping looks at the oldest only): a slightly old `now` is raised to the
+        // newest entry's time.
+        let since = self.0.last().map_or(now, |newest| newest.since.max(now));
         if self.0.len() < POOL_MAX_IDLE {
-            self.0.push(Idle { conn, since: now });
+            self.0.push(Idle { conn, since });
         }
     }
 }

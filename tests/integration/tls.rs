@@ -1054,6 +1054,11 @@ async fn start_tls_backend_logged(
                             .to_string();
                         log.lock().unwrap().push(user);
                         let method = request.method().to_string();
+                        if request.uri().path().ends_with("/slow") {
+                            // A backend that takes its time before reading the body, so the
+                            // gateway's writes back up into its TLS layer.
+                            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                        }
                         let body = request
                             .into_body()
                             .collect()
@@ -1479,4 +1484,47 @@ async fn https_upstream_connections_are_pooled_and_carry_bodies() {
         ],
         "one pooled TLS connection, bodies intact"
     );
+}
+
+/// A large upload to an https backend: the last bytes must leave the TLS layer (flushed) before
+/// the gateway waits for the answer, or backend and gateway wait on each other until a 504.
+#[tokio::test]
+async fn a_large_upload_to_an_https_upstream_arrives_whole() {
+    let backend_ca = Ca::new("backend CA");
+    let dir = TempDir::new("upstream-upload");
+    let ca_file = dir.write("backend-ca.pem", &backend_ca.pem);
+    let leaf = backend_ca.leaf("backend", &["127.0.0.1", "localhost"]);
+    let (backend, _, details) = start_tls_backend_logged(&leaf, None).await;
+    let mut config =
+        https_upstream_config(backend, &format!("ca_file = \"{}\"", toml_path(&ca_file)));
+    if let Some(upstream) = config.upstream.as_mut() {
+        upstream.timeout = std::time::Duration::from_secs(5);
+    }
+    config.limits.max_body_bytes = 32 << 20;
+    let live = Live::new(config).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(authgate::server::serve(listener, live, async {
+        let _ = stopped.await;
+    }));
+    let auth = bearer(&token_for("alice"));
+    for size in [16 << 20, 4 << 20, 300_001, 70_000] {
+        let body: Vec<u8> = (0..size).map(|i| b'a' + (i % 26) as u8).collect();
+        let answer = request(
+            addr,
+            "POST",
+            "/api/alice/tasks/slow",
+            &[
+                ("Authorization", &auth),
+                ("Content-Type", "application/json"),
+            ],
+            &body,
+        )
+        .await;
+        assert_eq!(answer.status, 200, "{size} bytes");
+        let received = details.lock().unwrap().last().unwrap().2.clone();
+        assert_eq!(received.len(), size, "all {size} bytes arrived");
+        assert!(received == body, "{size} bytes intact");
+    }
 }
