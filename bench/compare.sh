@@ -11,6 +11,8 @@
 # env: SECS (5)  ROUNDS (3)  CONNS ("1 32 256")  AUTHGATE_BIN (default: cargo build --release)
 #      AUTHGATE_WORKERS (unset: authgate's default)  TARGETS (unset: all; e.g. "nginx authgate-hs256")
 #      WARMUP (1 s per target)  KEEP_TMP=1 (keep logs)
+#      HYPER_BARE_BIN: a built ../shared/peers/hyper-bare (the thinnest pooled hyper 1 proxy, no
+#      auth), added as the calibration target "hyper-bare" on :18084 when set
 set -euo pipefail
 # shellcheck source=SCRIPTDIR/lib.sh
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
@@ -38,6 +40,10 @@ ALL_TARGETS=(
   "authgate-eddsa  http://127.0.0.1:18085  TOKEN_EDDSA  start_authgate_eddsa  yes"
   # TLS runs (authgate and HAProxy terminating TLS, h1/h2/handshakes) live in bench/tls.sh.
 )
+if [[ -n "${HYPER_BARE_BIN:-}" ]]; then
+  [[ -x $HYPER_BARE_BIN ]] || die "HYPER_BARE_BIN=$HYPER_BARE_BIN is not an executable"
+  ALL_TARGETS+=("hyper-bare      http://127.0.0.1:18084  TOKEN_HS256  start_hyper_bare      no")
+fi
 
 # The start functions: each brings its target up and returns once it accepts connections.
 # The backend (direct) is started first, whatever TARGETS says, since every other target uses it.
@@ -50,6 +56,11 @@ start_haproxy() {
   wait_port 18081 "$SPAWNED_PID" haproxy
 }
 start_authgate_hs256() { start_authgate authgate-hs256; }
+start_hyper_bare() {
+  port_free_or_die 18084
+  spawn hyper-bare "$HYPER_BARE_BIN" 127.0.0.1:18084 127.0.0.1:18080
+  wait_port 18084 "$SPAWNED_PID" hyper-bare
+}
 # authgate verifying Better Auth-style EdDSA tokens whose key comes from a JWKS served on :18086.
 start_authgate_eddsa() {
   port_free_or_die 18086
