@@ -124,14 +124,14 @@ impl Body for RequestBody {
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
                     }
                     this.remaining -= len;
-                    // hyper's client stops polling once a body says it has ended, so the last
-                    // data frame is where the guard learns it.
+                    // The upstream client may stop polling once a body says it has ended, so the
+                    // last data frame is where the guard learns it.
                     if inner_ended(&this.inner) {
                         this.finish_guard();
                     }
                     return Poll::Ready(Some(Ok(frame)));
                 }
-                // Trailers are the last frame (hyper's client does not poll past them either).
+                // Trailers are the last frame (the upstream client does not poll past them).
                 this.finish_guard();
                 let frame = match (frame.into_trailers(), &this.trailers) {
                     (Ok(mut trailers), Some(policy)) => {

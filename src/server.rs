@@ -16,7 +16,7 @@
 //! Threading (`spawn_workers`): one OS thread per worker, each running a single-threaded tokio
 //! runtime that accepts from its own socket of an `SO_REUSEPORT` group and runs every
 //! connection it accepted to the end on that thread: the request, the upstream exchange (the
-//! upstream pool is per thread, src/upstream.rs) and the response. No task migrates and no wake-up
+//! upstream pool is per thread, src/upstream/) and the response. No task migrates and no wake-up
 //! crosses threads on the request path, which is what a work-stealing runtime spends its time on
 //! when every request is two short socket exchanges.
 

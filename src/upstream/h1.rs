@@ -393,7 +393,8 @@ impl Upload {
 
 /// Writes the request head on `conn`, then the body (if any) while watching for the response,
 /// and returns once the final response head is in. The response body is left on the connection,
-/// for [`LeanBody`] to read; a body still uploading when the backend answered goes on with it.
+/// for [`LeanBody`] to read. If the backend answered before the body was all sent, the rest is
+/// read from the client and dropped (`Upload::discard_rest`), and the connection is not reused.
 pub async fn exchange(
     mut conn: Conn,
     head: &[u8],
@@ -733,15 +734,14 @@ impl Body for LeanBody {
 
 impl LeanBody {
     fn poll_body(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let this = self;
         loop {
-            let Some(conn) = this.conn.as_mut() else {
+            let Some(conn) = self.conn.as_mut() else {
                 return Poll::Ready(None);
             };
-            match &mut this.framing {
+            match &mut self.framing {
                 Framing::Done => return Poll::Ready(None),
                 Framing::Length(0) => {
-                    this.finish();
+                    self.finish();
                     return Poll::Ready(None);
                 }
                 Framing::Length(remaining) => {
@@ -754,7 +754,7 @@ impl LeanBody {
                         let data = conn.buffer.split_to(take).freeze();
                         if *remaining == 0 {
                             // hyper may not poll again once it has the declared length.
-                            this.finish();
+                            self.finish();
                         }
                         return Poll::Ready(Some(Ok(Frame::data(data))));
                     }
@@ -767,28 +767,28 @@ impl LeanBody {
                     match ready!(conn.poll_fill(cx)) {
                         Ok(true) => continue,
                         Ok(false) => {
-                            this.keep_alive = false;
-                            this.finish();
+                            self.keep_alive = false;
+                            self.finish();
                             return Poll::Ready(None);
                         }
-                        Err(_) => return this.broken("the connection broke"),
+                        Err(_) => return self.broken("the connection broke"),
                     }
                 }
                 Framing::Chunked(state) => match decode_chunked(state, &mut conn.buffer) {
                     Ok(Decoded::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
                     Ok(Decoded::End(trailers)) => {
-                        this.finish();
+                        self.finish();
                         return Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t))));
                     }
                     Ok(Decoded::NeedMore) => {}
-                    Err(why) => return this.broken(why),
+                    Err(why) => return self.broken(why),
                 },
             }
             // The buffer holds nothing usable: read more.
             match ready!(conn.poll_fill(cx)) {
                 Ok(true) => {}
-                Ok(false) => return this.broken("the backend closed before the end of the body"),
-                Err(_) => return this.broken("the connection broke"),
+                Ok(false) => return self.broken("the backend closed before the end of the body"),
+                Err(_) => return self.broken("the connection broke"),
             }
         }
     }

@@ -9,8 +9,9 @@
 //! The pools are per thread and lock-free: a worker (src/server.rs) only reuses connections made on
 //! its own thread, so an exchange with the backend never wakes another thread. A connection goes
 //! back to its thread's pool when the response body has been read to the end (carried by the
-//! response body: [`Lease`], or the lean body itself), and is skipped at checkout if the backend
-//! closed it or it is not ready for another request yet.
+//! response body: [`Lease`], or the lean body itself). At checkout, one the backend closed is
+//! dropped, as is a lean one on which anything arrived while it was idle; a hyper one that is not
+//! ready yet is skipped.
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -77,13 +78,16 @@ impl Source {
     pub fn detached(self) -> Source {
         match self {
             Source::Hyper { body, .. } => Source::Hyper { body, lease: None },
-            lean => lean,
+            Source::Lean(mut body) => {
+                body.forfeit();
+                Source::Lean(body)
+            }
         }
     }
 }
 
-/// Idle connections, per thread: hyper's (for requests with a body, upgrades and TLS) and the
-/// lean ones of src/upstream/h1.rs (body-less requests over plain TCP).
+/// Idle connections, per thread: the lean client's (src/upstream/h1.rs, every request but
+/// WebSocket upgrades) and hyper's (upgrades answered with something other than 101).
 #[derive(Default)]
 pub struct Pools {
     per_thread: ThreadLocal<RefCell<ThreadPools>>,
@@ -289,8 +293,9 @@ impl Upstream {
     /// A request that was never written (its pooled connection turned out closed) is resent on a
     /// new connection: nothing reached the backend, so this is safe for every method. A body-less
     /// GET or HEAD whose connection closed before any response byte (a stale pooled connection
-    /// racing the backend's keep-alive timeout) is retried once too: those requests are
-    /// idempotent. Nothing else is retried.
+    /// racing the backend's keep-alive timeout) is retried once too (the lean client always on a
+    /// new connection): those requests are idempotent. Nothing else is retried. The lean client's
+    /// `connect_timeout` covers the TCP connect and, for TLS, the handshake.
     ///
     /// Everything but WebSocket upgrades takes the lean path (src/upstream/h1.rs); upgrades go
     /// through hyper's client.
@@ -312,7 +317,7 @@ impl Upstream {
         parts.headers.insert(HOST, self.host.clone());
         let started = Instant::from_std(started);
         let deadline = started + self.timeout;
-        if parts.headers.contains_key(UPGRADE) || (self.is_https && self.lean_tls.is_none()) {
+        if parts.headers.contains_key(UPGRADE) {
             // hyper's client, for WebSocket upgrades: the rare path, boxed.
             return Either::Right(Box::pin(self.forward_with_hyper(
                 parts,
@@ -350,12 +355,13 @@ impl Upstream {
         // part of this one, and a moved future keeps its old slot too.
         let outcome = tokio::time::timeout_at(deadline, async {
             match self
-                .send_lean(&head, upload, head_request, Some(started))
+                .send_lean(&head, upload, head_request, true, started)
                 .await
             {
                 Err(Attempt::Stale) if retry => {
                     tracing::debug!("stale upstream connection; retrying the idempotent request");
-                    self.send_lean(&head, None, head_request, None).await
+                    self.send_lean(&head, None, head_request, false, Instant::now())
+                        .await
                 }
                 outcome => outcome,
             }
@@ -415,17 +421,22 @@ impl Upstream {
     }
 
     /// One lean attempt: a pooled connection (or a new one; always a new one without
-    /// `pooled_at`, the exchange's start, for a retry), and the request on it. A request that a pooled connection could not
-    /// take at all (not a byte written, the body untouched) goes once more, on a new connection.
+    /// `from_pool`, for a retry), and the request on it. A request that a pooled connection could
+    /// not take at all (not a byte written, the body untouched) goes once more, on a new one.
+    /// `started` is the exchange's start, which also serves as the checkout's "now".
     async fn send_lean(
         &self,
         head: &[u8],
         mut upload: Option<Box<h1::Upload>>,
         head_request: bool,
-        pooled_at: Option<Instant>,
+        from_pool: bool,
+        started: Instant,
     ) -> Result<Response<Source>, Attempt> {
-        let mut pooled = pooled_at.and_then(|now| self.pools.checkout_lean(now));
-        let started = pooled_at.unwrap_or_else(Instant::now);
+        let mut pooled = if from_pool {
+            self.pools.checkout_lean(started)
+        } else {
+            None
+        };
         loop {
             let fresh = pooled.is_none();
             let conn = match pooled.take() {
@@ -467,6 +478,10 @@ impl Upstream {
             // The head goes in one write; Nagle would hold a second one back for an ACK.
             let _ = stream.set_nodelay(true);
             match &self.lean_tls {
+                // Never plain TCP to an https backend.
+                None if self.is_https => {
+                    Err("the upstream host is not a name a TLS certificate can carry".to_string())
+                }
                 None => Ok(tokio_util::either::Either::Left(stream)),
                 Some((connector, name)) => connector
                     .connect(name.clone(), stream)
