@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# User-space instructions per proxied request, counted by valgrind's callgrind: repeatable on a
-# noisy machine where req/s is not (the same binary and inputs give the same count).
+# User-space instructions per proxied request, counted by valgrind's callgrind: far steadier on a
+# noisy machine than req/s. Not exact, though: how many requests one wake-up handles depends on
+# timing even under valgrind, so runs of the same build differ by up to about 4%.
 # Runs authgate (workers = 1) under callgrind in front of the nginx backend twice, serving N1 and
 # then N2 keep-alive requests (h2load --h1, 4 connections, GET /api/alice/tasks with an HS256
 # token), and reports (Ir(N2) - Ir(N1)) / (N2 - N1), which cancels start-up and shutdown.
