@@ -616,6 +616,102 @@ fn framing(
     Ok((length.map_or(Framing::UntilClose, Framing::Length), true))
 }
 
+/// A whole response as the lean client reads it, from one buffer: what `read_response` found.
+#[derive(Debug, PartialEq)]
+pub struct ReadResponse {
+    pub status: u16,
+    pub body: Vec<u8>,
+    /// Trailer fields of a chunked body.
+    pub trailers: usize,
+    /// Whether the connection could serve again as far as this response goes.
+    pub reusable: bool,
+    /// Bytes after the response's end.
+    pub leftover: usize,
+}
+
+/// Reads one response (after any `1xx`) from a complete buffer with the same parser, framing
+/// rules and chunked decoder as the client, fed in pieces of `piece` bytes: for the fuzz target
+/// (fuzz/fuzz_targets/upstream_response.rs) and tests. A response that needs more bytes than
+/// `input` holds is "incomplete"; one delimited by the connection's end takes the rest.
+pub fn read_response(
+    input: &[u8],
+    head_request: bool,
+    piece: usize,
+) -> Result<ReadResponse, &'static str> {
+    let piece = piece.max(1);
+    let mut buffer = BytesMut::new();
+    let mut fed = 0;
+    let mut feed = |buffer: &mut BytesMut| -> bool {
+        if fed == input.len() {
+            return false;
+        }
+        let next = (fed + piece).min(input.len());
+        buffer.extend_from_slice(&input[fed..next]);
+        fed = next;
+        true
+    };
+    let mut informational = 0;
+    let (status, version, headers) = loop {
+        match parse_head(&mut buffer)? {
+            Some(head) if head.0 == StatusCode::SWITCHING_PROTOCOLS => {
+                return Err("101 to a request without Upgrade")
+            }
+            Some(head) if head.0.is_informational() => {
+                informational += 1;
+                if informational > MAX_INFORMATIONAL {
+                    return Err("too many 1xx responses");
+                }
+            }
+            Some(head) => break head,
+            None if buffer.len() > MAX_HEAD_BYTES => return Err("the response head is too large"),
+            None if !feed(&mut buffer) => return Err("incomplete"),
+            None => {}
+        }
+    };
+    let (framing, clean) = framing(status, head_request, &headers)?;
+    let mut body = Vec::new();
+    let mut trailers = 0;
+    let mut reusable = clean && version == Version::HTTP_11 && !asks_to_close(&headers);
+    match framing {
+        Framing::Length(mut remaining) => {
+            while remaining > 0 {
+                if buffer.is_empty() && !feed(&mut buffer) {
+                    return Err("incomplete");
+                }
+                let take = buffer
+                    .len()
+                    .min(usize::try_from(remaining).unwrap_or(usize::MAX));
+                body.extend_from_slice(&buffer.split_to(take));
+                remaining -= take as u64;
+            }
+        }
+        Framing::Chunked(mut state) => loop {
+            match decode_chunked(&mut state, &mut buffer)? {
+                Decoded::Data(data) => body.extend_from_slice(&data),
+                Decoded::End(fields) => {
+                    trailers = fields.map_or(0, |fields| fields.len());
+                    break;
+                }
+                Decoded::NeedMore if !feed(&mut buffer) => return Err("incomplete"),
+                Decoded::NeedMore => {}
+            }
+        },
+        Framing::UntilClose | Framing::Done => {
+            while feed(&mut buffer) {}
+            body.extend_from_slice(&buffer.split());
+            reusable = false;
+        }
+    }
+    while feed(&mut buffer) {}
+    Ok(ReadResponse {
+        status: status.as_u16(),
+        body,
+        trailers,
+        reusable: reusable && buffer.is_empty(),
+        leftover: buffer.len(),
+    })
+}
+
 /// Digits only, as RFC 9110 section 8.6 has it, and small enough to count.
 fn parse_length(bytes: &[u8]) -> Option<u64> {
     if bytes.is_empty() || bytes.len() > 18 || !bytes.iter().all(u8::is_ascii_digit) {
@@ -1010,6 +1106,49 @@ mod tests {
         let mut buffer = BytesMut::from(text.as_bytes());
         let (status, _, headers) = parse_head(&mut buffer)?.expect("complete");
         framing(status, head_request, &headers)
+    }
+
+    #[test]
+    fn whole_responses_read_the_same_in_any_pieces() {
+        let response = b"HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 200 OK\r\n\
+            transfer-encoding: chunked\r\n\r\n5\r\nhello\r\n1;x=y\r\n!\r\n0\r\nx-d: 1\r\n\r\n";
+        let whole = read_response(response, false, usize::MAX).unwrap();
+        assert_eq!(
+            whole,
+            ReadResponse {
+                status: 200,
+                body: b"hello!".to_vec(),
+                trailers: 1,
+                reusable: true,
+                leftover: 0,
+            }
+        );
+        for piece in 1..response.len() {
+            assert_eq!(
+                read_response(response, false, piece).unwrap(),
+                whole,
+                "pieces of {piece}"
+            );
+        }
+        let extra = [&response[..], b"HTTP/1.1 200 OK\r\n\r\n"].concat();
+        let read = read_response(&extra, false, 7).unwrap();
+        assert!(
+            !read.reusable && read.leftover > 0,
+            "bytes after the end: not reusable"
+        );
+        let closing = read_response(b"HTTP/1.1 200 OK\r\n\r\nto the end", false, 3).unwrap();
+        assert_eq!(
+            (closing.body.as_slice(), closing.reusable),
+            (&b"to the end"[..], false)
+        );
+        assert_eq!(
+            read_response(
+                b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\nshort",
+                false,
+                2
+            ),
+            Err("incomplete")
+        );
     }
 
     #[test]
