@@ -514,6 +514,32 @@ fn bench_headers(c: &mut Criterion) {
     group.finish();
 }
 
+/// What the bench backend (nginx) answers, as the lean upstream client reads it.
+const BACKEND_ANSWER: &[u8] = b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\n\
+Date: Mon, 24 Nov 2026 06:00:00 GMT\r\nContent-Type: application/json\r\n\
+Content-Length: 42\r\nConnection: keep-alive\r\n\r\n{\"path\":\"/api/alice/tasks\",\"user\":\"alice\"}";
+
+const CHUNKED_ANSWER: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+transfer-encoding: chunked\r\n\r\n14\r\n{\"path\":\"/api/alice/\r\n16\r\ntasks\",\"user\":\"alice\"}\r\n0\r\n\r\n";
+
+fn bench_upstream(c: &mut Criterion) {
+    let mut group = c.benchmark_group("upstream");
+    for (name, answer) in [
+        ("read_response_sized", BACKEND_ANSWER),
+        ("read_response_chunked", CHUNKED_ANSWER),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                black_box(
+                    authgate::upstream::h1::read_response(black_box(answer), false, usize::MAX)
+                        .expect("a well-formed answer"),
+                )
+            })
+        });
+    }
+    group.finish();
+}
+
 // ---------------------------------------------------------------------------------------------
 // Allocation report.
 
@@ -637,5 +663,6 @@ fn main() {
     bench_routes(&mut criterion);
     bench_tokens(&mut criterion);
     bench_headers(&mut criterion);
+    bench_upstream(&mut criterion);
     criterion.final_summary();
 }
