@@ -13,7 +13,19 @@
 #      WARMUP (1 s per target)  KEEP_TMP=1 (keep logs)
 #      HYPER_BARE_BIN: a built ../shared/peers/hyper-bare (the thinnest pooled hyper 1 proxy, no
 #      auth), added as the calibration target "hyper-bare" on :18084 when set
+#      WITH_TLS (1 when TARGETS is unset, else 0): afterwards, authgate over TLS against HAProxy
+#      terminating TLS, by bench/tls.sh with the same SECS, ROUNDS and AUTHGATE_BIN (its own report)
 set -euo pipefail
+
+# The TLS comparison runs once this one has stopped everything it started (they share the backend
+# port): this script runs itself without it, then hands over to tls.sh.
+if [[ "${WITH_TLS:-$([[ -z "${TARGETS:-}" ]] && echo 1 || echo 0)}" == 1 ]]; then
+  WITH_TLS=0 bash "${BASH_SOURCE[0]}" "$@" || exit $?
+  echo
+  echo "== authgate over TLS against HAProxy terminating TLS (bench/tls.sh)"
+  exec bash "$(dirname "${BASH_SOURCE[0]}")/tls.sh"
+fi
+
 # shellcheck source=SCRIPTDIR/lib.sh
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
 
