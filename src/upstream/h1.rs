@@ -411,7 +411,7 @@ pub async fn exchange(
     }
     let mut reading = HeadReading::default();
     let mut write_failed = false;
-    let (status, version, headers) = std::future::poll_fn(|cx| {
+    let (status, version, headers, reason) = std::future::poll_fn(|cx| {
         if let Some(sending) = upload.as_mut() {
             match sending.poll_send(&mut conn.stream, cx) {
                 Poll::Ready(Ok(())) => upload = None,
@@ -456,6 +456,9 @@ pub async fn exchange(
     *response.status_mut() = status;
     *response.version_mut() = version;
     *response.headers_mut() = headers;
+    if let Some(reason) = reason {
+        response.extensions_mut().insert(reason);
+    }
     Ok(response)
 }
 
@@ -509,7 +512,14 @@ impl Conn {
     }
 }
 
-type Head = (StatusCode, Version, HeaderMap);
+/// Status, version, fields, and the reason phrase when the backend's is not the standard one
+/// (hyper's server writes it back as given; it was checked for control characters).
+type Head = (
+    StatusCode,
+    Version,
+    HeaderMap,
+    Option<hyper::ext::ReasonPhrase>,
+);
 
 /// Parses one response head off the front of `buffer`, if it is all there. The field values are
 /// slices of the head's bytes, not copies.
@@ -543,6 +553,10 @@ fn parse_head(buffer: &mut BytesMut) -> Result<Option<Head>, &'static str> {
         Some(1) => Version::HTTP_11,
         _ => Version::HTTP_10,
     };
+    let reason = response
+        .reason
+        .filter(|reason| !reason.is_empty() && Some(*reason) != status.canonical_reason())
+        .and_then(|reason| hyper::ext::ReasonPhrase::try_from(reason.as_bytes()).ok());
     // Where each name and value sits in the head, so the values can share its bytes. The head is
     // at most the buffer, well under 4 GiB.
     let base = buffer.as_ptr() as usize;
@@ -569,7 +583,7 @@ fn parse_head(buffer: &mut BytesMut) -> Result<Option<Head>, &'static str> {
             .map_err(|_| "a response field value is malformed")?;
         headers.append(name, value);
     }
-    Ok(Some((status, version, headers)))
+    Ok(Some((status, version, headers, reason)))
 }
 
 /// How the response body is delimited (RFC 9112 section 6.3), refusing every ambiguity; and
@@ -651,7 +665,7 @@ pub fn read_response(
         true
     };
     let mut informational = 0;
-    let (status, version, headers) = loop {
+    let (status, version, headers, _) = loop {
         match parse_head(&mut buffer)? {
             Some(head) if head.0 == StatusCode::SWITCHING_PROTOCOLS => {
                 return Err("101 to a request without Upgrade")
@@ -1104,7 +1118,7 @@ mod tests {
 
     fn head_of(text: &str, head_request: bool) -> Result<(Framing, bool), &'static str> {
         let mut buffer = BytesMut::from(text.as_bytes());
-        let (status, _, headers) = parse_head(&mut buffer)?.expect("complete");
+        let (status, _, headers, _) = parse_head(&mut buffer)?.expect("complete");
         framing(status, head_request, &headers)
     }
 

@@ -237,6 +237,7 @@ fn script(target: &str) -> Reply {
              HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfinal",
         ),
         "head" => raw("HTTP/1.1 200 OK\r\ncontent-length: 11\r\n\r\n"),
+        "reason" => raw("HTTP/1.1 202 Queued For Later\r\ncontent-length: 2\r\n\r\nok"),
         "late-head-body" => Reply::SendThenLater(
             b"HTTP/1.1 200 OK\r\ncontent-length: 44\r\n\r\n".to_vec(),
             b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nevil!".to_vec(),
@@ -684,4 +685,26 @@ async fn a_body_sent_late_after_a_head_answer_is_never_taken_for_the_next_respon
         seen.iter().map(|s| s.connection).collect::<Vec<_>>(),
         [1, 2]
     );
+}
+
+/// A backend's own reason phrase reaches the client as it was sent.
+#[tokio::test]
+async fn a_custom_reason_phrase_is_relayed() {
+    let (_backend, gateway, auth) = framing_setup().await;
+    let raw = raw_exchange(
+        gateway.addr,
+        &build_request(
+            "GET",
+            "/api/alice/tasks/reason",
+            &[("Authorization", &auth)],
+            b"",
+        ),
+    )
+    .await;
+    let text = String::from_utf8_lossy(&raw);
+    assert!(
+        text.starts_with("HTTP/1.1 202 Queued For Later\r\n"),
+        "{text:?}"
+    );
+    assert_eq!(parse_response(&raw).body, b"ok");
 }
