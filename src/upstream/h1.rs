@@ -479,26 +479,9 @@ impl Conn {
         loop {
             if !self.buffer.is_empty() {
                 reading.received_any = true;
-                if let Some(head) = parse_head(&mut self.buffer).map_err(ExchangeError::Failed)? {
-                    if !head.0.is_informational() {
-                        return Poll::Ready(Ok(head));
-                    }
-                    // 101 switches protocols on a request that asked for no switch.
-                    if head.0 == StatusCode::SWITCHING_PROTOCOLS {
-                        return Poll::Ready(Err(ExchangeError::Failed(
-                            "101 to a request without Upgrade",
-                        )));
-                    }
-                    reading.informational += 1;
-                    if reading.informational > MAX_INFORMATIONAL {
-                        return Poll::Ready(Err(ExchangeError::Failed("too many 1xx responses")));
-                    }
-                    continue;
-                }
-                if self.buffer.len() > MAX_HEAD_BYTES {
-                    return Poll::Ready(Err(ExchangeError::Failed(
-                        "the response head is too large",
-                    )));
+                let head = take_final_head(&mut self.buffer, &mut reading.informational);
+                if let Some(head) = head.map_err(ExchangeError::Failed)? {
+                    return Poll::Ready(Ok(head));
                 }
             }
             let why = match ready!(self.poll_fill(cx)) {
@@ -508,6 +491,31 @@ impl Conn {
                 Err(_) => "the connection broke in the response head",
             };
             return Poll::Ready(Err(ExchangeError::Failed(why)));
+        }
+    }
+}
+
+/// The final response head off the front of `buffer`, if it is all there, skipping (and counting
+/// in `informational`) the `1xx` hints before it: 100 and 103 are hints the client did not ask us
+/// for; a 101 switches protocols on a request that asked for no switch.
+fn take_final_head(
+    buffer: &mut BytesMut,
+    informational: &mut usize,
+) -> Result<Option<Head>, &'static str> {
+    loop {
+        match parse_head(buffer)? {
+            Some(head) if head.0 == StatusCode::SWITCHING_PROTOCOLS => {
+                return Err("101 to a request without Upgrade")
+            }
+            Some(head) if head.0.is_informational() => {
+                *informational += 1;
+                if *informational > MAX_INFORMATIONAL {
+                    return Err("too many 1xx responses");
+                }
+            }
+            Some(head) => return Ok(Some(head)),
+            None if buffer.len() > MAX_HEAD_BYTES => return Err("the response head is too large"),
+            None => return Ok(None),
         }
     }
 }
@@ -666,18 +674,8 @@ pub fn read_response(
     };
     let mut informational = 0;
     let (status, version, headers, _) = loop {
-        match parse_head(&mut buffer)? {
-            Some(head) if head.0 == StatusCode::SWITCHING_PROTOCOLS => {
-                return Err("101 to a request without Upgrade")
-            }
-            Some(head) if head.0.is_informational() => {
-                informational += 1;
-                if informational > MAX_INFORMATIONAL {
-                    return Err("too many 1xx responses");
-                }
-            }
+        match take_final_head(&mut buffer, &mut informational)? {
             Some(head) => break head,
-            None if buffer.len() > MAX_HEAD_BYTES => return Err("the response head is too large"),
             None if !feed(&mut buffer) => return Err("incomplete"),
             None => {}
         }

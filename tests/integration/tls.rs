@@ -1434,13 +1434,8 @@ async fn https_upstream_connections_are_pooled_and_carry_bodies() {
     let leaf = backend_ca.leaf("backend", &["127.0.0.1", "localhost"]);
     let (backend, seen, details) = start_tls_backend_logged(&leaf, None).await;
     let config = https_upstream_config(backend, &format!("ca_file = \"{}\"", toml_path(&ca_file)));
-    let live = Live::new(config).unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(authgate::server::serve(listener, live, async {
-        let _ = stopped.await;
-    }));
+    let gateway = start_gateway_with(config, backend).await;
+    let addr = gateway.addr;
     let auth = bearer(&token_for("alice"));
     let json = ("Content-Type", "application/json");
     let authorization = [("Authorization", auth.as_str())];
@@ -1501,13 +1496,8 @@ async fn a_large_upload_to_an_https_upstream_arrives_whole() {
         upstream.timeout = std::time::Duration::from_secs(5);
     }
     config.limits.max_body_bytes = 32 << 20;
-    let live = Live::new(config).unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(authgate::server::serve(listener, live, async {
-        let _ = stopped.await;
-    }));
+    let gateway = start_gateway_with(config, backend).await;
+    let addr = gateway.addr;
     let auth = bearer(&token_for("alice"));
     for size in [16 << 20, 4 << 20, 300_001, 70_000] {
         let body: Vec<u8> = (0..size).map(|i| b'a' + (i % 26) as u8).collect();
