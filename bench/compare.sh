@@ -9,7 +9,8 @@
 # Writes bench/results/<date>-compare.md and prints it. See bench/README.md.
 #
 # env: SECS (5)  ROUNDS (3)  CONNS ("1 32 256")  AUTHGATE_BIN (default: cargo build --release)
-#      AUTHGATE_WORKERS (unset: authgate's default)  TARGETS (unset: all; e.g. "nginx authgate-hs256")
+#      AUTHGATE_WORKERS (unset: authgate's default)  AUTHGATE_PIN (true/false; unset: default)
+#      TARGETS (unset: all; e.g. "nginx authgate-hs256")
 #      WARMUP (1 s per target)  KEEP_TMP=1 (keep logs)
 #      HYPER_BARE_BIN: a built ../shared/peers/hyper-bare (the thinnest pooled hyper 1 proxy, no
 #      auth), added as the calibration target "hyper-bare" on :18084 when set
@@ -235,7 +236,8 @@ done
   printf 'nginx\t%s\n' "$(nginx -v 2>&1 | head -n 1)"
   printf 'haproxy\t%s\n' "$(haproxy -v 2>&1 | head -n 1)"
   printf 'wrk\t%s\n' "$(wrk -v 2>&1 | head -n 1 || true)"
-  printf 'authgate\t%s, workers=%s\n' "$AUTHGATE_BIN" "${AUTHGATE_WORKERS:-default (one per core)}"
+  printf 'authgate\t%s, workers=%s, pin_workers=%s\n' "$AUTHGATE_BIN" \
+    "${AUTHGATE_WORKERS:-default (one per core)}" "${AUTHGATE_PIN:-default (true)}"
   printf 'load\twrk -t1 -c{%s} -d%ss, keep-alive, GET %s with an HS256 bearer token, %s round(s) alternating between targets, %ss warm-up each\n' \
     "$(IFS=,; echo "${CONN_LIST[*]}")" "$SECS" "$PATH_OK" "$ROUNDS" "$WARMUP"
   if ((${#BENCH_WARNINGS[@]})); then for w in "${BENCH_WARNINGS[@]}"; do printf 'warning\t%s\n' "$w"; done; fi

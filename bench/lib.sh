@@ -142,14 +142,17 @@ start_nginx() {
 start_backend() { start_nginx nginx-backend "$BENCH_DIR/nginx-backend.conf" 18080; }
 
 # Writes the config to use into AUTHGATE_CONFIG: bench/gateway.bench.toml, plus
-# `workers = $AUTHGATE_WORKERS` under [server] when that is set.
+# `workers = $AUTHGATE_WORKERS` and `pin_workers = $AUTHGATE_PIN` under [server] when set.
 authgate_config() {
   AUTHGATE_CONFIG=$BENCH_TMP/gateway.toml
+  cp "$BENCH_DIR/gateway.bench.toml" "$AUTHGATE_CONFIG"
   if [[ -n "${AUTHGATE_WORKERS:-}" ]]; then
     [[ "$AUTHGATE_WORKERS" =~ ^[1-9][0-9]*$ ]] || die "AUTHGATE_WORKERS must be a positive integer"
-    sed "/^\[server\]/a workers = $AUTHGATE_WORKERS" "$BENCH_DIR/gateway.bench.toml" >"$AUTHGATE_CONFIG"
-  else
-    cp "$BENCH_DIR/gateway.bench.toml" "$AUTHGATE_CONFIG"
+    sed -i "/^\[server\]/a workers = $AUTHGATE_WORKERS" "$AUTHGATE_CONFIG"
+  fi
+  if [[ -n "${AUTHGATE_PIN:-}" ]]; then
+    [[ "$AUTHGATE_PIN" =~ ^(true|false)$ ]] || die "AUTHGATE_PIN must be true or false"
+    sed -i "/^\[server\]/a pin_workers = $AUTHGATE_PIN" "$AUTHGATE_CONFIG"
   fi
   BETTER_AUTH_SECRET=$BENCH_SECRET "$AUTHGATE_BIN" check --config "$AUTHGATE_CONFIG" >"$BENCH_TMP/check.log" 2>&1 ||
     { cat "$BENCH_TMP/check.log" >&2; die "authgate check rejected $AUTHGATE_CONFIG"; }

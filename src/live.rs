@@ -86,7 +86,7 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         (Some(old), Some(new)) => !old.same_settings(new),
         (old, new) => old.is_some() != new.is_some(),
     };
-    let checks: [(&'static str, bool); 11] = [
+    let checks: [(&'static str, bool); 12] = [
         ("server.listen", old.server.listen != new.server.listen),
         // Certificate *contents* reload on their own (src/tls.rs); paths, names, HSTS do not.
         ("server.tls", tls_changed),
@@ -95,6 +95,10 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
             old.server.redirect_http != new.server.redirect_http,
         ),
         ("server.workers", old.server.workers != new.server.workers),
+        (
+            "server.pin_workers",
+            old.server.pin_workers != new.server.pin_workers,
+        ),
         ("admin.listen", old.admin_listen != new.admin_listen),
         ("log.format", old.log.format != new.log.format),
         (

@@ -240,7 +240,13 @@ fn run_gateway(config: Config, config_path: PathBuf) -> ExitCode {
                 Duration::from_secs(2),
             ))
         });
-        let served = authgate::server::spawn_workers(listeners, live, tls, stopped);
+        let served = authgate::server::spawn_workers(
+            listeners,
+            live,
+            tls,
+            stopped,
+            config.server.pin_workers,
+        );
         let code = match served {
             // The workers drain and stop once `stopped` turns; this thread keeps running the
             // control tasks (reloads, JWKS refreshes) until they have.

@@ -146,6 +146,9 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Tokio worker threads; `None` means one per core.
     pub workers: Option<usize>,
+    /// Bind each worker thread to a CPU of its own when there are exactly as many workers as
+    /// CPUs the process may run on (`server::spawn_workers`).
+    pub pin_workers: bool,
     /// Peers whose X-Forwarded-For we believe. Empty: we believe nobody.
     pub trusted_proxies: Vec<IpNet>,
     /// `[server.tls]`: TLS on `listen` (see src/tls.rs).
@@ -389,11 +392,11 @@ impl Config {
     ) -> Result<Config, ConfigError> {
         let ctx = Ctx { file, source, base };
         let raw: RawConfig = toml::from_str(source).map_err(|err| {
-            let line = err.span().map(|span| ctx.line_of(span.start)).unwrap_or(0);
+            let start = err.span().map(|span| span.start);
             ConfigError {
                 file: file.to_string(),
-                line,
-                key: String::new(),
+                line: start.map_or(0, |start| ctx.line_of(start)),
+                key: start.map_or_else(String::new, |start| ctx.key_at(start)),
                 message: err.message().trim().to_string(),
             }
         })?;
@@ -464,6 +467,38 @@ impl Ctx<'_> {
             + 1
     }
 
+    /// The dotted key whose line holds `offset` ("server.workers", "route[1].methods"), for the
+    /// TOML parser's own errors (a wrong type, an unknown field), which carry a position but no
+    /// key. Read off the source: the nearest `key =` line at or above the offset, prefixed with
+    /// the table header above it; a header line itself names its table. Empty when nothing fits.
+    fn key_at(&self, offset: usize) -> String {
+        let line_index = self.line_of(offset) - 1;
+        let lines: Vec<&str> = self.source.lines().map(str::trim).collect();
+        let mut key = None;
+        for index in (0..=line_index.min(lines.len().saturating_sub(1))).rev() {
+            let line = lines.get(index).copied().unwrap_or("");
+            if line.starts_with('[') {
+                let array = line.starts_with("[[");
+                let name = line.trim_start_matches('[').split(']').next().unwrap_or("");
+                let mut table = name.trim().to_string();
+                if array {
+                    let earlier = lines[..index].iter().filter(|l| **l == line).count();
+                    table = format!("{table}[{earlier}]");
+                }
+                return match key {
+                    Some(key) => format!("{table}.{key}"),
+                    None => table,
+                };
+            }
+            if key.is_none() && !line.starts_with('#') {
+                if let Some((name, _)) = line.split_once('=') {
+                    key = Some(name.trim().trim_matches('"').to_string());
+                }
+            }
+        }
+        key.unwrap_or_default()
+    }
+
     fn location<T>(&self, spanned: &Spanned<T>, key: &str) -> Location {
         Location {
             file: self.file.to_string(),
@@ -481,6 +516,7 @@ fn validate_server(ctx: &Ctx, raw: Option<raw::RawServer>) -> Result<ServerConfi
     let mut server = ServerConfig {
         listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
         workers: None,
+        pin_workers: true,
         trusted_proxies: Vec::new(),
         tls: None,
         redirect_http: None,
@@ -501,6 +537,9 @@ fn validate_server(ctx: &Ctx, raw: Option<raw::RawServer>) -> Result<ServerConfi
             return Err(ctx.error(workers, "server.workers", "must be between 1 and 1024"));
         }
         server.workers = Some(count as usize);
+    }
+    if let Some(pin) = &raw.pin_workers {
+        server.pin_workers = *pin.get_ref();
     }
     for net in raw.trusted_proxies.iter().flatten() {
         let parsed = net.get_ref().parse().map_err(|why| {

@@ -27,6 +27,7 @@ pub struct RawConfig {
 pub struct RawServer {
     pub listen: Option<Spanned<String>>,
     pub workers: Option<Spanned<i64>>,
+    pub pin_workers: Option<Spanned<bool>>,
     pub trusted_proxies: Option<Vec<Spanned<String>>>,
     // TLS (src/config/tls.rs)
     pub redirect_http: Option<Spanned<String>>,

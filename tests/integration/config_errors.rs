@@ -30,7 +30,19 @@ fn each_invalid_config_names_file_line_and_key() {
             "user_claim = \"sub\"",
             "user_clam = \"sub\"",
             "unknown field `user_clam`",
-            "",
+            "`auth.user_clam`",
+        ),
+        (
+            "methods = [\"GET\", \"POST\"]",
+            "methods = [\"GET\", 3]",
+            "invalid type: integer `3`",
+            "`route[1].methods`",
+        ),
+        (
+            "listen = \"127.0.0.1:0\"",
+            "pin_workers = \"yes\"\nlisten = \"127.0.0.1:0\"",
+            "expected a boolean",
+            "`server.pin_workers`",
         ),
         (
             "path = \"/api/{user_id}/tasks\"",

@@ -482,6 +482,127 @@ fn every_command_has_help() {
     assert_eq!(bad.status.code(), Some(2));
 }
 
+/// Starts the real binary on `config` (a file at `path`) and waits until it accepts connections
+/// on `port`.
+fn start_binary(path: &std::path::Path, config: &str, port: u16) -> std::process::Child {
+    std::fs::write(path, config).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_authgate"))
+        .args(["--config", path.to_str().unwrap()])
+        .env("BETTER_AUTH_SECRET", SECRET)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "the gateway did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The CPUs a task may run on, from the `Cpus_allowed_list` line of its /proc status file
+/// ("0-3,6").
+fn allowed_cpus(status_file: &std::path::Path) -> Vec<usize> {
+    let status = std::fs::read_to_string(status_file).unwrap();
+    let list = status
+        .lines()
+        .find_map(|line| line.strip_prefix("Cpus_allowed_list:"))
+        .unwrap()
+        .trim();
+    let mut cpus = Vec::new();
+    for part in list.split(',') {
+        match part.split_once('-') {
+            Some((first, last)) => {
+                cpus.extend(first.parse::<usize>().unwrap()..=last.parse::<usize>().unwrap())
+            }
+            None => cpus.push(part.parse().unwrap()),
+        }
+    }
+    cpus
+}
+
+/// The allowed CPUs of each `authgate-worker-N` thread of process `pid`, in no particular order.
+/// (The kernel cuts thread names to 15 bytes: "authgate-worker".)
+fn worker_cpus(pid: u32) -> Vec<Vec<usize>> {
+    let mut workers = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let task = task.unwrap().path();
+        let name = std::fs::read_to_string(task.join("comm")).unwrap();
+        if name.trim_end() == "authgate-worker" {
+            workers.push(allowed_cpus(&task.join("status")));
+        }
+    }
+    workers
+}
+
+/// `server.pin_workers` (default true): with one worker per CPU the process may use, each
+/// worker thread is bound to a CPU of its own and together they cover all of them; with
+/// `pin_workers = false` every worker may run anywhere. Either way requests are served, with
+/// the identity from the token.
+#[cfg(target_os = "linux")]
+#[test]
+fn workers_are_bound_one_per_cpu_unless_pin_workers_is_false() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let backend = runtime.block_on(Backend::start());
+    let process_cpus = allowed_cpus(std::path::Path::new("/proc/self/status"));
+    let path = temp_path("pinning");
+    let token = token_for("alice");
+    for pin in [None, Some(false)] {
+        let port = free_port();
+        let setting = pin.map_or(String::new(), |pin| format!("\npin_workers = {pin}"));
+        let config = config_file(backend.addr, "").replace(
+            "listen = \"127.0.0.1:0\"",
+            &format!(
+                "listen = \"127.0.0.1:{port}\"\nworkers = {}{setting}",
+                process_cpus.len()
+            ),
+        );
+        let mut child = start_binary(&path, &config, port);
+
+        let mut workers = worker_cpus(child.id());
+        assert_eq!(workers.len(), process_cpus.len(), "{pin:?}");
+        if pin.is_none() {
+            assert!(workers.iter().all(|cpus| cpus.len() == 1), "{workers:?}");
+            workers.sort();
+            assert_eq!(workers.concat(), process_cpus);
+        } else {
+            assert!(
+                workers.iter().all(|cpus| *cpus == process_cpus),
+                "{workers:?}"
+            );
+        }
+
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        write!(
+            stream,
+            "GET /api/alice/tasks HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
+             Connection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).unwrap();
+        assert_eq!(parse_response(&raw).status, 200);
+        let received = backend.received();
+        let last = received.last().unwrap();
+        assert_eq!(last.target, "/api/alice/tasks");
+        assert_eq!(last.header_values("x-user-id"), ["alice"]);
+
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    let _ = std::fs::remove_file(&path);
+}
+
 /// The real binary with two workers (each its own socket of an SO_REUSEPORT group): 64 concurrent
 /// keep-alive clients are all answered, the backend sees each request once with the right
 /// identity, and a second instance on the same port is refused instead of joining the group.
@@ -489,35 +610,21 @@ fn every_command_has_help() {
 fn two_workers_serve_concurrent_clients_and_a_second_instance_is_refused() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let backend = runtime.block_on(Backend::start());
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let path = temp_path("workers");
     let config = config_file(backend.addr, "").replace(
         "listen = \"127.0.0.1:0\"",
         &format!("listen = \"127.0.0.1:{port}\"\nworkers = 2"),
     );
-    std::fs::write(&path, config).unwrap();
-    let spawn = || {
-        Command::new(env!("CARGO_BIN_EXE_authgate"))
-            .args(["--config", path.to_str().unwrap()])
-            .env("BETTER_AUTH_SECRET", SECRET)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
-    let mut first = spawn();
+    let mut first = start_binary(&path, &config, port);
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "the gateway did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 
-    let second = spawn().wait_with_output().unwrap();
+    let second = Command::new(env!("CARGO_BIN_EXE_authgate"))
+        .args(["--config", path.to_str().unwrap()])
+        .env("BETTER_AUTH_SECRET", SECRET)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
     assert_eq!(second.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&second.stderr);
     assert!(stderr.contains("cannot listen on"), "{stderr}");

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# server.pin_workers on and off, side by side with HAProxy, at 32 keep-alive connections: the
+# setting that decides where the 32-connection p99 tail comes from (see worker_cpus in
+# src/server.rs). Each round runs HAProxy, then starts a fresh authgate with pin_workers = false
+# and one with pin_workers = true: where the kernel first puts unbound workers is decided at
+# start-up, so only fresh processes sample it.
+# Writes bench/results/<date>-pinning.md and prints it.
+# env: ROUNDS (6)  SECS (4)  CONNS (32)  AUTHGATE_BIN (default: cargo build --release)  KEEP_TMP=1
+set -euo pipefail
+# shellcheck source=SCRIPTDIR/lib.sh
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
+
+ROUNDS=${ROUNDS:-6}
+SECS=${SECS:-4}
+CONNS=${CONNS:-32}
+for v in ROUNDS SECS CONNS; do [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer"; done
+
+need_tools nginx haproxy wrk curl
+build_authgate
+port_free_or_die 18080 18081 18083
+bench_init
+raise_nofile 16384
+start_backend
+JWT_SECRET=$BENCH_SECRET haproxy -c -f "$BENCH_DIR/haproxy.cfg" >"$BENCH_TMP/haproxy-check.log" 2>&1 ||
+  { cat "$BENCH_TMP/haproxy-check.log" >&2; die "haproxy rejected bench/haproxy.cfg"; }
+spawn haproxy env JWT_SECRET="$BENCH_SECRET" haproxy -db -f "$BENCH_DIR/haproxy.cfg"
+wait_port 18081 "$SPAWNED_PID" haproxy
+TOKEN=$(mint_token alice) || die "could not mint a token"
+
+# One wrk run against PORT: prints "req/s p50_ms p99_ms" and checks every answer was a 2xx.
+measure() {
+  local out
+  out=$(wrk -t1 -c"$CONNS" -d"${SECS}s" --latency -H "Authorization: Bearer $TOKEN" \
+    "http://127.0.0.1:$1/api/alice/tasks")
+  [[ $out != *"Non-2xx"* && $out != *"Socket errors"* ]] || die "errors in the run against :$1: $out"
+  awk '
+    function ms(v) { if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0; return v * 1000 }
+    /Requests\/sec/ { rps = $2 } / 50%/ { p50 = ms($2) } / 99%/ { p99 = ms($2) }
+    END { printf "%.0f %.2f %.2f\n", rps, p50, p99 }' <<<"$out"
+}
+
+ROWS=()
+for round in $(seq "$ROUNDS"); do
+  log "round $round/$ROUNDS: haproxy"
+  read -r hrps hp50 hp99 < <(measure 18081)
+  ROWS+=("| $round | haproxy | $hrps | $hp50 | $hp99 | | |")
+  for pin in false true; do
+    log "round $round/$ROUNDS: authgate pin_workers=$pin"
+    AUTHGATE_PIN=$pin authgate_config
+    start_authgate "authgate-pin-$pin-$round"
+    read -r rps p50 p99 < <(measure 18083)
+    kill -TERM "$AUTHGATE_PID"
+    wait "$AUTHGATE_PID" 2>/dev/null || true
+    ROWS+=("| $round | authgate pin_workers=$pin | $rps | $p50 | $p99 | $(awk -v a="$rps" -v b="$hrps" 'BEGIN { printf "%.2f", a / b }') | $(awk -v a="$p99" -v b="$hp99" 'BEGIN { printf "%.2f", a / b }') |")
+  done
+done
+
+OUT=$ROOT_DIR/bench/results/$(date -u +%F)-pinning.md
+{
+  echo "# server.pin_workers on and off, $(date -u '+%F %T') UTC"
+  echo
+  echo "commit $(git -C "$ROOT_DIR" rev-parse --short HEAD 2>/dev/null || echo '?'); $(nproc) cores;" \
+    "wrk -t1 -c$CONNS -d${SECS}s keep-alive, GET /api/alice/tasks with an HS256 token; a fresh authgate per run."
+  echo "Ratios are against the HAProxy run of the same round."
+  echo
+  echo "| round | target | req/s | p50 ms | p99 ms | req/s ÷ haproxy | p99 ÷ haproxy |"
+  echo "|---:|---|---:|---:|---:|---:|---:|"
+  printf '%s\n' "${ROWS[@]}"
+} >"$OUT"
+cat "$OUT"
