@@ -106,10 +106,10 @@ fn peek_log_format(path: &std::path::Path) -> LogFormat {
 }
 
 /// Logs go to stderr through a non-blocking writer: a slow log consumer must never stall requests.
-/// The level comes from `RUST_LOG` (default `info`).
+/// The level comes from `RUST_LOG` (default `DEFAULT_LOG_FILTER`).
 fn init_tracing(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
     let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -120,6 +120,12 @@ fn init_tracing(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
     }
     guard
 }
+
+/// `info`, except rustls below `error`: its warnings are about what a TLS client sent (an IP
+/// address as SNI, which wrk and others do, logs "Illegal SNI extension" on every handshake), so
+/// at `warn` any client could make the gateway write a log line per connection. Handshake
+/// failures reach our own code as errors and are answered there; `RUST_LOG` brings them back.
+const DEFAULT_LOG_FILTER: &str = "info,rustls=error";
 
 fn config_error(err: authgate::config::ConfigError) -> ExitCode {
     eprintln!("authgate: invalid config: {err}");

@@ -358,6 +358,41 @@ pub async fn request(
     send_raw(addr, &build_request(method, target, headers, body)).await
 }
 
+/// A free loopback port for a real binary to listen on (a listener is bound, then dropped).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `config` (BASE_CONFIG or one derived from it) listening on `port` in front of `backend`, for
+/// a real binary.
+pub fn on_port_before(config: &str, port: u16, backend: SocketAddr) -> String {
+    config
+        .replace(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"127.0.0.1:{port}\""),
+        )
+        .replace(
+            "url = \"http://127.0.0.1:1\"",
+            &format!("url = \"http://{backend}\""),
+        )
+}
+
+/// Waits, up to 10 s, until something accepts connections on `addr`: a started binary is ready.
+pub fn wait_until_listening(addr: SocketAddr) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing listens on {addr}: the gateway did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// A loopback address nobody listens on (a listener is bound, then dropped).
 pub async fn unused_addr() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0")

@@ -280,20 +280,8 @@ async fn a_restarted_backend_is_reconnected() {
 fn graceful_shutdown_finishes_the_request_in_flight() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let backend = runtime.block_on(Backend::start_with_delay(Duration::from_millis(1500)));
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let config = BASE_CONFIG
-        .replace(
-            "listen = \"127.0.0.1:0\"",
-            &format!("listen = \"127.0.0.1:{port}\""),
-        )
-        .replace(
-            "url = \"http://127.0.0.1:1\"",
-            &format!("url = \"http://{}\"", backend.addr),
-        );
+    let port = free_port();
+    let config = on_port_before(BASE_CONFIG, port, backend.addr);
     let path = std::env::temp_dir().join(format!("authgate-shutdown-{}.toml", std::process::id()));
     std::fs::write(&path, config).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_authgate"))
@@ -304,15 +292,8 @@ fn graceful_shutdown_finishes_the_request_in_flight() {
         .spawn()
         .unwrap();
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let mut stream = None;
-    for _ in 0..100 {
-        if let Ok(s) = std::net::TcpStream::connect(addr) {
-            stream = Some(s);
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let mut stream = stream.expect("the gateway did not start");
+    wait_until_listening(addr);
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
     let token = token_for("alice");
     write!(stream, "GET /api/alice/tasks HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n").unwrap();
     // The backend holds the request for 1.5 s; terminate the gateway meanwhile.

@@ -337,11 +337,7 @@ async fn request_ids_are_generated_forwarded_and_returned() {
 fn access_log_and_sighup_reload_with_the_binary() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let backend = runtime.block_on(Backend::start());
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let path = temp_path("access");
     let write_config = |extra: &str| {
         let config = config_file(backend.addr, extra).replace(
@@ -371,11 +367,7 @@ fn access_log_and_sighup_reload_with_the_binary() {
             response.header("x-request-id").map(String::from),
         )
     };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "the gateway did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until_listening(addr);
     let token = token_for("alice");
     let (status, id) = send("/api/alice/tasks", &bearer(&token));
     assert_eq!(status, 200);
@@ -493,21 +485,8 @@ fn start_binary(path: &std::path::Path, config: &str, port: u16) -> std::process
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "the gateway did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until_listening(SocketAddr::from(([127, 0, 0, 1], port)));
     child
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The CPUs a task may run on, from the `Cpus_allowed_list` line of its /proc status file

@@ -780,13 +780,6 @@ async fn certificate_reload_reaches_new_handshakes_keeps_open_connections_and_re
 fn the_binary_serves_tls_redirects_plain_http_and_reloads_certificates() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let backend = runtime.block_on(Backend::start());
-    let free_port = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    };
     let (port, redirect_port) = (free_port(), free_port());
     let ca = Ca::new("test CA");
     let dir = TempDir::new("binary");
@@ -823,13 +816,8 @@ fn the_binary_serves_tls_redirects_plain_http_and_reloads_certificates() {
         .unwrap();
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let redirect_addr = SocketAddr::from(([127, 0, 0, 1], redirect_port));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(addr).is_err()
-        || std::net::TcpStream::connect(redirect_addr).is_err()
-    {
-        assert!(Instant::now() < deadline, "the gateway did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until_listening(addr);
+    wait_until_listening(redirect_addr);
     let config = client_config(&ca.der, &[b"h2", b"http/1.1"]);
     let get = |path: &'static str| {
         let config = config.clone();
@@ -1517,4 +1505,91 @@ async fn a_large_upload_to_an_https_upstream_arrives_whole() {
         assert_eq!(received.len(), size, "all {size} bytes arrived");
         assert!(received == body, "{size} bytes intact");
     }
+}
+
+/// A TLS 1.2 ClientHello that names `host` in its SNI extension and offers one cipher suite and
+/// nothing else: enough for rustls to parse the extensions (and judge the name), not enough for a
+/// handshake.
+fn client_hello_with_sni(host: &str) -> Vec<u8> {
+    let name = host.as_bytes();
+    let mut sni = Vec::new();
+    sni.extend_from_slice(&((name.len() + 3) as u16).to_be_bytes()); // server_name_list
+    sni.push(0); // host_name
+    sni.extend_from_slice(&(name.len() as u16).to_be_bytes());
+    sni.extend_from_slice(name);
+    let mut extensions = vec![0, 0]; // server_name
+    extensions.extend_from_slice(&(sni.len() as u16).to_be_bytes());
+    extensions.extend_from_slice(&sni);
+    let mut hello = vec![3, 3]; // client_version TLS 1.2
+    hello.extend_from_slice(&[7; 32]); // random
+    hello.push(0); // no session id
+    hello.extend_from_slice(&[0, 2, 0xc0, 0x2b]); // ECDHE-ECDSA-AES128-GCM-SHA256
+    hello.extend_from_slice(&[1, 0]); // null compression
+    hello.extend_from_slice(&(extensions.len() as u16).to_be_bytes());
+    hello.extend_from_slice(&extensions);
+    let mut handshake = vec![1]; // client_hello
+    handshake.extend_from_slice(&(hello.len() as u32).to_be_bytes()[1..]);
+    handshake.extend_from_slice(&hello);
+    let mut record = vec![22, 3, 1]; // handshake record
+    record.extend_from_slice(&(handshake.len() as u16).to_be_bytes());
+    record.extend_from_slice(&handshake);
+    record
+}
+
+/// The real binary with its default log filter: clients that present an IP address as SNI (wrk
+/// does, on every connection) make rustls warn "Illegal SNI extension"; at the default level that
+/// must not reach the log, or any client could write one line per handshake. With
+/// `RUST_LOG=info,rustls=warn` the same handshakes do log it, which shows the test would see the
+/// flood. Nothing reaches the backend either way.
+#[test]
+fn client_chosen_sni_does_not_write_a_log_line_per_handshake_by_default() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let backend = runtime.block_on(Backend::start());
+    let ca = Ca::new("test CA");
+    let dir = TempDir::new("sni-log");
+    let (cert, key) = dir.write_leaf("gw", &ca.leaf("gw", &["gw.test"]));
+    for rust_log in [None, Some("info,rustls=warn")] {
+        let port = free_port();
+        let config = on_port_before(&tls_config(&cert, &key, ""), port, backend.addr);
+        let path = dir.write("gateway.toml", &config);
+        let mut command = Command::new(env!("CARGO_BIN_EXE_authgate"));
+        command
+            .args(["--config", path.to_str().unwrap()])
+            .env("BETTER_AUTH_SECRET", SECRET)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if let Some(filter) = rust_log {
+            command.env("RUST_LOG", filter);
+        }
+        let child = command.spawn().unwrap();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        wait_until_listening(addr);
+        for _ in 0..20 {
+            let mut stream = std::net::TcpStream::connect(addr).unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            stream
+                .write_all(&client_hello_with_sni("127.0.0.1"))
+                .unwrap();
+            // The gateway answers with an alert and closes: read until it does.
+            let mut answer = Vec::new();
+            let _ = stream.read_to_end(&mut answer);
+            assert_eq!(answer.first(), Some(&21), "a TLS alert record: {answer:?}");
+        }
+        assert!(Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success());
+        let output = child.wait_with_output().unwrap();
+        let log = String::from_utf8_lossy(&output.stderr);
+        let sni_lines = log.matches("Illegal SNI").count();
+        match rust_log {
+            None => assert_eq!(sni_lines, 0, "{log}"),
+            Some(_) => assert_eq!(sni_lines, 20, "{log}"),
+        }
+    }
+    assert!(backend.received().is_empty());
 }
