@@ -17,7 +17,7 @@
 # MAX_SECS (default: twice the expected time plus a minute).
 #
 # env: SECS (5)  ROUNDS (2)  CONNS (32)  STREAMS (10)  FULL_CLIENTS (2)  KEY (ec|rsa, ec)
-#      MEASURES ("h1 h2 resumed full")  AUTHGATE_BIN  AUTHGATE_WORKERS  KEEP_TMP=1
+#      MEASURES ("h1 h2 resumed full")  AUTHGATE_BIN  AUTHGATE_WORKERS  AUTHGATE_PIN  KEEP_TMP=1
 set -euo pipefail
 # shellcheck source=SCRIPTDIR/lib.sh
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
@@ -94,7 +94,8 @@ TOKEN=$(mint_token alice) || die "could not mint a token (pyjwt?)"
 AUTHGATE_TLS_CONFIG=$BENCH_TMP/gateway-tls.toml
 {
   sed 's/127.0.0.1:18083/127.0.0.1:18443/' "$BENCH_DIR/gateway.bench.toml" |
-    if [[ -n "${AUTHGATE_WORKERS:-}" ]]; then sed "/^\[server\]/a workers = $AUTHGATE_WORKERS"; else cat; fi
+    if [[ -n "${AUTHGATE_WORKERS:-}" ]]; then sed "/^\[server\]/a workers = $AUTHGATE_WORKERS"; else cat; fi |
+    if [[ -n "${AUTHGATE_PIN:-}" ]]; then sed "/^\[server\]/a pin_workers = $AUTHGATE_PIN"; else cat; fi
   printf '\n[server.tls]\ncert = "%s"\nkey = "%s"\n' "$TLS_DIR/cert.pem" "$TLS_DIR/key.pem"
   # The `full` runs send no token from one address: authgate's brute-force guard would answer 429
   # for a minute afterwards (HAProxy has no such guard). It is not what is measured here.
