@@ -7,7 +7,10 @@
 # For fairness it also runs HAProxy with its two threads bound the same way (`cpu-map`, on :18088),
 # next to HAProxy as configured in bench/haproxy.cfg (unbound, as the peers ship).
 # Writes bench/results/<date>-pinning.md and prints it.
-# env: ROUNDS (6)  SECS (4)  CONNS (32)  AUTHGATE_BIN (default: cargo build --release)  KEEP_TMP=1
+# With HOG=1 a busy loop bound to CPU 0 runs throughout (a CPU-bound neighbour that bound workers
+# cannot move away from).
+# env: ROUNDS (6)  SECS (4)  CONNS (32)  HOG (0)  AUTHGATE_BIN (default: cargo build --release)
+#      KEEP_TMP=1
 set -euo pipefail
 # shellcheck source=SCRIPTDIR/lib.sh
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
@@ -33,6 +36,10 @@ grep -q '^  cpu-map' "$BENCH_TMP/haproxy-pinned.cfg" || die "could not add cpu-m
 spawn haproxy-pinned env JWT_SECRET="$BENCH_SECRET" haproxy -db -f "$BENCH_TMP/haproxy-pinned.cfg"
 wait_port 18088 "$SPAWNED_PID" haproxy-pinned
 TOKEN=$(mint_token alice) || die "could not mint a token"
+if [[ "${HOG:-0}" == 1 ]]; then
+  command -v taskset >/dev/null || die "HOG=1 needs taskset (util-linux)"
+  spawn cpu-hog taskset -c 0 sh -c 'while :; do :; done'
+fi
 
 # One wrk run against PORT: prints "req/s p50_ms p99_ms" and checks every answer was a 2xx.
 measure() {
@@ -67,12 +74,13 @@ for round in $(seq "$ROUNDS"); do
   done
 done
 
-OUT=$ROOT_DIR/bench/results/$(date -u +%F)-pinning.md
+OUT=$ROOT_DIR/bench/results/$(date -u +%F)-pinning$([[ "${HOG:-0}" == 1 ]] && echo -hog).md
 {
   echo "# server.pin_workers on and off, $(date -u '+%F %T') UTC"
   echo
   echo "commit $(git -C "$ROOT_DIR" rev-parse --short HEAD 2>/dev/null || echo '?'); $(nproc) cores;" \
-    "wrk -t1 -c$CONNS -d${SECS}s keep-alive, GET /api/alice/tasks with an HS256 token; a fresh authgate per run."
+    "wrk -t1 -c$CONNS -d${SECS}s keep-alive, GET /api/alice/tasks with an HS256 token; a fresh authgate per run." \
+    "$([[ "${HOG:-0}" == 1 ]] && echo 'A busy loop bound to CPU 0 ran throughout (HOG=1).')"
   echo "Ratios are against the HAProxy runs of the same round: as configured (bench/haproxy.cfg,"
   echo "threads unbound) and with \`cpu-map auto:1/1-2 0-1\` (threads bound like authgate's workers)."
   echo
