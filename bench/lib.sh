@@ -149,10 +149,12 @@ authgate_config() {
   if [[ -n "${AUTHGATE_WORKERS:-}" ]]; then
     [[ "$AUTHGATE_WORKERS" =~ ^[1-9][0-9]*$ ]] || die "AUTHGATE_WORKERS must be a positive integer"
     sed -i "/^\[server\]/a workers = $AUTHGATE_WORKERS" "$AUTHGATE_CONFIG"
+    grep -q "^workers = $AUTHGATE_WORKERS\$" "$AUTHGATE_CONFIG" || die "could not set workers in $AUTHGATE_CONFIG"
   fi
   if [[ -n "${AUTHGATE_PIN:-}" ]]; then
     [[ "$AUTHGATE_PIN" =~ ^(true|false)$ ]] || die "AUTHGATE_PIN must be true or false"
     sed -i "/^\[server\]/a pin_workers = $AUTHGATE_PIN" "$AUTHGATE_CONFIG"
+    grep -q "^pin_workers = $AUTHGATE_PIN\$" "$AUTHGATE_CONFIG" || die "could not set pin_workers in $AUTHGATE_CONFIG"
   fi
   BETTER_AUTH_SECRET=$BENCH_SECRET "$AUTHGATE_BIN" check --config "$AUTHGATE_CONFIG" >"$BENCH_TMP/check.log" 2>&1 ||
     { cat "$BENCH_TMP/check.log" >&2; die "authgate check rejected $AUTHGATE_CONFIG"; }

@@ -74,13 +74,13 @@ for round in $(seq "$ROUNDS"); do
   done
 done
 
-OUT=$ROOT_DIR/bench/results/$(date -u +%F)-pinning$([[ "${HOG:-0}" == 1 ]] && echo -hog).md
+OUT=$ROOT_DIR/bench/results/$(date -u +%F)-pinning$([[ "${HOG:-0}" == 1 ]] && echo -hog || true).md
 {
   echo "# server.pin_workers on and off, $(date -u '+%F %T') UTC"
   echo
   echo "commit $(git -C "$ROOT_DIR" rev-parse --short HEAD 2>/dev/null || echo '?'); $(nproc) cores;" \
     "wrk -t1 -c$CONNS -d${SECS}s keep-alive, GET /api/alice/tasks with an HS256 token; a fresh authgate per run." \
-    "$([[ "${HOG:-0}" == 1 ]] && echo 'A busy loop bound to CPU 0 ran throughout (HOG=1).')"
+    "$([[ "${HOG:-0}" == 1 ]] && echo 'A busy loop bound to CPU 0 ran throughout (HOG=1).' || true)"
   echo "Ratios are against the HAProxy runs of the same round: as configured (bench/haproxy.cfg,"
   echo "threads unbound) and with \`cpu-map auto:1/1-2 0-1\` (threads bound like authgate's workers)."
   echo

@@ -50,6 +50,11 @@ printf 'authgate TLS bench: %d measure(s) x %d targets x %d round(s) x %d s => a
   "$NM" "$NT" "$ROUNDS" "$SECS" "$EXPECTED" "$CAP"
 
 need_tools nginx haproxy wrk curl openssl
+if [[ ! -x /usr/bin/time ]]; then
+  [[ $(id -u) == 0 ]] || die "need GNU time at /usr/bin/time (apt-get install time)"
+  { DEBIAN_FRONTEND=noninteractive apt-get update -q &&
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q time; } >&2 || die "apt-get install time failed"
+fi
 if ! command -v h2load >/dev/null 2>&1; then
   log "h2load missing; installing nghttp2-client with apt-get"
   { DEBIAN_FRONTEND=noninteractive apt-get install -y -q nghttp2-client >&2 ||
@@ -101,6 +106,10 @@ AUTHGATE_TLS_CONFIG=$BENCH_TMP/gateway-tls.toml
   # for a minute afterwards (HAProxy has no such guard). It is not what is measured here.
   printf '\n[rate_limit]\nauth_failures = "off"\n'
 } >"$AUTHGATE_TLS_CONFIG"
+[[ -z "${AUTHGATE_WORKERS:-}" ]] || grep -q "^workers = $AUTHGATE_WORKERS\$" "$AUTHGATE_TLS_CONFIG" ||
+  die "could not set workers in $AUTHGATE_TLS_CONFIG"
+[[ -z "${AUTHGATE_PIN:-}" ]] || grep -q "^pin_workers = $AUTHGATE_PIN\$" "$AUTHGATE_TLS_CONFIG" ||
+  die "could not set pin_workers in $AUTHGATE_TLS_CONFIG"
 BETTER_AUTH_SECRET=$BENCH_SECRET "$AUTHGATE_BIN" check --config "$AUTHGATE_TLS_CONFIG" >"$BENCH_TMP/check-tls.log" 2>&1 ||
   { cat "$BENCH_TMP/check-tls.log" >&2; die "authgate check rejected $AUTHGATE_TLS_CONFIG"; }
 HAPROXY_TLS_CONFIG=$BENCH_TMP/haproxy-tls.cfg
@@ -145,13 +154,18 @@ end
 EOF
 
 RESULTS=$BENCH_TMP/results.tsv
-printf 'measure\tround\ttarget\trate\tp50_us\tp99_us\tfailed\n' >"$RESULTS"
-record() { printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$@" >>"$RESULTS"; printf '  %-8s round %s  %-13s %10s /s  (p50 %s us, p99 %s us, failed %s)\n' "$@" >&2; }
+printf 'measure\tround\ttarget\trate\tp50_us\tp99_us\tfailed\tclient_cpu\n' >"$RESULTS"
+record() { printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$@" >>"$RESULTS"; printf '  %-8s round %s  %-13s %10s /s  (p50 %s us, p99 %s us, failed %s, client CPU %s%%)\n' "$@" >&2; }
+
+# The load generator's CPU time over the run, as % of one core (user + system, GNU time): wrk and
+# h2load are single-threaded, so near 100 they, not the target, set the rate.
+CLIENT_TIME=$BENCH_TMP/client.time
+client_cpu() { awk -v secs="$SECS" '{ printf "%.0f", ($1 + $2) * 100 / secs }' "$CLIENT_TIME" 2>/dev/null || echo -; }
 
 run_wrk() { # MEASURE ROUND NAME URL [extra wrk args...]
   local m=$1 r=$2 name=$3 url=$4; shift 4
   local out res
-  out=$(timeout --foreground --signal=INT $((SECS + 20)) wrk -t1 -c"$CONNS" -d"${SECS}s" --latency --timeout 5s \
+  out=$(timeout --foreground --signal=INT $((SECS + 20)) /usr/bin/time -f '%U %S' -o "$CLIENT_TIME" wrk -t1 -c"$CONNS" -d"${SECS}s" --latency --timeout 5s \
     -s "$BENCH_TMP/report.lua" -H "Authorization: Bearer $TOKEN" "$@" "$url$PATH_OK" 2>&1) ||
     { warn "$name $m round $r: wrk failed"; return 0; }
   printf '### %s round=%s target=%s\n%s\n' "$m" "$r" "$name" "$out" >>"$BENCH_TMP/raw.log"
@@ -162,13 +176,13 @@ run_wrk() { # MEASURE ROUND NAME URL [extra wrk args...]
   rate=$(awk -v n="${R[requests]}" -v d="${R[duration_us]}" 'BEGIN { printf "%.1f", n / (d / 1e6) }')
   failed=$((R[non2xx] + R[sockerr]))
   ((failed == 0)) || warn "$name $m round $r: ${R[non2xx]} non-2xx, ${R[sockerr]} socket errors"
-  record "$m" "$r" "$name" "$rate" "${R[p50_us]}" "${R[p99_us]}" "$failed"
+  record "$m" "$r" "$name" "$rate" "${R[p50_us]}" "${R[p99_us]}" "$failed" "$(client_cpu)"
 }
 
 run_h2load() { # ROUND NAME URL
   local r=$1 name=$2 url=$3 out rate failed f_n e_n x_n c4 c5
   command -v h2load >/dev/null 2>&1 || return 0
-  out=$(timeout --foreground $((SECS + 20)) h2load -t1 -c"$CONNS" -m"$STREAMS" -D"$SECS" \
+  out=$(timeout --foreground $((SECS + 20)) /usr/bin/time -f '%U %S' -o "$CLIENT_TIME" h2load -t1 -c"$CONNS" -m"$STREAMS" -D"$SECS" \
     -H "authorization: Bearer $TOKEN" "$url$PATH_OK" 2>&1) || { warn "$name h2 round $r: h2load failed"; echo "$out" >&2; return 0; }
   printf '### h2 round=%s target=%s\n%s\n' "$r" "$name" "$out" >>"$BENCH_TMP/raw.log"
   rate=$(sed -n 's/^finished in [0-9.]*[a-z]*, \([0-9.]*\) req\/s.*/\1/p' <<<"$out")
@@ -179,7 +193,7 @@ run_h2load() { # ROUND NAME URL
   [[ -n $rate && -n ${f_n:-} && -n ${c4:-} ]] || { warn "$name h2 round $r: could not read h2load's summary"; return 0; }
   failed=$((f_n + e_n + x_n + c4 + c5))
   ((failed == 0)) || warn "$name h2 round $r: $failed requests failed, errored, timed out or were not 2xx"
-  record h2 "$r" "$name" "$rate" - - "$failed"
+  record h2 "$r" "$name" "$rate" - - "$failed" "$(client_cpu)"
 }
 
 run_full() { # ROUND NAME PORT: FULL_CLIENTS parallel s_time -new for SECS, connections per wall second
@@ -199,7 +213,7 @@ run_full() { # ROUND NAME PORT: FULL_CLIENTS parallel s_time -new for SECS, conn
     [[ -n $n ]] || { warn "$name full round $r: s_time client $i reported nothing"; n=0; }
     total=$((total + n))
   done
-  record full "$r" "$name" "$(awk -v n="$total" -v s="$start" -v e="$end" 'BEGIN { printf "%.1f", n / (e - s) }')" - - -
+  record full "$r" "$name" "$(awk -v n="$total" -v s="$start" -v e="$end" 'BEGIN { printf "%.1f", n / (e - s) }')" - - - -
 }
 
 log "warm-up: 1 s per target"
@@ -242,8 +256,8 @@ META=$BENCH_TMP/meta.tsv
   printf 'busy before\t%s%% of all cores in the second before the run\n' "$BUSY_PCT"
   printf 'loadavg at the end\t%s\n' "$(cut -d' ' -f1-3 /proc/loadavg)"
   printf 'certificate\t%s, self-signed, the same PEM for both targets\n' "$CERT_DESC"
-  printf 'settings\tSECS=%s ROUNDS=%s CONNS=%s STREAMS=%s FULL_CLIENTS=%s AUTHGATE_WORKERS=%s\n' \
-    "$SECS" "$ROUNDS" "$CONNS" "$STREAMS" "$FULL_CLIENTS" "${AUTHGATE_WORKERS:-default}"
+  printf 'settings\tSECS=%s ROUNDS=%s CONNS=%s STREAMS=%s FULL_CLIENTS=%s AUTHGATE_WORKERS=%s AUTHGATE_PIN=%s\n' \
+    "$SECS" "$ROUNDS" "$CONNS" "$STREAMS" "$FULL_CLIENTS" "${AUTHGATE_WORKERS:-default}" "${AUTHGATE_PIN:-default}"
   printf 'haproxy\t%s\n' "$(haproxy -v 2>&1 | head -n 1)"
   printf 'openssl\t%s\n' "$(openssl version 2>&1 | head -n 1)"
   printf 'wrk\t%s\n' "$(wrk -v 2>&1 | head -n 1 || true)"
@@ -279,8 +293,10 @@ if warnings:
         print(f"- {w}")
     print()
 print("Read the numbers as ratios: load generator, backend and proxy share 2 cores.\n")
-print("| measure | authgate-tls | haproxy-tls | authgate / haproxy | authgate p99 | haproxy p99 | failed |")
-print("|---|---|---|---|---|---|---|")
+print("Client CPU: the load generator's CPU time as % of one core (wrk and h2load are single-threaded:")
+print("near 100 the client, not the target, sets the rate).\n")
+print("| measure | authgate-tls | haproxy-tls | authgate / haproxy | authgate p99 | haproxy p99 | client CPU (authgate / haproxy runs) | failed |")
+print("|---|---|---|---|---|---|---|---|")
 for measure in ["h1", "h2", "resumed", "full"]:
     sel = [r for r in rows if r["measure"] == measure]
     if not sel:
@@ -295,11 +311,14 @@ for measure in ["h1", "h2", "resumed", "full"]:
     ratio = f"{statistics.mean(a) / statistics.mean(h):.2f}" if a and h and statistics.mean(h) else "-"
     p = lambda vals: f"{statistics.mean(vals) / 1000:.2f} ms" if vals else "-"
     failed = sum(int(r["failed"]) for r in sel if r["failed"] not in ("-", ""))
-    print(f"| {titles[measure]} | {fmt(a)} | {fmt(h)} | {ratio} | {p(ap99)} | {p(hp99)} | {failed} |")
+    def cpu(target):
+        vals = [float(r["client_cpu"]) for r in sel if r["target"] == target and r["client_cpu"] not in ("-", "")]
+        return f"{statistics.mean(vals):.0f}%" if vals else "-"
+    print(f"| {titles[measure]} | {fmt(a)} | {fmt(h)} | {ratio} | {p(ap99)} | {p(hp99)} | {cpu('authgate-tls')} / {cpu('haproxy-tls')} | {failed} |")
 print("\nMean over the rounds (min–max in parentheses). Every run:\n")
-print("| measure | round | target | rate/s | p50 | p99 | failed |\n|---|---|---|---|---|---|---|")
+print("| measure | round | target | rate/s | p50 | p99 | failed | client CPU |\n|---|---|---|---|---|---|---|---|")
 for r in rows:
-    print(f"| {r['measure']} | {r['round']} | {r['target']} | {float(r['rate']):,.0f} | {r['p50_us']} | {r['p99_us']} | {r['failed']} |")
+    print(f"| {r['measure']} | {r['round']} | {r['target']} | {float(r['rate']):,.0f} | {r['p50_us']} | {r['p99_us']} | {r['failed']} | {r['client_cpu']} |")
 EOF
 mv "$out.tmp" "$out"
 echo

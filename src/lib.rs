@@ -16,6 +16,7 @@ pub mod keepalive;
 pub mod live;
 pub mod metrics;
 pub mod pipeline;
+pub mod placement;
 pub mod policy;
 pub mod ratelimit;
 pub mod routes;

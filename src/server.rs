@@ -41,6 +41,7 @@ use crate::config::LimitsConfig;
 use crate::headers::ClientInfo;
 use crate::keepalive::{self, drained, BodyGuard, ConnState, InFlight};
 use crate::live::Live;
+use crate::placement::Placement;
 use crate::tls::ClientStream;
 use crate::tls::TlsListener;
 
@@ -277,13 +278,16 @@ pub fn spawn_workers(
     pin_workers: bool,
 ) -> io::Result<Workers> {
     let slots = connection_slots(&live);
-    let mut cpus = worker_cpus(pin_workers, listeners.len()).into_iter();
+    let placement = Placement::plan(pin_workers, listeners.len());
     let mut prepared = Vec::with_capacity(listeners.len());
     for listener in listeners {
         listener.set_nonblocking(true)?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
+        let mut builder = tokio::runtime::Builder::new_current_thread();
+        builder.enable_all();
+        if let Some(unbind) = placement.unbind_started_threads() {
+            builder.on_thread_start(unbind);
+        }
+        let runtime = builder.build()?;
         let own = {
             let _entered = runtime.enter();
             TcpListener::from_std(listener)?
@@ -306,18 +310,12 @@ pub fn spawn_workers(
             _ => None,
         };
         let mut stop = stop.clone();
-        let cpu = cpus.next();
+        let cpu = placement.cpu_for(index);
         let thread = std::thread::Builder::new()
             .name(format!("authgate-worker-{index}"))
             .spawn(move || {
                 if let Some(cpu) = cpu {
-                    if !core_affinity::set_for_current(cpu) {
-                        tracing::warn!(
-                            worker = index,
-                            cpu = cpu.id,
-                            "cannot bind the worker thread to its CPU; it runs unbound"
-                        );
-                    }
+                    Placement::bind_current_thread(index, cpu);
                 }
                 runtime.block_on(async move {
                     let stopped = async move {
@@ -329,31 +327,6 @@ pub fn spawn_workers(
         threads.push(thread);
     }
     Ok(Workers { threads })
-}
-
-/// The CPU each worker is bound to, in worker order; empty when they stay unbound.
-///
-/// Workers are bound only when there is exactly one per CPU this process may run on (its
-/// affinity mask, which is what `taskset`, a cpuset or `docker --cpuset-cpus` set): that is the
-/// thread-per-core layout, like nginx's `worker_cpu_affinity auto` or HAProxy's `cpu-map`. With
-/// fewer workers than CPUs (a CPU quota, or `server.workers` set lower) binding would only take
-/// choices away from the scheduler, so they stay unbound.
-///
-/// Why bind at all: the workers are equal and each is busy in short bursts, so the kernel's
-/// load balancer sees nothing to fix when both land on one CPU next to each other while the
-/// load generator and the backend share the other; that CPU then runs one worker while the
-/// other waits out a whole scheduler tick (4 ms here), and every request on the waiting
-/// worker's connections waits with it. Measured with `perf sched` under wrk -c32 on 2 cores:
-/// unbound, some runs had both workers on one CPU, a worker's longest wait 8 ms and p99 4.3 ms;
-/// bound, p99 0.6-0.9 ms (bench/results/2026-11-24-pinning.md).
-fn worker_cpus(pin_workers: bool, workers: usize) -> Vec<core_affinity::CoreId> {
-    if !pin_workers {
-        return Vec::new();
-    }
-    match core_affinity::get_core_ids() {
-        Some(cpus) if cpus.len() == workers => cpus,
-        _ => Vec::new(),
-    }
 }
 
 async fn serve_with(

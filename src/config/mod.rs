@@ -391,15 +391,18 @@ impl Config {
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
         let ctx = Ctx { file, source, base };
-        let raw: RawConfig = toml::from_str(source).map_err(|err| {
-            let start = err.span().map(|span| span.start);
-            ConfigError {
+        let raw: RawConfig = toml::Deserializer::parse(source)
+            .map_err(|err| (String::new(), err))
+            .and_then(|document| {
+                serde_path_to_error::deserialize(document)
+                    .map_err(|err| (dotted_key(err.path()), err.into_inner()))
+            })
+            .map_err(|(key, err)| ConfigError {
                 file: file.to_string(),
-                line: start.map_or(0, |start| ctx.line_of(start)),
-                key: start.map_or_else(String::new, |start| ctx.key_at(start)),
+                line: err.span().map_or(0, |span| ctx.line_of(span.start)),
+                key,
                 message: err.message().trim().to_string(),
-            }
-        })?;
+            })?;
         let server = validate_server(&ctx, raw.server)?;
         let upstream = match &raw.upstream {
             Some(upstream) => Some(validate_upstream(&ctx, upstream, "upstream")?),
@@ -467,38 +470,6 @@ impl Ctx<'_> {
             + 1
     }
 
-    /// The dotted key whose line holds `offset` ("server.workers", "route[1].methods"), for the
-    /// TOML parser's own errors (a wrong type, an unknown field), which carry a position but no
-    /// key. Read off the source: the nearest `key =` line at or above the offset, prefixed with
-    /// the table header above it; a header line itself names its table. Empty when nothing fits.
-    fn key_at(&self, offset: usize) -> String {
-        let line_index = self.line_of(offset) - 1;
-        let lines: Vec<&str> = self.source.lines().map(str::trim).collect();
-        let mut key = None;
-        for index in (0..=line_index.min(lines.len().saturating_sub(1))).rev() {
-            let line = lines.get(index).copied().unwrap_or("");
-            if line.starts_with('[') {
-                let array = line.starts_with("[[");
-                let name = line.trim_start_matches('[').split(']').next().unwrap_or("");
-                let mut table = name.trim().to_string();
-                if array {
-                    let earlier = lines[..index].iter().filter(|l| **l == line).count();
-                    table = format!("{table}[{earlier}]");
-                }
-                return match key {
-                    Some(key) => format!("{table}.{key}"),
-                    None => table,
-                };
-            }
-            if key.is_none() && !line.starts_with('#') {
-                if let Some((name, _)) = line.split_once('=') {
-                    key = Some(name.trim().trim_matches('"').to_string());
-                }
-            }
-        }
-        key.unwrap_or_default()
-    }
-
     fn location<T>(&self, spanned: &Spanned<T>, key: &str) -> Location {
         Location {
             file: self.file.to_string(),
@@ -510,6 +481,27 @@ impl Ctx<'_> {
     fn error<T>(&self, spanned: &Spanned<T>, key: &str, message: impl Into<String>) -> ConfigError {
         self.location(spanned, key).error(message)
     }
+}
+
+/// `route[1].methods[0]` from serde's path to a failing value, without the steps that
+/// `toml::Spanned` adds (`$__serde_spanned_private_value`); empty for the document itself.
+fn dotted_key(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut key = String::new();
+    for segment in path.iter() {
+        match segment {
+            Segment::Map { key: name } if name.starts_with("$__serde_spanned_private") => {}
+            Segment::Map { key: name } | Segment::Enum { variant: name } => {
+                if !key.is_empty() {
+                    key.push('.');
+                }
+                key.push_str(name);
+            }
+            Segment::Seq { index } => key.push_str(&format!("[{index}]")),
+            Segment::Unknown => {}
+        }
+    }
+    key
 }
 
 fn validate_server(ctx: &Ctx, raw: Option<raw::RawServer>) -> Result<ServerConfig, ConfigError> {

@@ -36,7 +36,7 @@ fn each_invalid_config_names_file_line_and_key() {
             "methods = [\"GET\", \"POST\"]",
             "methods = [\"GET\", 3]",
             "invalid type: integer `3`",
-            "`route[1].methods`",
+            "`route[1].methods[1]`",
         ),
         (
             "listen = \"127.0.0.1:0\"",
