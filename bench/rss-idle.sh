@@ -5,6 +5,8 @@
 # authgate's VmRSS before, while holding them, and after closing them.
 # env: N (10000)  CONCURRENCY (256 connects in flight)  HOLD (2 s idle before measuring)
 #      REQUEST (1: one request per connection first; 0: connect only)
+#      TLS (0; 1: TLS on authgate's listener, a self-signed P-256 certificate, the client does a
+#      full handshake per connection; results go to <date>-rss-idle-tls.md)
 #      AUTHGATE_BIN (default: cargo build --release)  AUTHGATE_WORKERS  KEEP_TMP=1
 set -euo pipefail
 # shellcheck source=SCRIPTDIR/lib.sh
@@ -15,6 +17,8 @@ CONCURRENCY=${CONCURRENCY:-256}
 HOLD=${HOLD:-2}
 REQUEST=${REQUEST:-1}
 [[ $REQUEST == 0 || $REQUEST == 1 ]] || die "REQUEST must be 0 or 1"
+TLS=${TLS:-0}
+[[ $TLS == 0 || $TLS == 1 ]] || die "TLS must be 0 or 1"
 for v in N CONCURRENCY HOLD; do [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer"; done
 
 need_tools nginx curl
@@ -26,25 +30,42 @@ raise_nofile $((N + 4096))
 (($(ulimit -n) >= N + 64)) || die "open-file limit $(ulimit -n) is too low for N=$N"
 
 start_backend
+authgate_config
+if [[ $TLS == 1 ]]; then
+  need_tools openssl
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=localhost \
+    -addext "subjectAltName=DNS:localhost" -keyout "$BENCH_TMP/key.pem" -out "$BENCH_TMP/cert.pem" \
+    >"$BENCH_TMP/openssl-req.log" 2>&1 || { cat "$BENCH_TMP/openssl-req.log" >&2; die "openssl could not make a certificate"; }
+  printf '\n[server.tls]\ncert = "%s"\nkey = "%s"\n' "$BENCH_TMP/cert.pem" "$BENCH_TMP/key.pem" >>"$AUTHGATE_CONFIG"
+  # 10,000 handshakes take longer than the 10 s an idle keep-alive connection is kept by default.
+  printf '\n[limits]\nheader_read_timeout = "60s"\n' >>"$AUTHGATE_CONFIG"
+fi
 start_authgate authgate
 TOKEN=$(mint_token alice) || die "could not mint a token"
-code=$(http_status "http://127.0.0.1:18083/api/alice/tasks" "$TOKEN")
-[[ $code == 200 ]] || warn "authgate answered $code to GET /api/alice/tasks, expected 200"
+if [[ $TLS == 0 ]]; then
+  code=$(http_status "http://127.0.0.1:18083/api/alice/tasks" "$TOKEN")
+  [[ $code == 200 ]] || warn "authgate answered $code to GET /api/alice/tasks, expected 200"
+fi
 sleep 0.5
 
 # Bounded: connects and requests time out, and the whole client is capped.
-OUT=$ROOT_DIR/bench/results/$(date -u +%F)-rss-idle.md
+OUT=$ROOT_DIR/bench/results/$(date -u +%F)-rss-idle$([[ $TLS == 1 ]] && echo -tls || true).md
 {
   echo "# authgate resident memory with idle keep-alive connections, $(date -u '+%F %T UTC')"
   echo
-  echo "commit $(git -C "$ROOT_DIR" rev-parse --short HEAD 2>/dev/null || echo unknown), N=$N, REQUEST=$REQUEST, HOLD=${HOLD}s, $(nproc) cores"
+  echo "commit $(git -C "$ROOT_DIR" rev-parse --short HEAD 2>/dev/null || echo unknown), N=$N, REQUEST=$REQUEST, TLS=$TLS, HOLD=${HOLD}s, $(nproc) cores"
   echo
 } >"$OUT"
-timeout --foreground --signal=INT $((120 + N / 50 + HOLD)) python3 - "$AUTHGATE_PID" "$N" "$CONCURRENCY" "$HOLD" "$TOKEN" 18083 "$REQUEST" <<'PY' | tee -a "$OUT"
-import asyncio, os, sys
+timeout --foreground --signal=INT $((120 + N / 50 + HOLD)) python3 - "$AUTHGATE_PID" "$N" "$CONCURRENCY" "$HOLD" "$TOKEN" 18083 "$REQUEST" "$TLS" <<'PY' | tee -a "$OUT"
+import asyncio, os, ssl, sys
 
 pid, n, conc, hold, token, port = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), sys.argv[5], int(sys.argv[6])
 send_request = sys.argv[7] == "1"
+tls = None
+if sys.argv[8] == "1":
+    tls = ssl.create_default_context()
+    tls.check_hostname = False
+    tls.verify_mode = ssl.CERT_NONE
 REQ = (f"GET /api/alice/tasks HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
        f"Authorization: Bearer {token}\r\n\r\n").encode()
 
@@ -87,7 +108,8 @@ async def read_response(r):
 async def open_one(sem, held, stats):
     async with sem:
         try:
-            r, w = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 10)
+            r, w = await asyncio.wait_for(asyncio.open_connection(
+                "127.0.0.1", port, ssl=tls, server_hostname="localhost" if tls else None), 10)
         except Exception as e:
             stats["connect_errors"] += 1
             stats["last_error"] = repr(e)
