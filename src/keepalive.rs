@@ -1,8 +1,9 @@
-//! HTTP/1.1 keep-alive without holding buffers. A plain connection that waits for its next request
-//! is *parked*: hyper's connection state (an 8 KiB read buffer, an 8 KiB write buffer, the
-//! dispatcher) is dropped and only the socket remains, the way nginx frees a keep-alive
-//! connection's buffers. When bytes arrive, a fresh hyper connection picks them up. This is what
-//! keeps ten thousand idle keep-alive clients within a few KiB each (bench/rss-idle.sh).
+//! HTTP/1.1 keep-alive without holding buffers. An HTTP/1.1 connection, plain or TLS, that waits
+//! for its next request is *parked*: hyper's connection state (an 8 KiB read buffer, an 8 KiB
+//! write buffer, the dispatcher) is dropped and only the socket remains (with its TLS session),
+//! the way nginx frees a keep-alive connection's buffers. When bytes arrive, a fresh hyper
+//! connection picks them up. This keeps ten thousand idle keep-alive clients within a few KiB
+//! each, 10.5 KiB over TLS (bench/rss-idle.sh, TLS=1). HTTP/2 connections do not park.
 //!
 //! How hyper is made to let go: [`Parkable`], the IO under hyper, reports end-of-stream when hyper
 //! asks for bytes, none are there, and the connection has been quiet for [`PARK_AFTER`]:
@@ -11,7 +12,9 @@
 //!   request body until its end; a body abandoned early blocks parking until the next request);
 //! - hyper has flushed everything since the last response ended (hyper only calls `poll_flush`
 //!   on its IO once its own write buffer is empty), so no response byte can be stranded;
-//! - nothing was read since the last response ended.
+//! - nothing was read since the last response ended: no bytes from the socket, counted under TLS
+//!   too, where part of a record makes no plaintext yet (otherwise a client could wake the
+//!   connection with a few bytes of a record and let it park again, forever, past every timer).
 //!
 //! The delay keeps a busy connection from parking between every two requests (parking after every
 //! response cost about 1.3 µs of CPU per request under wrk -c32, measured from the process's CPU
@@ -49,6 +52,11 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::server::IdleTimeout;
+use crate::tls::ClientStream;
+
+/// A client connection as the keep-alive loop holds it: plain or TLS (HTTP/1.1 by ALPN), the
+/// idle timer under either.
+pub type Stream = ClientStream<IdleTimeout<TcpStream>>;
 
 /// What the service side tells the IO side about one connection. The connection's own task
 /// touches it (hyper polls the service future and the response body there), and so does the
@@ -194,7 +202,7 @@ pub const PARK_AFTER: Duration = Duration::from_millis(50);
 /// The IO hyper reads from and writes to on a parkable connection: first the bytes left over from
 /// the previous hyper connection, then the socket; end-of-stream when the connection is quiet.
 pub struct Parkable {
-    inner: IdleTimeout<TcpStream>,
+    inner: Stream,
     leftover: Bytes,
     state: Arc<ConnState>,
     /// False while resuming a request whose first bytes were in `leftover`.
@@ -206,7 +214,7 @@ pub struct Parkable {
 }
 
 impl Parkable {
-    pub fn new(inner: IdleTimeout<TcpStream>, leftover: Bytes, state: Arc<ConnState>) -> Parkable {
+    pub fn new(inner: Stream, leftover: Bytes, state: Arc<ConnState>) -> Parkable {
         let answered = state.answered.load(Ordering::Relaxed);
         Parkable {
             inner,
@@ -224,7 +232,7 @@ impl Parkable {
         self.parked
     }
 
-    pub fn into_inner(self) -> IdleTimeout<TcpStream> {
+    pub fn into_inner(self) -> Stream {
         self.inner
     }
 
@@ -258,26 +266,28 @@ impl AsyncRead for Parkable {
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
-        match Pin::new(&mut this.inner).poll_read(cx, buf) {
-            Poll::Ready(result) => {
-                if buf.filled().len() > before {
-                    this.state.quiet.store(false, Ordering::Relaxed);
-                }
-                Poll::Ready(result)
-            }
+        let transport_before = this.inner.transport().bytes_in();
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        // Bytes from the socket count even when they made no plaintext yet (part of a TLS
+        // record): a connection in the middle of receiving something is not quiet.
+        if buf.filled().len() > before || this.inner.transport().bytes_in() != transport_before {
+            this.state.quiet.store(false, Ordering::Relaxed);
+        }
+        match polled {
+            Poll::Ready(result) => Poll::Ready(result),
             Poll::Pending if !this.can_park() => {
                 this.state.waker.register(cx.waker());
                 Poll::Pending
             }
             Poll::Pending => {
-                let park_at = this.inner.last_activity() + PARK_AFTER;
+                let park_at = this.inner.transport().last_activity() + PARK_AFTER;
                 if Instant::now() >= park_at {
                     this.parked = true;
                     return Poll::Ready(Ok(()));
                 }
                 // hyper polls again when the timer wakes the task, and the connection parks then
                 // if it is still quiet.
-                this.inner.wake_by(park_at, cx);
+                this.inner.transport_mut().wake_by(park_at, cx);
                 Poll::Pending
             }
         }
@@ -312,8 +322,8 @@ impl AsyncWrite for Parkable {
         // A response whose last bytes had to wait for the socket: hyper will not ask for bytes
         // again by itself, so the park timer is armed here.
         if flushed.is_ready() && this.can_park() {
-            let park_at = this.inner.last_activity() + PARK_AFTER;
-            this.inner.wake_by(park_at, cx);
+            let park_at = this.inner.transport().last_activity() + PARK_AFTER;
+            this.inner.transport_mut().wake_by(park_at, cx);
         }
         flushed
     }
@@ -327,11 +337,11 @@ impl AsyncWrite for Parkable {
     }
 }
 
-/// Serves HTTP/1.1 on a plain connection whose first bytes are waiting, parking it between
+/// Serves HTTP/1.1 on a connection (plain with its first bytes waiting, or TLS), parking it between
 /// requests. Returns when the client closes, the connection stays parked longer than `keepalive`,
 /// `draining` turns true while parked (an in-flight request finishes first), or hyper fails.
 pub async fn serve<S, B>(
-    stream: IdleTimeout<TcpStream>,
+    stream: Stream,
     builder: &http1::Builder,
     service: S,
     state: Arc<ConnState>,
@@ -356,7 +366,7 @@ where
             let woken = tokio::select! {
                 biased;
                 () = drained(draining) => false,
-                readable = tokio::time::timeout(keepalive, stream.get_ref().readable()) => {
+                readable = tokio::time::timeout(keepalive, stream.transport().get_ref().readable()) => {
                     matches!(readable, Ok(Ok(())))
                 }
             };
@@ -385,12 +395,12 @@ where
 
 enum Served {
     /// Quiet again: the socket, and any bytes of a next request hyper had already read.
-    Parked(IdleTimeout<TcpStream>, Bytes),
+    Parked(Stream, Bytes),
     Done(hyper::Result<()>),
 }
 
 async fn serve_until_parked<S, B>(
-    stream: IdleTimeout<TcpStream>,
+    stream: Stream,
     leftover: Bytes,
     builder: &http1::Builder,
     service: S,

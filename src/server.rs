@@ -7,8 +7,8 @@
 //!   waits for a slot before serving it (holding at most that one), so connections above the cap
 //!   wait in the kernel's listen backlog until a slot frees; nothing is crashed or reset.
 //! - `header_read_timeout`: hyper enforces it only when a timer is installed on the builder, which
-//!   `connection_builder` does; without it a slowloris client holds a connection forever. A plain
-//!   HTTP/1 connection waiting for its (next) request, parked or new, is closed after
+//!   `connection_builder` does; without it a slowloris client holds a connection forever. An
+//!   HTTP/1 connection waiting for its (next) request, parked or new, plain or TLS, is closed after
 //!   `min(idle_timeout, header_read_timeout)` (`LimitsConfig::keepalive`).
 //! - `idle_timeout`: no bytes either way for this long closes the connection (`IdleTimeout`).
 //! - HTTP/2: `max_concurrent_streams`, header list size, keep-alive pings.
@@ -61,7 +61,7 @@ async fn serve_request(
     Ok(keepalive::track(in_flight, response))
 }
 
-/// The HTTP/1.1-only builder for plain connections that park between requests
+/// The HTTP/1.1-only builder for connections that park between requests
 /// (src/keepalive.rs); the same settings as `connection_builder`'s HTTP/1 half.
 pub(crate) fn http1_builder(limits: &LimitsConfig) -> http1::Builder {
     let mut builder = http1::Builder::new();
@@ -508,19 +508,15 @@ impl Worker {
             let parked = live.metrics().parked_connections.clone();
             open.inc();
             let hsts = tls.as_ref().and_then(|tls| tls.hsts.clone());
-            // Plain HTTP/1.1 connections park between requests (src/keepalive.rs); TLS and h2c
-            // connections keep hyper's state for their lifetime.
-            let state = tls.is_none().then(ConnState::new);
+            // HTTP/1.1 connections, plain or TLS, park between requests (src/keepalive.rs);
+            // HTTP/2 ones (h2c, or h2 by ALPN) keep hyper's state for their lifetime.
+            let state = ConnState::new();
             let service = {
                 let state = state.clone();
                 service_fn(move |request: http::Request<hyper::body::Incoming>| {
-                    let in_flight = state.as_ref().map(InFlight::start);
-                    let body_guard = match &state {
-                        Some(state) if !http_body::Body::is_end_stream(request.body()) => {
-                            Some(BodyGuard::start(state))
-                        }
-                        _ => None,
-                    };
+                    let in_flight = Some(InFlight::start(&state));
+                    let body_guard = (!http_body::Body::is_end_stream(request.body()))
+                        .then(|| BodyGuard::start(&state));
                     // The gateway of the moment; the request keeps it even if a reload happens.
                     serve_request(
                         live.gateway(),
@@ -532,48 +528,47 @@ impl Worker {
                     )
                 })
             };
-            let outcome = match (tls, state) {
-                (None, Some(state)) => {
-                    match first_bytes(&stream, limits.keepalive(), &mut draining).await {
-                        FirstBytes::Http1 => {
-                            let stream = IdleTimeout::new(stream, limits.idle_timeout);
-                            keepalive::serve(
-                                stream,
-                                &builders.http1,
-                                service,
-                                state,
-                                limits.keepalive(),
-                                &parked,
-                                &mut draining,
-                            )
-                            .await
-                            .map_err(Into::into)
-                        }
-                        FirstBytes::MaybeHttp2 => {
-                            let stream = IdleTimeout::new(stream, limits.idle_timeout);
-                            let io = TokioIo::new(ClientStream::Plain(stream));
-                            // Boxed: h2 state is large and most connections never need it.
-                            Box::pin(serve_auto(&builders.auto, io, service, &mut draining)).await
-                        }
-                        FirstBytes::None => Ok(()),
+            let protocol = match tls {
+                None => match first_bytes(&stream, limits.keepalive(), &mut draining).await {
+                    FirstBytes::Http1 => Protocol::Http1(ClientStream::Plain(IdleTimeout::new(
+                        stream,
+                        limits.idle_timeout,
+                    ))),
+                    FirstBytes::MaybeHttp2 => Protocol::Http2(ClientStream::Plain(
+                        IdleTimeout::new(stream, limits.idle_timeout),
+                    )),
+                    FirstBytes::None => Protocol::Closed,
+                },
+                Some(tls) => {
+                    let stream = IdleTimeout::new(stream, limits.idle_timeout);
+                    // The TLS handshake (src/tls.rs); a failed one ends here. Boxed: its state
+                    // is large and gone once it is done. Then ALPN decides.
+                    let timeout = limits.header_read_timeout;
+                    match Box::pin(crate::tls::accept(Some(&tls), stream, timeout, peer)).await {
+                        Some(io) if io.negotiated_h2() => Protocol::Http2(io),
+                        Some(io) => Protocol::Http1(io),
+                        None => Protocol::Closed,
                     }
                 }
-                (tls, _) => {
-                    let stream = IdleTimeout::new(stream, limits.idle_timeout);
-                    // TLS handshake when this is a TLS listener (src/tls.rs); a failed one ends
-                    // here. Boxed, like h2c, to keep the task of a parked plain connection small.
-                    let timeout = limits.header_read_timeout;
-                    let builder = &builders.auto;
-                    Box::pin(async move {
-                        match crate::tls::accept(tls.as_deref(), stream, timeout, peer).await {
-                            Some(io) => {
-                                serve_auto(builder, TokioIo::new(io), service, &mut draining).await
-                            }
-                            None => Ok(()),
-                        }
-                    })
-                    .await
+            };
+            let outcome = match protocol {
+                Protocol::Http1(io) => keepalive::serve(
+                    io,
+                    &builders.http1,
+                    service,
+                    state,
+                    limits.keepalive(),
+                    &parked,
+                    &mut draining,
+                )
+                .await
+                .map_err(Into::into),
+                // Boxed: h2 state is large and most connections never need it.
+                Protocol::Http2(io) => {
+                    let io = TokioIo::new(io);
+                    Box::pin(serve_auto(&builders.auto, io, service, &mut draining)).await
                 }
+                Protocol::Closed => Ok(()),
             };
             if let Err(err) = outcome {
                 tracing::debug!(error = %err, %peer, "connection ended with an error");
@@ -582,6 +577,17 @@ impl Worker {
         };
         tokio::spawn(task);
     }
+}
+
+/// What a new connection speaks, once its first bytes (plain) or its TLS handshake are in.
+enum Protocol {
+    /// HTTP/1.1, plain or over TLS: served by the keep-alive loop, parking between requests.
+    Http1(keepalive::Stream),
+    /// HTTP/2 by ALPN, or a plain connection that starts like the h2c preface (hyper-util's auto
+    /// builder decides): hyper keeps its state for the connection's life.
+    Http2(keepalive::Stream),
+    /// Closed, idle too long, a failed handshake, or the gateway is draining.
+    Closed,
 }
 
 struct Builders {
@@ -660,6 +666,8 @@ pub struct IdleTimeout<T> {
     inner: T,
     idle: Duration,
     last_activity: Instant,
+    /// Bytes read so far: under TLS, the parking logic must see bytes that made no plaintext yet.
+    bytes_in: u64,
     timer: Pin<Box<Sleep>>,
 }
 
@@ -671,6 +679,11 @@ impl<T> IdleTimeout<T> {
     /// When bytes last moved either way.
     pub fn last_activity(&self) -> Instant {
         self.last_activity
+    }
+
+    /// How many bytes have been read from the inner IO.
+    pub fn bytes_in(&self) -> u64 {
+        self.bytes_in
     }
 
     /// Makes sure the task is woken by `deadline` (the idle timer fires early; firing early
@@ -688,6 +701,7 @@ impl<T> IdleTimeout<T> {
             inner,
             idle,
             last_activity: now,
+            bytes_in: 0,
             timer: Box::pin(tokio::time::sleep_until(now + idle)),
         }
     }
@@ -717,8 +731,10 @@ impl<T: AsyncRead + Unpin> AsyncRead for IdleTimeout<T> {
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(result) => {
-                if buf.filled().len() > before {
+                let read = buf.filled().len() - before;
+                if read > 0 {
                     this.last_activity = Instant::now();
+                    this.bytes_in += read as u64;
                 }
                 Poll::Ready(result)
             }

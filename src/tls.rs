@@ -476,6 +476,31 @@ pub enum ClientStream<S> {
     Tls(Box<tokio_rustls::server::TlsStream<S>>),
 }
 
+impl<S> ClientStream<S> {
+    /// Whether ALPN chose HTTP/2 in the TLS handshake.
+    pub fn negotiated_h2(&self) -> bool {
+        match self {
+            ClientStream::Plain(_) => false,
+            ClientStream::Tls(tls) => tls.get_ref().1.alpn_protocol() == Some(b"h2"),
+        }
+    }
+
+    /// The transport under TLS, if any: what a parked connection waits on (src/keepalive.rs).
+    pub fn transport(&self) -> &S {
+        match self {
+            ClientStream::Plain(stream) => stream,
+            ClientStream::Tls(tls) => tls.get_ref().0,
+        }
+    }
+
+    pub fn transport_mut(&mut self) -> &mut S {
+        match self {
+            ClientStream::Plain(stream) => stream,
+            ClientStream::Tls(tls) => tls.get_mut().0,
+        }
+    }
+}
+
 /// The first step of a connection on a listener: with `tls`, the TLS handshake, which must finish
 /// within `timeout` (a client that stalls it would otherwise hold a connection slot forever).
 /// `None` when the handshake failed or timed out (logged at debug: scanners and old clients do

@@ -1593,3 +1593,176 @@ fn client_chosen_sni_does_not_write_a_log_line_per_handshake_by_default() {
     }
     assert!(backend.received().is_empty());
 }
+
+// ---------------------------------------------------------------------------------------------
+// Parking idle HTTP/1.1 connections over TLS (src/keepalive.rs)
+// ---------------------------------------------------------------------------------------------
+
+/// Comfortably longer than `PARK_AFTER`.
+const QUIET: Duration = Duration::from_millis(250);
+
+fn parked_gauge(gateway: &TlsGateway) -> i64 {
+    gateway.live.metrics().parked_connections.get()
+}
+
+/// Reads one HTTP/1.1 response with a `Content-Length` body off `stream`.
+async fn read_one_response(stream: &mut ClientTls) -> RawResponse {
+    let mut raw = Vec::new();
+    let mut byte = [0u8; 1];
+    while !raw.ends_with(b"\r\n\r\n") {
+        assert_eq!(stream.read(&mut byte).await.unwrap(), 1, "closed mid-head");
+        raw.push(byte[0]);
+    }
+    let length: usize = parse_response(&raw)
+        .header("content-length")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).await.unwrap();
+    raw.extend_from_slice(&body);
+    parse_response(&raw)
+}
+
+fn get_request(target: &str, token: &str) -> Vec<u8> {
+    format!("GET {target} HTTP/1.1\r\nHost: gw.test\r\nAuthorization: Bearer {token}\r\n\r\n")
+        .into_bytes()
+}
+
+/// An idle HTTP/1.1 connection over TLS parks (drops hyper's buffers, keeps the TLS session)
+/// and serves its next request from where it left off, with the owner rule intact; an HTTP/2
+/// connection (ALPN h2) never parks.
+#[tokio::test]
+async fn idle_tls_http1_connections_park_and_http2_ones_do_not() {
+    let ca = Ca::new("test CA");
+    let dir = TempDir::new("park");
+    let (cert, key) = dir.write_leaf("gw", &ca.leaf("gw.test", &["gw.test"]));
+    let backend = Backend::start().await;
+    let gateway = start_tls_gateway(&tls_config(&cert, &key, ""), backend.addr).await;
+    let alice = bearer(&token_for("alice"));
+
+    let h2 = tls_connect(gateway.addr, "gw.test", client_config(&ca.der, &[b"h2"])).await;
+    let mut h2 = Sender::h2(h2).await;
+    let answer = h2
+        .get("gw.test", "/api/alice/tasks", &[("authorization", &alice)])
+        .await;
+    assert_eq!(answer.status, 200);
+    tokio::time::sleep(QUIET).await;
+    assert_eq!(
+        parked_gauge(&gateway),
+        0,
+        "an HTTP/2 connection does not park"
+    );
+
+    let token = token_for("alice");
+    let mut h1 = tls_connect(
+        gateway.addr,
+        "gw.test",
+        client_config(&ca.der, &[b"http/1.1"]),
+    )
+    .await;
+    h1.write_all(&get_request("/api/alice/tasks/1", &token))
+        .await
+        .unwrap();
+    assert_eq!(read_one_response(&mut h1).await.status, 200);
+    tokio::time::sleep(QUIET).await;
+    assert_eq!(
+        parked_gauge(&gateway),
+        1,
+        "the idle HTTP/1.1 connection parked"
+    );
+
+    h1.write_all(&get_request("/api/bob/tasks", &token))
+        .await
+        .unwrap();
+    assert_eq!(read_one_response(&mut h1).await.status, 403);
+    h1.write_all(&get_request("/api/alice/tasks/2", &token))
+        .await
+        .unwrap();
+    assert_eq!(read_one_response(&mut h1).await.status, 200);
+
+    let targets: Vec<String> = backend
+        .received()
+        .iter()
+        .map(|r| r.target.clone())
+        .collect();
+    assert_eq!(
+        targets,
+        [
+            "/api/alice/tasks",
+            "/api/alice/tasks/1",
+            "/api/alice/tasks/2"
+        ],
+        "the 403 reached nobody"
+    );
+    assert!(backend
+        .received()
+        .iter()
+        .all(|r| r.header_values("x-user-id") == ["alice"]));
+}
+
+/// A parked TLS connection woken by part of a TLS record (no plaintext yet) must not park again
+/// while the rest is on its way: bytes from the socket count as activity even before they
+/// decrypt to anything, or a client could trickle records forever past every request timer.
+/// The request completes once the rest arrives.
+#[tokio::test]
+async fn a_tls_record_split_across_a_park_keeps_the_connection_awake() {
+    let ca = Ca::new("test CA");
+    let dir = TempDir::new("park-split");
+    let (cert, key) = dir.write_leaf("gw", &ca.leaf("gw.test", &["gw.test"]));
+    let backend = Backend::start().await;
+    let gateway = start_tls_gateway(&tls_config(&cert, &key, ""), backend.addr).await;
+    let token = token_for("alice");
+
+    let mut stream = tls_connect(
+        gateway.addr,
+        "gw.test",
+        client_config(&ca.der, &[b"http/1.1"]),
+    )
+    .await;
+    stream
+        .write_all(&get_request("/api/alice/tasks/1", &token))
+        .await
+        .unwrap();
+    assert_eq!(read_one_response(&mut stream).await.status, 200);
+    tokio::time::sleep(QUIET).await;
+    assert_eq!(parked_gauge(&gateway), 1);
+
+    // Encrypt the next request by hand and send only its first 10 bytes.
+    let mut record = Vec::new();
+    {
+        let (_, connection) = stream.get_mut();
+        std::io::Write::write_all(
+            &mut connection.writer(),
+            &get_request("/api/alice/tasks/2", &token),
+        )
+        .unwrap();
+        while connection.wants_write() {
+            connection.write_tls(&mut record).unwrap();
+        }
+    }
+    assert!(record.len() > 10);
+    let (tcp, _) = stream.get_mut();
+    tcp.write_all(&record[..10]).await.unwrap();
+    tokio::time::sleep(QUIET).await;
+    assert_eq!(
+        parked_gauge(&gateway),
+        0,
+        "woken by part of a record, the connection stays awake"
+    );
+    assert_eq!(
+        backend.count(),
+        1,
+        "nothing forwarded from a partial record"
+    );
+
+    let (tcp, _) = stream.get_mut();
+    tcp.write_all(&record[10..]).await.unwrap();
+    assert_eq!(read_one_response(&mut stream).await.status, 200);
+    let received = backend.received();
+    assert_eq!(received.last().unwrap().target, "/api/alice/tasks/2");
+    assert_eq!(
+        received.last().unwrap().header_values("x-user-id"),
+        ["alice"]
+    );
+}
