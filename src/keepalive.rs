@@ -11,7 +11,9 @@
 //!   ([`InFlight`], held by the response body until hyper drops it, and [`BodyGuard`], held by the
 //!   request body until its end; a body abandoned early blocks parking until the next request);
 //! - hyper has flushed everything since the last response ended (hyper only calls `poll_flush`
-//!   on its IO once its own write buffer is empty), so no response byte can be stranded;
+//!   on its IO once its own write buffer is empty), and so has TLS: rustls takes a response's
+//!   bytes at once and may still hold its last records for a slow reader, so the IO is flushed
+//!   once more, to the end, before it parks; no response byte can be stranded;
 //! - nothing was read since the last response ended: no bytes from the socket, counted under TLS
 //!   too, where part of a record makes no plaintext yet (otherwise a client could wake the
 //!   connection with a few bytes of a record and let it park again, forever, past every timer).
@@ -46,7 +48,7 @@ use hyper::server::conn::http1;
 use hyper::service::HttpService;
 use hyper_util::rt::TokioIo;
 use prometheus_client::metrics::gauge::Gauge;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -196,6 +198,9 @@ impl<B: Body + Unpin> Body for TrackedBody<B> {
     }
 }
 
+/// How long closing a parked connection may wait for the socket (TLS close_notify).
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+
 /// How long a connection must be quiet before it parks.
 pub const PARK_AFTER: Duration = Duration::from_millis(50);
 
@@ -282,8 +287,18 @@ impl AsyncRead for Parkable {
             Poll::Pending => {
                 let park_at = this.inner.transport().last_activity() + PARK_AFTER;
                 if Instant::now() >= park_at {
-                    this.parked = true;
-                    return Poll::Ready(Ok(()));
+                    // Under TLS the last records of a response can still sit in rustls, waiting
+                    // for the socket to drain, long after hyper's own flush returned: park only
+                    // once they are out (a plain socket has nothing to flush).
+                    return match Pin::new(&mut this.inner).poll_flush(cx) {
+                        Poll::Ready(Ok(())) => {
+                            this.parked = true;
+                            Poll::Ready(Ok(()))
+                        }
+                        Poll::Ready(Err(err)) => Poll::Ready(Err(err)),
+                        // Woken when the socket takes more; hyper then asks for bytes again.
+                        Poll::Pending => Poll::Pending,
+                    };
                 }
                 // hyper polls again when the timer wakes the task, and the connection parks then
                 // if it is still quiet.
@@ -372,6 +387,9 @@ where
             };
             parked.dec();
             if !woken {
+                // Closed while parked (keep-alive limit, or draining): a TLS session ends with
+                // close_notify, as hyper's own close would send; bounded, the peer may be gone.
+                let _ = tokio::time::timeout(CLOSE_WAIT, stream.shutdown()).await;
                 return Ok(());
             }
         }

@@ -440,3 +440,25 @@ pub fn token_for(sub: &str) -> String {
 pub fn bearer(token: &str) -> String {
     format!("Bearer {token}")
 }
+
+/// A backend answering every request with `size` bytes: byte i is `i % 251`.
+pub async fn big_body_backend(size: usize) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let body = Bytes::from((0..size).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let body = body.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |_: Request<hyper::body::Incoming>| {
+                    let body = body.clone();
+                    async move { Ok::<_, Infallible>(Response::new(Full::new(body))) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}

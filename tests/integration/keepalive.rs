@@ -2,15 +2,9 @@
 //! `PARK_AFTER` of quiet, hyper's state is dropped and only the socket remains. Every test checks
 //! that nothing is lost or reordered across a park, and what the backend received.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::service::service_fn;
-use hyper::{Request, Response};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -135,28 +129,6 @@ async fn a_pipelined_request_split_across_a_park_is_not_lost() {
     assert_eq!(read_response(&mut stream).await.status, 200);
     let targets: Vec<String> = backend.received().into_iter().map(|r| r.target).collect();
     assert_eq!(targets, ["/api/alice/tasks/1", "/api/alice/tasks/2"]);
-}
-
-/// A backend answering every request with `size` bytes: byte i is `i % 251`.
-async fn big_body_backend(size: usize) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let body = Bytes::from((0..size).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let body = body.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |_: Request<hyper::body::Incoming>| {
-                    let body = body.clone();
-                    async move { Ok::<_, Infallible>(Response::new(Full::new(body))) }
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    addr
 }
 
 /// A response larger than the socket buffers, read slowly: the connection must not park (and
