@@ -161,16 +161,14 @@ impl Drop for BodyGuard {
 /// A response body that carries its request's [`InFlight`] guard.
 pub struct TrackedBody<B> {
     inner: B,
-    _in_flight: Option<InFlight>,
+    _in_flight: InFlight,
 }
 
 /// Hands the request's guard to its response body. A 101 stops parking for good: after it the
 /// socket carries the upgraded protocol (a WebSocket), which hyper reads through this same IO.
-pub fn track<B>(in_flight: Option<InFlight>, response: Response<B>) -> Response<TrackedBody<B>> {
-    if let Some(InFlight(state)) = &in_flight {
-        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-            state.upgraded.store(true, Ordering::Relaxed);
-        }
+pub fn track<B>(in_flight: InFlight, response: Response<B>) -> Response<TrackedBody<B>> {
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        in_flight.0.upgraded.store(true, Ordering::Relaxed);
     }
     response.map(|inner| TrackedBody {
         inner,

@@ -54,7 +54,7 @@ async fn serve_request(
     client: Arc<ClientInfo>,
     body_guard: Option<BodyGuard>,
     hsts: Option<http::HeaderValue>,
-    in_flight: Option<InFlight>,
+    in_flight: InFlight,
 ) -> Result<http::Response<keepalive::TrackedBody<crate::pipeline::ResponseBody>>, Infallible> {
     let mut response = gateway.handle(request, &client, body_guard).await;
     crate::tls::add_hsts(&mut response, hsts);
@@ -514,7 +514,7 @@ impl Worker {
             let service = {
                 let state = state.clone();
                 service_fn(move |request: http::Request<hyper::body::Incoming>| {
-                    let in_flight = Some(InFlight::start(&state));
+                    let in_flight = InFlight::start(&state);
                     let body_guard = (!http_body::Body::is_end_stream(request.body()))
                         .then(|| BodyGuard::start(&state));
                     // The gateway of the moment; the request keeps it even if a reload happens.
