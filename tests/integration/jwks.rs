@@ -134,15 +134,63 @@ algorithms = {algorithms:?}
     )
 }
 
-async fn get_tasks(gateway: &GatewayHandle, token: &str) -> RawResponse {
+/// A JWKS server publishing `document`, a backend, and a gateway using the Better Auth config.
+async fn start_better_auth(
+    document: Value,
+    algorithms: &[&str],
+    extra: &str,
+) -> (JwksServer, Backend, GatewayHandle) {
+    let server = JwksServer::start(document).await;
+    let backend = Backend::start().await;
+    let gateway = start_gateway(
+        &better_auth_config(&server.url(), algorithms, extra),
+        backend.addr,
+    )
+    .await;
+    (server, backend, gateway)
+}
+
+/// Takes an address rather than a handle so that spawned tasks can use it.
+async fn get_tasks_at(addr: SocketAddr, token: &str) -> RawResponse {
     request(
-        gateway.addr,
+        addr,
         "GET",
         "/api/alice/tasks",
         &[("Authorization", &bearer(token))],
         b"",
     )
     .await
+}
+
+async fn get_tasks(gateway: &GatewayHandle, token: &str) -> RawResponse {
+    get_tasks_at(gateway.addr, token).await
+}
+
+/// A token for alice from the Better Auth app at `BASE_URL`.
+fn alice_token(key: &TestKey) -> String {
+    key.token(&better_auth_claims("alice", BASE_URL))
+}
+
+async fn wait_for_first_fetch(gateway: &GatewayHandle) {
+    eventually("first fetch", || async {
+        gateway.gateway.authenticator().keys_ready()
+    })
+    .await;
+}
+
+/// The gateway's only remote JWKS source (each test here configures one).
+fn remote_source(gateway: &GatewayHandle) -> Arc<authgate::auth::RemoteJwks> {
+    gateway
+        .gateway
+        .authenticator()
+        .remote_sources()
+        .next()
+        .unwrap()
+        .clone()
+}
+
+fn failed_fetches(remote: &authgate::auth::RemoteJwks) -> u64 {
+    remote.fetches_failed.load(Ordering::Relaxed)
 }
 
 /// Polls until `check` passes or 10 s elapse. Not a timing assertion: it only bounds a wait.
@@ -178,15 +226,10 @@ async fn every_algorithm_accepts_valid_and_refuses_tampered_tokens() {
         .iter()
         .map(|alg| TestKey::generate(alg, &format!("kid-{alg}")))
         .collect();
-    let server = JwksServer::start(jwks(&keys.iter().collect::<Vec<_>>())).await;
-    let backend = Backend::start().await;
-    let gateway = start_gateway(
-        &better_auth_config(&server.url(), &ALL_ALGORITHMS, ""),
-        backend.addr,
-    )
-    .await;
+    let (_server, backend, gateway) =
+        start_better_auth(jwks(&keys.iter().collect::<Vec<_>>()), &ALL_ALGORITHMS, "").await;
     for key in &keys {
-        let token = key.token(&better_auth_claims("alice", BASE_URL));
+        let token = alice_token(key);
         let response = get_tasks(&gateway, &token).await;
         assert_eq!(
             response.status,
@@ -214,15 +257,10 @@ async fn every_algorithm_accepts_valid_and_refuses_tampered_tokens() {
 async fn a_key_only_verifies_its_own_algorithm() {
     // An Ed25519 key and a P-256 key; tokens claiming the other algorithm with the same kid fail.
     let ed = TestKey::generate("EdDSA", "k1");
-    let server = JwksServer::start(jwks(&[&ed])).await;
-    let backend = Backend::start().await;
-    let gateway = start_gateway(
-        &better_auth_config(&server.url(), &["EdDSA", "ES256"], ""),
-        backend.addr,
-    )
-    .await;
+    let (_server, backend, gateway) =
+        start_better_auth(jwks(&[&ed]), &["EdDSA", "ES256"], "").await;
     let p256 = TestKey::generate("ES256", "k1");
-    let token = p256.token(&better_auth_claims("alice", BASE_URL));
+    let token = alice_token(&p256);
     assert_eq!(get_tasks(&gateway, &token).await.status, 401);
     // An EdDSA signature presented as ES256 under the Ed25519 key's kid.
     let forged = ed.sign(
@@ -237,22 +275,20 @@ async fn a_key_only_verifies_its_own_algorithm() {
 async fn rotation_new_kid_after_one_refetch_removed_key_after_refresh() {
     let old = TestKey::generate("EdDSA", "old");
     let new = TestKey::generate("EdDSA", "new");
-    let server = JwksServer::start(jwks(&[&old])).await;
-    let backend = Backend::start().await;
-    let config = better_auth_config(
-        &server.url(),
+    let (server, _backend, gateway) = start_better_auth(
+        jwks(&[&old]),
         &["EdDSA"],
         "jwks_refresh = \"2s\"\njwks_cooldown = \"300ms\"",
-    );
-    let gateway = start_gateway(&config, backend.addr).await;
-    let old_token = old.token(&better_auth_claims("alice", BASE_URL));
+    )
+    .await;
+    let old_token = alice_token(&old);
     assert_eq!(get_tasks(&gateway, &old_token).await.status, 200);
 
     // The auth server rotates: the new key appears, the old stays for a grace period.
     server.set_jwks(jwks(&[&new, &old]));
     tokio::time::sleep(Duration::from_millis(350)).await; // past the cooldown
     let before = server.fetches();
-    let new_token = new.token(&better_auth_claims("alice", BASE_URL));
+    let new_token = alice_token(&new);
     assert_eq!(get_tasks(&gateway, &new_token).await.status, 200);
     assert_eq!(
         server.fetches(),
@@ -287,7 +323,7 @@ async fn auth_server_down_at_start_answers_503_then_recovers() {
     );
     let gateway = start_gateway(&config, backend.addr).await;
     assert!(!gateway.gateway.authenticator().keys_ready());
-    let token = key.token(&better_auth_claims("alice", BASE_URL));
+    let token = alice_token(&key);
     let response = get_tasks(&gateway, &token).await;
     assert_eq!(response.status, 503);
     assert_eq!(response.header("retry-after"), Some("5"));
@@ -322,50 +358,34 @@ async fn auth_server_down_at_start_answers_503_then_recovers() {
 #[tokio::test]
 async fn auth_server_failing_later_keeps_cached_keys() {
     let key = TestKey::generate("ES256", "k1");
-    let server = JwksServer::start(jwks(&[&key])).await;
-    let backend = Backend::start().await;
-    let config = better_auth_config(
-        &server.url(),
+    let (server, _backend, gateway) = start_better_auth(
+        jwks(&[&key]),
         &["ES256"],
         "jwks_refresh = \"1s\"\njwks_cooldown = \"200ms\"",
-    );
-    let gateway = start_gateway(&config, backend.addr).await;
-    eventually("first fetch", || async {
-        gateway.gateway.authenticator().keys_ready()
-    })
+    )
     .await;
+    wait_for_first_fetch(&gateway).await;
     server.set_raw(500, "text/plain", b"down".to_vec());
     let fetched = server.fetches();
     eventually("a failed refresh", || async { server.fetches() > fetched }).await;
     // A fresh token (not in the verified-token cache) still verifies with the last good set.
-    let token = key.token(&better_auth_claims("alice", BASE_URL));
+    let token = alice_token(&key);
     assert_eq!(get_tasks(&gateway, &token).await.status, 200);
-    let remote = gateway
-        .gateway
-        .authenticator()
-        .remote_sources()
-        .next()
-        .unwrap();
-    assert!(remote.fetches_failed.load(Ordering::Relaxed) >= 1);
+    assert!(failed_fetches(&remote_source(&gateway)) >= 1);
 }
 
 #[tokio::test]
 async fn unknown_kid_flood_makes_at_most_one_fetch_per_cooldown() {
     let key = TestKey::generate("EdDSA", "real");
-    let server = JwksServer::start(jwks(&[&key])).await;
-    let backend = Backend::start().await;
     // Default cooldown (30 s): the whole flood fits in one cooldown window. The brute-force guard
     // is off here so that every request reaches key lookup (it has its own tests).
-    let config = better_auth_config(
-        &server.url(),
+    let (server, backend, gateway) = start_better_auth(
+        jwks(&[&key]),
         &["EdDSA"],
         "[rate_limit]\nauth_failures = \"off\"",
-    );
-    let gateway = start_gateway(&config, backend.addr).await;
-    eventually("first fetch", || async {
-        gateway.gateway.authenticator().keys_ready()
-    })
+    )
     .await;
+    wait_for_first_fetch(&gateway).await;
     let initial = server.fetches();
     let attacker = TestKey::generate("EdDSA", "unused");
     let mut refused = 0;
@@ -373,18 +393,10 @@ async fn unknown_kid_flood_makes_at_most_one_fetch_per_cooldown() {
         let mut tasks = Vec::new();
         for i in 0..50 {
             let forged = attacker.with_kid(&format!("made-up-{batch}-{i}"));
-            let token = forged.token(&better_auth_claims("alice", BASE_URL));
+            let token = alice_token(&forged);
             let addr = gateway.addr;
             tasks.push(tokio::spawn(async move {
-                request(
-                    addr,
-                    "GET",
-                    "/api/alice/tasks",
-                    &[("Authorization", &bearer(&token))],
-                    b"",
-                )
-                .await
-                .status
+                get_tasks_at(addr, &token).await.status
             }));
         }
         for task in tasks {
@@ -437,13 +449,7 @@ async fn rs256_to_hs256_confusion_is_refused() {
 #[tokio::test]
 async fn embedded_key_material_in_the_token_is_ignored() {
     let genuine = TestKey::generate("EdDSA", "k1");
-    let server = JwksServer::start(jwks(&[&genuine])).await;
-    let backend = Backend::start().await;
-    let gateway = start_gateway(
-        &better_auth_config(&server.url(), &["EdDSA"], ""),
-        backend.addr,
-    )
-    .await;
+    let (_server, backend, gateway) = start_better_auth(jwks(&[&genuine]), &["EdDSA"], "").await;
     let attacker = TestKey::generate("EdDSA", "k1");
     let claims = better_auth_claims("alice", BASE_URL);
     for header in [
@@ -461,13 +467,8 @@ async fn embedded_key_material_in_the_token_is_ignored() {
 async fn ecdsa_zero_signatures_are_refused() {
     let p256 = TestKey::generate("ES256", "p256");
     let p521 = TestKey::generate("ES512", "p521");
-    let server = JwksServer::start(jwks(&[&p256, &p521])).await;
-    let backend = Backend::start().await;
-    let gateway = start_gateway(
-        &better_auth_config(&server.url(), &["ES256", "ES512"], ""),
-        backend.addr,
-    )
-    .await;
+    let (_server, backend, gateway) =
+        start_better_auth(jwks(&[&p256, &p521]), &["ES256", "ES512"], "").await;
     let claims = better_auth_claims("alice", BASE_URL);
     for (key, length) in [(&p256, 64), (&p521, 132)] {
         let header = json!({"alg": key.alg, "kid": key.kid});
@@ -490,13 +491,7 @@ async fn ecdsa_zero_signatures_are_refused() {
 #[tokio::test]
 async fn wrong_issuer_or_audience_is_refused() {
     let key = TestKey::generate("EdDSA", "k1");
-    let server = JwksServer::start(jwks(&[&key])).await;
-    let backend = Backend::start().await;
-    let gateway = start_gateway(
-        &better_auth_config(&server.url(), &["EdDSA"], ""),
-        backend.addr,
-    )
-    .await;
+    let (_server, backend, gateway) = start_better_auth(jwks(&[&key]), &["EdDSA"], "").await;
     let mut claims = better_auth_claims("alice", BASE_URL);
     claims["iss"] = json!("http://evil.test");
     assert_eq!(
@@ -574,21 +569,10 @@ secret_env = "BETTER_AUTH_SECRET"
 #[tokio::test]
 async fn malformed_jwks_responses_are_survived() {
     let key = TestKey::generate("EdDSA", "k1");
-    let server = JwksServer::start(jwks(&[&key])).await;
-    let backend = Backend::start().await;
-    let config = better_auth_config(&server.url(), &["EdDSA"], "jwks_cooldown = \"100ms\"");
-    let gateway = start_gateway(&config, backend.addr).await;
-    eventually("first fetch", || async {
-        gateway.gateway.authenticator().keys_ready()
-    })
-    .await;
-    let remote = gateway
-        .gateway
-        .authenticator()
-        .remote_sources()
-        .next()
-        .unwrap()
-        .clone();
+    let (server, _backend, gateway) =
+        start_better_auth(jwks(&[&key]), &["EdDSA"], "jwks_cooldown = \"100ms\"").await;
+    wait_for_first_fetch(&gateway).await;
+    let remote = remote_source(&gateway);
     let huge = format!(
         "{{\"keys\":[],\"pad\":\"{}\"}}",
         "x".repeat(authgate::auth::MAX_JWKS_BYTES)
@@ -606,21 +590,16 @@ async fn malformed_jwks_responses_are_survived() {
     ];
     for (status, content_type, body) in bad_documents {
         server.set_raw(status, content_type, body);
-        let failed = remote.fetches_failed.load(Ordering::Relaxed);
+        let failed = failed_fetches(&remote);
         tokio::time::sleep(Duration::from_millis(150)).await;
         // An unknown kid forces a refetch of the bad document; it is refused and logged...
         let unknown = key.with_kid("unknown");
         assert_eq!(
-            get_tasks(
-                &gateway,
-                &unknown.token(&better_auth_claims("alice", BASE_URL))
-            )
-            .await
-            .status,
+            get_tasks(&gateway, &alice_token(&unknown)).await.status,
             401
         );
         assert!(
-            remote.fetches_failed.load(Ordering::Relaxed) > failed,
+            failed_fetches(&remote) > failed,
             "{content_type} {status}: the bad document was not fetched"
         );
         // ...and the last good set keeps working, for a token never seen before.
@@ -646,31 +625,13 @@ async fn a_malformed_key_does_not_spoil_the_good_ones() {
         json!({"kty": "OKP", "crv": "Ed25519", "x": good.jwk()["x"], "d": "c2VjcmV0", "kid": "private"}),
         json!("not even an object"),
     ]);
-    let server = JwksServer::start(document).await;
-    let backend = Backend::start().await;
-    let gateway = start_gateway(
-        &better_auth_config(&server.url(), &["EdDSA", "ES256", "RS256"], ""),
-        backend.addr,
-    )
-    .await;
-    assert_eq!(
-        get_tasks(
-            &gateway,
-            &good.token(&better_auth_claims("alice", BASE_URL))
-        )
-        .await
-        .status,
-        200
-    );
+    let (_server, _backend, gateway) =
+        start_better_auth(document, &["EdDSA", "ES256", "RS256"], "").await;
+    assert_eq!(get_tasks(&gateway, &alice_token(&good)).await.status, 200);
     // A token naming the private-key entry's kid is refused even though its x is the good key's.
     let private_kid = good.with_kid("private");
     assert_eq!(
-        get_tasks(
-            &gateway,
-            &private_kid.token(&better_auth_claims("alice", BASE_URL))
-        )
-        .await
-        .status,
+        get_tasks(&gateway, &alice_token(&private_kid)).await.status,
         401
     );
 }
@@ -765,18 +726,12 @@ async fn a_hanging_auth_server_times_out_instead_of_hanging_requests() {
         "jwks_timeout = \"300ms\"",
     );
     let gateway = start_gateway(&config, backend.addr).await;
-    let token = TestKey::generate("EdDSA", "k1").token(&better_auth_claims("alice", BASE_URL));
+    let token = alice_token(&TestKey::generate("EdDSA", "k1"));
     let started = std::time::Instant::now();
     let response = get_tasks(&gateway, &token).await;
     assert_eq!(response.status, 503);
     // Bounded by the fetch timeout, not by the auth server: not a performance assertion.
     assert!(started.elapsed() < Duration::from_secs(5));
-    let remote = gateway
-        .gateway
-        .authenticator()
-        .remote_sources()
-        .next()
-        .unwrap();
-    assert!(remote.fetches_failed.load(Ordering::Relaxed) >= 1);
+    assert!(failed_fetches(&remote_source(&gateway)) >= 1);
     assert_eq!(backend.count(), 0);
 }

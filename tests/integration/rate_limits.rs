@@ -30,22 +30,49 @@ async fn get(
     request(gateway.addr, "GET", path, &headers, b"").await
 }
 
+/// Sends the same request `times` times, one after another, so the bucket counts are exact.
+async fn get_repeatedly(
+    gateway: &GatewayHandle,
+    times: usize,
+    path: &str,
+    user: Option<&str>,
+    extra: &[(&str, &str)],
+) -> Vec<RawResponse> {
+    let mut responses = Vec::new();
+    for _ in 0..times {
+        responses.push(get(gateway, path, user, extra).await);
+    }
+    responses
+}
+
 fn statuses(responses: &[RawResponse]) -> Vec<u16> {
     responses.iter().map(|r| r.status).collect()
 }
 
+/// Status of an anonymous request to a protected route carrying this `Authorization` value, so
+/// that the brute-force guard sees it (a token made with `token_for` would verify).
+async fn status_with_authorization(gateway: &GatewayHandle, authorization: &str) -> u16 {
+    get(
+        gateway,
+        "/api/alice/tasks",
+        None,
+        &[("Authorization", authorization)],
+    )
+    .await
+    .status
+}
+
+/// A fresh backend and a gateway in front of it with this `[rate_limit]` body and `[server]` extra.
+async fn start_limited(rate_limit: &str, server: &str) -> (Backend, GatewayHandle) {
+    let backend = Backend::start().await;
+    let gateway = start_gateway(&config_with(rate_limit, server), backend.addr).await;
+    (backend, gateway)
+}
+
 #[tokio::test]
 async fn burst_above_quota_gets_exactly_the_expected_429s() {
-    let backend = Backend::start().await;
-    let gateway = start_gateway(
-        &config_with("per_user = \"1/m\"\nburst = 5", ""),
-        backend.addr,
-    )
-    .await;
-    let mut responses = Vec::new();
-    for _ in 0..8 {
-        responses.push(get(&gateway, "/api/alice/tasks", Some("alice"), &[]).await);
-    }
+    let (backend, gateway) = start_limited("per_user = \"1/m\"\nburst = 5", "").await;
+    let responses = get_repeatedly(&gateway, 8, "/api/alice/tasks", Some("alice"), &[]).await;
     assert_eq!(
         statuses(&responses),
         vec![200, 200, 200, 200, 200, 429, 429, 429]
@@ -74,36 +101,11 @@ async fn burst_above_quota_gets_exactly_the_expected_429s() {
 
 #[tokio::test]
 async fn users_do_not_share_a_bucket() {
-    let backend = Backend::start().await;
-    let gateway = start_gateway(
-        &config_with("per_user = \"1/m\"\nburst = 2", ""),
-        backend.addr,
-    )
-    .await;
-    let alice: Vec<u16> = {
-        let mut out = Vec::new();
-        for _ in 0..3 {
-            out.push(
-                get(&gateway, "/api/alice/tasks", Some("alice"), &[])
-                    .await
-                    .status,
-            );
-        }
-        out
-    };
-    assert_eq!(alice, vec![200, 200, 429]);
-    assert_eq!(
-        get(&gateway, "/api/bob/tasks", Some("bob"), &[])
-            .await
-            .status,
-        200
-    );
-    assert_eq!(
-        get(&gateway, "/api/bob/tasks", Some("bob"), &[])
-            .await
-            .status,
-        200
-    );
+    let (backend, gateway) = start_limited("per_user = \"1/m\"\nburst = 2", "").await;
+    let alice = get_repeatedly(&gateway, 3, "/api/alice/tasks", Some("alice"), &[]).await;
+    assert_eq!(statuses(&alice), vec![200, 200, 429]);
+    let bob = get_repeatedly(&gateway, 2, "/api/bob/tasks", Some("bob"), &[]).await;
+    assert_eq!(statuses(&bob), vec![200, 200]);
     let received = backend.received();
     let users: Vec<Vec<&str>> = received
         .iter()
@@ -136,36 +138,16 @@ async fn per_route_overrides_have_their_own_buckets() {
         429
     );
     // The global bucket is untouched by the route's.
-    for _ in 0..3 {
-        assert_eq!(
-            get(&gateway, "/api/alice/tasks", Some("alice"), &[])
-                .await
-                .status,
-            200
-        );
-    }
-    assert_eq!(
-        get(&gateway, "/api/alice/tasks", Some("alice"), &[])
-            .await
-            .status,
-        429
-    );
+    let global = get_repeatedly(&gateway, 4, "/api/alice/tasks", Some("alice"), &[]).await;
+    assert_eq!(statuses(&global), vec![200, 200, 200, 429]);
     assert_eq!(backend.count(), 4);
 }
 
 #[tokio::test]
 async fn anonymous_requests_count_per_ip() {
-    let backend = Backend::start().await;
-    let gateway = start_gateway(
-        &config_with("per_ip = \"1/m\"\nper_ip_burst = 2", ""),
-        backend.addr,
-    )
-    .await;
-    let mut seen = Vec::new();
-    for _ in 0..3 {
-        seen.push(get(&gateway, "/health", None, &[]).await.status);
-    }
-    assert_eq!(seen, vec![200, 200, 429]);
+    let (_backend, gateway) = start_limited("per_ip = \"1/m\"\nper_ip_burst = 2", "").await;
+    let anonymous = get_repeatedly(&gateway, 3, "/health", None, &[]).await;
+    assert_eq!(statuses(&anonymous), vec![200, 200, 429]);
     // Authenticated users are not limited by the IP quota.
     assert_eq!(
         get(&gateway, "/api/alice/tasks", Some("alice"), &[])
@@ -177,13 +159,9 @@ async fn anonymous_requests_count_per_ip() {
 
 #[tokio::test]
 async fn allowed_responses_carry_ratelimit_headers_when_asked() {
-    let backend = Backend::start().await;
-    let gateway = start_gateway(
-        &config_with(
-            "per_user = \"1/m\"\nburst = 3\nrate_limit_headers = true",
-            "",
-        ),
-        backend.addr,
+    let (_backend, gateway) = start_limited(
+        "per_user = \"1/m\"\nburst = 3\nrate_limit_headers = true",
+        "",
     )
     .await;
     let first = get(&gateway, "/api/alice/tasks", Some("alice"), &[]).await;
@@ -198,21 +176,13 @@ async fn allowed_responses_carry_ratelimit_headers_when_asked() {
 
 #[tokio::test]
 async fn auth_failure_guard_trips_before_verification() {
-    let backend = Backend::start().await;
-    let gateway = start_gateway(
-        &config_with("auth_failures = \"1/m\"\nauth_failures_burst = 3", ""),
-        backend.addr,
-    )
-    .await;
+    let (backend, gateway) =
+        start_limited("auth_failures = \"1/m\"\nauth_failures_burst = 3", "").await;
     for _ in 0..3 {
-        let response = get(
-            &gateway,
-            "/api/alice/tasks",
-            None,
-            &[("Authorization", "Bearer not.a.token")],
-        )
-        .await;
-        assert_eq!(response.status, 401);
+        assert_eq!(
+            status_with_authorization(&gateway, "Bearer not.a.token").await,
+            401
+        );
     }
     // Now even a valid token is refused before it is looked at.
     let blocked = get(&gateway, "/api/alice/tasks", Some("alice"), &[]).await;
@@ -239,74 +209,43 @@ async fn auth_failure_guard_fires_even_when_keys_are_unavailable() {
     let key = crate::keys::TestKey::generate("EdDSA", "k1");
     let token = key.token(&serde_json::json!({"sub": "alice", "exp": now() + 900}));
     let auth = bearer(&token);
-    assert_eq!(
-        get(
-            &gateway,
-            "/api/alice/tasks",
-            None,
-            &[("Authorization", &auth)]
-        )
-        .await
-        .status,
-        503
-    );
+    assert_eq!(status_with_authorization(&gateway, &auth).await, 503);
     for _ in 0..2 {
         assert_eq!(
-            get(
-                &gateway,
-                "/api/alice/tasks",
-                None,
-                &[("Authorization", "Bearer x.y.z")]
-            )
-            .await
-            .status,
+            status_with_authorization(&gateway, "Bearer x.y.z").await,
             401
         );
     }
-    assert_eq!(
-        get(
-            &gateway,
-            "/api/alice/tasks",
-            None,
-            &[("Authorization", &auth)]
-        )
-        .await
-        .status,
-        429
-    );
+    assert_eq!(status_with_authorization(&gateway, &auth).await, 429);
     assert_eq!(backend.count(), 0);
+}
+
+/// One request per client IP, then refused: the second request shows whose bucket it hit.
+const ONE_PER_IP: &str = "per_ip = \"1/m\"\nper_ip_burst = 1";
+
+/// Statuses of anonymous `/health` requests sent in order, each claiming one of `clients` in
+/// X-Forwarded-For.
+async fn health_statuses_forwarded_for(gateway: &GatewayHandle, clients: &[&str]) -> Vec<u16> {
+    let mut seen = Vec::new();
+    for client in clients {
+        seen.push(
+            get(gateway, "/health", None, &[("X-Forwarded-For", client)])
+                .await
+                .status,
+        );
+    }
+    seen
 }
 
 #[tokio::test]
 async fn trusted_proxies_decide_the_client_ip() {
     // Trusted: the X-Forwarded-For entry is the client, so two clients have two buckets.
-    let backend = Backend::start().await;
-    let trusted = start_gateway(
-        &config_with(
-            "per_ip = \"1/m\"\nper_ip_burst = 1",
-            "trusted_proxies = [\"127.0.0.1/32\"]",
-        ),
-        backend.addr,
-    )
-    .await;
-    let from = |ip: &'static str| [("X-Forwarded-For", ip)];
+    let (backend, trusted) =
+        start_limited(ONE_PER_IP, "trusted_proxies = [\"127.0.0.1/32\"]").await;
     assert_eq!(
-        get(&trusted, "/health", None, &from("203.0.113.1"))
-            .await
-            .status,
-        200
-    );
-    assert_eq!(
-        get(&trusted, "/health", None, &from("203.0.113.1"))
-            .await
-            .status,
-        429
-    );
-    assert_eq!(
-        get(&trusted, "/health", None, &from("203.0.113.2"))
-            .await
-            .status,
-        200
+        health_statuses_forwarded_for(&trusted, &["203.0.113.1", "203.0.113.1", "203.0.113.2"])
+            .await,
+        vec![200, 429, 200]
     );
     let chains: Vec<Vec<String>> = backend
         .received()
@@ -327,23 +266,10 @@ async fn trusted_proxies_decide_the_client_ip() {
     );
 
     // Untrusted: the header is ignored and replaced, so both "clients" share the peer's bucket.
-    let backend = Backend::start().await;
-    let untrusted = start_gateway(
-        &config_with("per_ip = \"1/m\"\nper_ip_burst = 1", ""),
-        backend.addr,
-    )
-    .await;
+    let (backend, untrusted) = start_limited(ONE_PER_IP, "").await;
     assert_eq!(
-        get(&untrusted, "/health", None, &from("203.0.113.1"))
-            .await
-            .status,
-        200
-    );
-    assert_eq!(
-        get(&untrusted, "/health", None, &from("203.0.113.2"))
-            .await
-            .status,
-        429
+        health_statuses_forwarded_for(&untrusted, &["203.0.113.1", "203.0.113.2"]).await,
+        vec![200, 429]
     );
     assert_eq!(
         backend.only().header_values("x-forwarded-for"),
