@@ -112,24 +112,8 @@ port_free_or_die 18080 18081 18082 18083 18085 18086
 bench_init
 raise_nofile 16384  # haproxy asks for 2 x maxconn (8000) + a few
 
-# Watchdog: after CAP seconds, terminate this script (its EXIT trap stops everything it started).
-# It checks once a second whether we are gone, so it never outlives us by more than a second.
-(
-  trap - EXIT INT TERM
-  end=$((SECONDS + CAP))
-  while ((SECONDS < end)); do sleep 1; kill -0 $$ 2>/dev/null || exit 0; done
-  echo "bench: hard cap of ${CAP}s reached, stopping" >&2
-  kill -TERM $$ 2>/dev/null
-) &
-BENCH_PIDS+=($!)
-
-# Other work on the machine skews everything: sample the CPU for a second before starting.
-cpu_sample() { awk '/^cpu / { print $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9, $5 + $6 }' /proc/stat; }
-read -r total0 idle0 < <(cpu_sample)
-sleep 1
-read -r total1 idle1 < <(cpu_sample)
-BUSY_PCT=$(awk -v t=$((total1 - total0)) -v i=$((idle1 - idle0)) 'BEGIN { printf "%.0f", t ? 100 * (t - i) / t : 0 }')
-((BUSY_PCT <= 20)) || warn "the machine was ${BUSY_PCT}% busy (all cores) in the second before the run: expect noise"
+start_watchdog "$CAP"
+sample_busy
 TOKEN_HS256=$(mint_token alice) || die "could not mint a token (pyjwt?)"
 export TOKEN_HS256
 [[ -n "${AUTHGATE_CONFIG:-}" ]] || authgate_config

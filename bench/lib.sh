@@ -182,3 +182,30 @@ http_status() {
   [[ -n "$tok" ]] && args+=(-H "Authorization: Bearer $tok")
   curl "${args[@]}" "$url" || true
 }
+
+# Watchdog: after CAP seconds, terminate this script (its EXIT trap stops everything it started).
+# It checks once a second whether we are gone, so it never outlives us by more than a second.
+# usage: start_watchdog CAP  (after bench_init)
+start_watchdog() {
+  local cap=$1
+  (
+    trap - EXIT INT TERM
+    end=$((SECONDS + cap))
+    while ((SECONDS < end)); do sleep 1; kill -0 $$ 2>/dev/null || exit 0; done
+    echo "bench: hard cap of ${cap}s reached, stopping" >&2
+    kill -TERM $$ 2>/dev/null
+  ) &
+  BENCH_PIDS+=($!)
+}
+
+# Other work on the machine skews everything: samples the CPU for a second, sets BUSY_PCT (all
+# cores) and warns above 20%.
+sample_busy() {
+  local total0 idle0 total1 idle1
+  cpu_sample() { awk '/^cpu / { print $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9, $5 + $6 }' /proc/stat; }
+  read -r total0 idle0 < <(cpu_sample)
+  sleep 1
+  read -r total1 idle1 < <(cpu_sample)
+  BUSY_PCT=$(awk -v t=$((total1 - total0)) -v i=$((idle1 - idle0)) 'BEGIN { printf "%.0f", t ? 100 * (t - i) / t : 0 }')
+  ((BUSY_PCT <= 20)) || warn "the machine was ${BUSY_PCT}% busy (all cores) in the second before the run: expect noise"
+}

@@ -67,21 +67,8 @@ port_free_or_die 18080 18443 18444
 bench_init
 raise_nofile 16384
 
-(
-  trap - EXIT INT TERM
-  end=$((SECONDS + CAP))
-  while ((SECONDS < end)); do sleep 1; kill -0 $$ 2>/dev/null || exit 0; done
-  echo "bench: hard cap of ${CAP}s reached, stopping" >&2
-  kill -TERM $$ 2>/dev/null
-) &
-BENCH_PIDS+=($!)
-
-cpu_sample() { awk '/^cpu / { print $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9, $5 + $6 }' /proc/stat; }
-read -r total0 idle0 < <(cpu_sample)
-sleep 1
-read -r total1 idle1 < <(cpu_sample)
-BUSY_PCT=$(awk -v t=$((total1 - total0)) -v i=$((idle1 - idle0)) 'BEGIN { printf "%.0f", t ? 100 * (t - i) / t : 0 }')
-((BUSY_PCT <= 20)) || warn "the machine was ${BUSY_PCT}% busy (all cores) in the second before the run: expect noise"
+start_watchdog "$CAP"
+sample_busy
 
 # ----- the certificate (the same PEM for both) -----
 TLS_DIR=$BENCH_TMP/tls
