@@ -9,7 +9,8 @@
 //! asks for bytes, none are there, and the connection has been quiet for [`PARK_AFTER`]:
 //! - no request in flight, no response still streaming and no request body still arriving
 //!   ([`InFlight`], held by the response body until hyper drops it, and [`BodyGuard`], held by the
-//!   request body until its end; a body abandoned early blocks parking until the next request);
+//!   request body until its end; a request answered without reading its body, a refusal, gets
+//!   `Connection: close` instead (`server::serve_request`), so it never waits here);
 //! - hyper has flushed everything since the last response ended (hyper only calls `poll_flush`
 //!   on its IO once its own write buffer is empty), and so has TLS: rustls takes a response's
 //!   bytes at once and may still hold its last records for a slow reader, so the IO is flushed
@@ -112,6 +113,13 @@ impl InFlight {
         // hyper parses a request head only once the previous body has been read to its end.
         state.unfinished_body.store(false, Ordering::Relaxed);
         InFlight(state.clone())
+    }
+}
+
+impl InFlight {
+    /// Whether this request's body was dropped before its end: a refusal never reads it.
+    pub fn body_abandoned(&self) -> bool {
+        self.0.unfinished_body.load(Ordering::Relaxed)
     }
 }
 

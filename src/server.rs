@@ -56,8 +56,17 @@ async fn serve_request(
     hsts: Option<http::HeaderValue>,
     in_flight: InFlight,
 ) -> Result<http::Response<keepalive::TrackedBody<crate::pipeline::ResponseBody>>, Infallible> {
+    let http1 = request.version() < http::Version::HTTP_2;
     let mut response = gateway.handle(request, &client, body_guard).await;
     crate::tls::add_hsts(&mut response, hsts);
+    // A request answered without its body being read (a refusal): close after the answer rather
+    // than leave hyper to drain a body nobody wants, or the connection unable to park meanwhile.
+    if http1 && in_flight.body_abandoned() {
+        response.headers_mut().insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
+        );
+    }
     Ok(keepalive::track(in_flight, response))
 }
 

@@ -482,3 +482,36 @@ async fn a_connection_parks_after_a_request_with_a_body() {
         ]
     );
 }
+
+/// A refused request whose body was never read is answered with `Connection: close`, and the
+/// connection closes (instead of hyper draining, or not, a body nobody wants while the connection
+/// cannot park). A refused request without a body keeps its connection. Nothing reaches the
+/// backend.
+#[tokio::test]
+async fn a_refused_request_with_an_unread_body_closes_its_connection() {
+    let (backend, gateway) = setup().await;
+    let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
+    stream
+        .write_all(b"GET /api/alice/tasks HTTP/1.1\r\nHost: gw\r\n\r\n")
+        .await
+        .unwrap();
+    let refused = read_response(&mut stream).await;
+    assert_eq!(refused.status, 401);
+    assert_eq!(refused.header("connection"), None);
+
+    stream
+        .write_all(
+            b"POST /api/alice/tasks HTTP/1.1\r\nHost: gw\r\nContent-Length: 10\r\n\r\n0123456789",
+        )
+        .await
+        .unwrap();
+    let refused = read_response(&mut stream).await;
+    assert_eq!(refused.status, 401);
+    assert_eq!(refused.header("connection"), Some("close"));
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest))
+        .await
+        .expect("the connection stayed open");
+    assert_eq!(read.unwrap(), 0, "closed, nothing after the answer");
+    assert_eq!(backend.count(), 0);
+}
