@@ -462,3 +462,10 @@ pub async fn big_body_backend(size: usize) -> SocketAddr {
     });
     addr
 }
+
+/// Where `body` first differs from what `big_body_backend` sends (byte i is `i % 251`), if anywhere.
+pub fn first_unlike_big_body(body: &[u8]) -> Option<usize> {
+    body.iter()
+        .enumerate()
+        .position(|(i, &b)| b != (i % 251) as u8)
+}

@@ -191,6 +191,22 @@ async fn start_tls_gateway_with(config: authgate::config::Config) -> TlsGateway 
     }
 }
 
+/// A gateway with TLS on a fresh `gw.test` certificate from a fresh CA, in front of `upstream`,
+/// with `extra` TOML appended to the config. The CA (for clients) and the directory holding the
+/// certificate files come back with it; the directory must outlive the gateway.
+async fn gw_test_gateway(
+    name: &str,
+    extra: &str,
+    upstream: SocketAddr,
+) -> (Ca, TempDir, TlsGateway) {
+    let ca = Ca::new("test CA");
+    let dir = TempDir::new(name);
+    let (cert, key) = dir.write_leaf("gw", &ca.leaf("gw.test", &["gw.test"]));
+    let config = format!("{}{extra}", tls_config(&cert, &key, ""));
+    let gateway = start_tls_gateway(&config, upstream).await;
+    (ca, dir, gateway)
+}
+
 fn client_config(ca: &CertificateDer<'static>, alpn: &[&[u8]]) -> ClientConfig {
     client_config_versions(ca, alpn, &[&TLS12, &TLS13])
 }
@@ -347,11 +363,8 @@ fn forwarded_view(received: &Received) -> Vec<(String, Vec<String>)> {
 
 #[tokio::test]
 async fn http1_and_http2_over_tls_get_the_same_answers_and_forward_the_same_headers() {
-    let ca = Ca::new("test CA");
-    let dir = TempDir::new("same");
-    let (cert, key) = dir.write_leaf("gw", &ca.leaf("gw.test", &["gw.test"]));
     let backend = Backend::start().await;
-    let gateway = start_tls_gateway(&tls_config(&cert, &key, ""), backend.addr).await;
+    let (ca, _dir, gateway) = gw_test_gateway("same", "", backend.addr).await;
 
     let alice = bearer(&token_for("alice"));
     let cases: [(&str, &str, Option<&str>, u16); 4] = [
@@ -416,11 +429,8 @@ async fn http1_and_http2_over_tls_get_the_same_answers_and_forward_the_same_head
 
 #[tokio::test]
 async fn alpn_without_an_offer_serves_http1_and_an_unknown_protocol_is_refused() {
-    let ca = Ca::new("test CA");
-    let dir = TempDir::new("alpn");
-    let (cert, key) = dir.write_leaf("gw", &ca.leaf("gw.test", &["gw.test"]));
     let backend = Backend::start().await;
-    let gateway = start_tls_gateway(&tls_config(&cert, &key, ""), backend.addr).await;
+    let (ca, _dir, gateway) = gw_test_gateway("alpn", "", backend.addr).await;
 
     let stream = tls_connect(gateway.addr, "gw.test", client_config(&ca.der, &[])).await;
     assert_eq!(stream.get_ref().1.alpn_protocol(), None);
@@ -439,11 +449,8 @@ async fn alpn_without_an_offer_serves_http1_and_an_unknown_protocol_is_refused()
 
 #[tokio::test]
 async fn http2_authority_conflicting_with_host_is_refused() {
-    let ca = Ca::new("test CA");
-    let dir = TempDir::new("authority");
-    let (cert, key) = dir.write_leaf("gw", &ca.leaf("gw.test", &["gw.test"]));
     let backend = Backend::start().await;
-    let gateway = start_tls_gateway(&tls_config(&cert, &key, ""), backend.addr).await;
+    let (ca, _dir, gateway) = gw_test_gateway("authority", "", backend.addr).await;
     let stream = tls_connect(gateway.addr, "gw.test", client_config(&ca.der, &[b"h2"])).await;
     let mut sender = Sender::h2(stream).await;
     let alice = bearer(&token_for("alice"));
@@ -508,11 +515,8 @@ async fn h2c_prior_knowledge_works_on_a_plain_listener() {
 
 #[tokio::test]
 async fn tls12_and_tls13_are_accepted() {
-    let ca = Ca::new("test CA");
-    let dir = TempDir::new("versions");
-    let (cert, key) = dir.write_leaf("gw", &ca.leaf("gw.test", &["gw.test"]));
     let backend = Backend::start().await;
-    let gateway = start_tls_gateway(&tls_config(&cert, &key, ""), backend.addr).await;
+    let (ca, _dir, gateway) = gw_test_gateway("versions", "", backend.addr).await;
     for (version, expect) in [
         (&TLS12, ProtocolVersion::TLSv1_2),
         (&TLS13, ProtocolVersion::TLSv1_3),
@@ -527,11 +531,8 @@ async fn tls12_and_tls13_are_accepted() {
 
 #[tokio::test]
 async fn sessions_resume_with_tickets_over_tls12_and_tls13() {
-    let ca = Ca::new("test CA");
-    let dir = TempDir::new("resume");
-    let (cert, key) = dir.write_leaf("gw", &ca.leaf("gw.test", &["gw.test"]));
     let backend = Backend::start().await;
-    let gateway = start_tls_gateway(&tls_config(&cert, &key, ""), backend.addr).await;
+    let (ca, _dir, gateway) = gw_test_gateway("resume", "", backend.addr).await;
     for version in [&TLS12, &TLS13] {
         let mut config = client_config_versions(&ca.der, &[b"http/1.1"], &[version]);
         config.resumption = rustls::client::Resumption::in_memory_sessions(8);
@@ -602,11 +603,8 @@ fn client_hello(legacy_version: [u8; 2], server_name: &str) -> Vec<u8> {
 
 #[tokio::test]
 async fn a_tls11_client_is_refused_with_an_alert() {
-    let ca = Ca::new("test CA");
-    let dir = TempDir::new("tls11");
-    let (cert, key) = dir.write_leaf("gw", &ca.leaf("gw.test", &["gw.test"]));
     let backend = Backend::start().await;
-    let gateway = start_tls_gateway(&tls_config(&cert, &key, ""), backend.addr).await;
+    let (_ca, _dir, gateway) = gw_test_gateway("tls11", "", backend.addr).await;
 
     let first_record = |hello: Vec<u8>| async move {
         let mut tcp = TcpStream::connect(gateway.addr).await.unwrap();
@@ -1647,11 +1645,8 @@ fn get_request(target: &str, token: &str) -> Vec<u8> {
 /// connection (ALPN h2) never parks.
 #[tokio::test]
 async fn idle_tls_http1_connections_park_and_http2_ones_do_not() {
-    let ca = Ca::new("test CA");
-    let dir = TempDir::new("park");
-    let (cert, key) = dir.write_leaf("gw", &ca.leaf("gw.test", &["gw.test"]));
     let backend = Backend::start().await;
-    let gateway = start_tls_gateway(&tls_config(&cert, &key, ""), backend.addr).await;
+    let (ca, _dir, gateway) = gw_test_gateway("park", "", backend.addr).await;
     let alice = bearer(&token_for("alice"));
 
     let h2 = tls_connect(gateway.addr, "gw.test", client_config(&ca.der, &[b"h2"])).await;
@@ -1715,11 +1710,8 @@ async fn idle_tls_http1_connections_park_and_http2_ones_do_not() {
 /// The request completes once the rest arrives.
 #[tokio::test]
 async fn a_tls_record_split_across_a_park_keeps_the_connection_awake() {
-    let ca = Ca::new("test CA");
-    let dir = TempDir::new("park-split");
-    let (cert, key) = dir.write_leaf("gw", &ca.leaf("gw.test", &["gw.test"]));
     let backend = Backend::start().await;
-    let gateway = start_tls_gateway(&tls_config(&cert, &key, ""), backend.addr).await;
+    let (ca, _dir, gateway) = gw_test_gateway("park-split", "", backend.addr).await;
     let token = token_for("alice");
 
     let mut stream = tls_connect(
@@ -1781,11 +1773,8 @@ async fn a_tls_record_split_across_a_park_keeps_the_connection_awake() {
 #[tokio::test]
 async fn a_slowly_read_large_tls_response_arrives_whole_before_parking() {
     const SIZE: usize = 8 * 1024 * 1024;
-    let ca = Ca::new("test CA");
-    let dir = TempDir::new("park-slow");
-    let (cert, key) = dir.write_leaf("gw", &ca.leaf("gw.test", &["gw.test"]));
     let backend = big_body_backend(SIZE).await;
-    let gateway = start_tls_gateway(&tls_config(&cert, &key, ""), backend).await;
+    let (ca, _dir, gateway) = gw_test_gateway("park-slow", "", backend).await;
     let token = token_for("alice");
     let mut stream = tls_connect(
         gateway.addr,
@@ -1806,12 +1795,11 @@ async fn a_slowly_read_large_tls_response_arrives_whole_before_parking() {
                 .expect("the rest of the response never came");
         assert_eq!(response.status, 200, "round {round}");
         assert_eq!(response.body.len(), SIZE, "round {round}");
-        let corrupt = response
-            .body
-            .iter()
-            .enumerate()
-            .position(|(i, &b)| b != (i % 251) as u8);
-        assert_eq!(corrupt, None, "round {round}: body differs at this offset");
+        assert_eq!(
+            first_unlike_big_body(&response.body),
+            None,
+            "round {round}: body differs at this offset"
+        );
         wait_parked(&gateway, 1).await;
     }
 }
@@ -1820,15 +1808,9 @@ async fn a_slowly_read_large_tls_response_arrives_whole_before_parking() {
 /// the client reads a clean end of stream, not a truncation.
 #[tokio::test]
 async fn a_parked_tls_connection_closes_with_close_notify() {
-    let ca = Ca::new("test CA");
-    let dir = TempDir::new("park-close");
-    let (cert, key) = dir.write_leaf("gw", &ca.leaf("gw.test", &["gw.test"]));
     let backend = Backend::start().await;
-    let config = format!(
-        "{}\n[limits]\nheader_read_timeout = \"500ms\"\n",
-        tls_config(&cert, &key, "")
-    );
-    let gateway = start_tls_gateway(&config, backend.addr).await;
+    let limits = "\n[limits]\nheader_read_timeout = \"500ms\"\n";
+    let (ca, _dir, gateway) = gw_test_gateway("park-close", limits, backend.addr).await;
     let mut stream = tls_connect(
         gateway.addr,
         "gw.test",
