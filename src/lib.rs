@@ -14,6 +14,7 @@ pub mod forwarded;
 pub mod headers;
 pub mod keepalive;
 pub mod live;
+pub mod memory;
 pub mod metrics;
 pub mod pipeline;
 pub mod placement;

@@ -239,6 +239,7 @@ fn run_gateway(config: Config, config_path: PathBuf) -> ExitCode {
                 until_stopped(stopped.clone()),
             ));
         }
+        let trimmer = tokio::spawn(authgate::memory::run());
         // Certificates reload on SIGHUP and when their files change, on their own.
         let certs = tls.as_ref().map(|tls| {
             tokio::spawn(authgate::tls::watch_certs(
@@ -269,6 +270,7 @@ fn run_gateway(config: Config, config_path: PathBuf) -> ExitCode {
             certs.abort();
         }
         watcher.abort();
+        trimmer.abort();
         code
     })
 }

@@ -606,6 +606,14 @@ fn workers_are_bound_one_per_cpu_unless_pin_workers_is_false() {
     let _ = std::fs::remove_file(&path);
 }
 
+/// The base config on `port` with two workers, for the real binary.
+fn two_worker_config(backend: SocketAddr, port: u16) -> String {
+    config_file(backend, "").replace(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"127.0.0.1:{port}\"\nworkers = 2"),
+    )
+}
+
 /// The real binary with two workers (each its own socket of an SO_REUSEPORT group): 64 concurrent
 /// keep-alive clients are all answered, the backend sees each request once with the right
 /// identity, and a second instance on the same port is refused instead of joining the group.
@@ -615,10 +623,7 @@ fn two_workers_serve_concurrent_clients_and_a_second_instance_is_refused() {
     let backend = runtime.block_on(Backend::start());
     let port = free_port();
     let path = temp_path("workers");
-    let config = config_file(backend.addr, "").replace(
-        "listen = \"127.0.0.1:0\"",
-        &format!("listen = \"127.0.0.1:{port}\"\nworkers = 2"),
-    );
+    let config = two_worker_config(backend.addr, port);
     let mut first = start_binary(&path, &config, port);
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
 
@@ -690,5 +695,144 @@ fn two_workers_serve_concurrent_clients_and_a_second_instance_is_refused() {
         .unwrap()
         .success());
     assert_eq!(first.wait().unwrap().code(), Some(0));
+    let _ = std::fs::remove_file(&path);
+}
+
+/// The resident memory of process `pid` in KiB (`VmRSS` in its /proc status file).
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"))
+}
+
+/// Raises this process's soft open-file limit to at least `wanted` (children inherit it).
+fn raise_open_file_limit(wanted: u64) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    assert!(
+        hard >= wanted,
+        "this test needs {wanted} open files; the hard limit is {hard}"
+    );
+    if soft < wanted {
+        setrlimit(Resource::RLIMIT_NOFILE, wanted, hard).unwrap();
+    }
+}
+
+/// Opens `count` keep-alive connections to `addr`, sends `GET /api/alice/tasks/{n}` on each
+/// (at most 128 at a time), reads each 200 answer to its end and keeps the connections open.
+async fn open_idle_connections(
+    addr: SocketAddr,
+    token: &str,
+    count: usize,
+) -> Vec<tokio::net::TcpStream> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let limit = Arc::new(tokio::sync::Semaphore::new(128));
+    let tasks: Vec<_> = (0..count)
+        .map(|n| {
+            let limit = limit.clone();
+            let request = format!(
+                "GET /api/alice/tasks/{n} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n"
+            );
+            tokio::spawn(async move {
+                let _permit = limit.acquire_owned().await.unwrap();
+                let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+                stream.write_all(request.as_bytes()).await.unwrap();
+                let mut answer = Vec::new();
+                let mut chunk = [0u8; 1024];
+                loop {
+                    let read = stream.read(&mut chunk).await.unwrap();
+                    assert!(read > 0, "connection {n} closed before its answer");
+                    answer.extend_from_slice(&chunk[..read]);
+                    if let Some(end) = answer.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let response = parse_response(&answer);
+                        assert_eq!(response.status, 200, "connection {n}");
+                        let length: usize =
+                            response.header("content-length").unwrap().parse().unwrap();
+                        if answer.len() >= end + 4 + length {
+                            break;
+                        }
+                    }
+                }
+                stream
+            })
+        })
+        .collect();
+    let mut streams = Vec::with_capacity(count);
+    for task in tasks {
+        streams.push(task.await.unwrap());
+    }
+    streams
+}
+
+/// glibc keeps memory a burst of connections freed unless it is asked to give it back
+/// (src/memory.rs): after 5,000 idle keep-alive connections close, the gateway's RSS must fall
+/// at least halfway back to where it was before them, within seconds. Without the trim it stays
+/// where it was while they were open.
+#[test]
+fn memory_a_burst_of_connections_freed_goes_back_to_the_os() {
+    const CONNECTIONS: usize = 5000;
+    raise_open_file_limit(CONNECTIONS as u64 * 2 + 1024);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let backend = runtime.block_on(Backend::start());
+    let port = free_port();
+    let path = temp_path("trim");
+    let config = two_worker_config(backend.addr, port);
+    let mut child = start_binary(&path, &config, port);
+    let pid = child.id();
+    // 5,000 access-log lines would fill the stderr pipe and queue up in the gateway's memory.
+    let mut stderr = child.stderr.take().unwrap();
+    let log = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let token = token_for("alice");
+
+    drop(runtime.block_on(open_idle_connections(addr, &token, 1)));
+    std::thread::sleep(Duration::from_millis(300));
+    let before = rss_kib(pid);
+    let held = runtime.block_on(open_idle_connections(addr, &token, CONNECTIONS));
+    std::thread::sleep(Duration::from_millis(300));
+    let holding = rss_kib(pid);
+    assert!(
+        holding > before + 8 * 1024,
+        "{CONNECTIONS} connections should cost megabytes: {before} KiB before, {holding} KiB with them"
+    );
+    drop(held);
+
+    let halfway = before + (holding - before) / 2;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut now = rss_kib(pid);
+    while now > halfway {
+        assert!(
+            Instant::now() < deadline,
+            "RSS still {now} KiB 15 s after the connections closed \
+             ({before} KiB before them, {holding} KiB with them)"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        now = rss_kib(pid);
+    }
+
+    let received = backend.received();
+    assert_eq!(received.len(), CONNECTIONS + 1);
+    assert!(received
+        .iter()
+        .all(|r| r.header_values("x-user-id") == ["alice"]));
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    let log = log.join().unwrap();
+    assert_eq!(
+        log.matches("\"status\":200").count(),
+        CONNECTIONS + 1,
+        "{log:.2000}"
+    );
     let _ = std::fs::remove_file(&path);
 }
