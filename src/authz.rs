@@ -57,7 +57,9 @@ pub fn authorize(
 }
 
 /// Every occurrence of an owner query parameter must name the caller. Checking every occurrence
-/// matters: frameworks disagree on whether the first or the last duplicate wins.
+/// matters: frameworks disagree on whether the first or the last duplicate wins. A name that a
+/// lenient parser would read as an owner parameter but that is not spelled exactly like one
+/// (`user_id[]`, `user.id`, `USER_ID`) is refused: reject, don't normalize.
 fn check_owner_query(query: &str, names: &[Box<str>], user_id: &str) -> Result<(), GatewayError> {
     if names.is_empty() {
         return Ok(());
@@ -70,6 +72,11 @@ fn check_owner_query(query: &str, names: &[Box<str>], user_id: &str) -> Result<(
             ));
         };
         if !names.iter().any(|owner| **owner == *name) {
+            if names.iter().any(|owner| read_as(&name, owner)) {
+                return Err(GatewayError::BadTarget(
+                    "a query parameter name could be read as an owner parameter",
+                ));
+            }
             continue;
         }
         match decode_query_component(value) {
@@ -84,16 +91,52 @@ fn check_owner_query(query: &str, names: &[Box<str>], user_id: &str) -> Result<(
     Ok(())
 }
 
+/// Whether some backend's query parser may take the (decoded) parameter `name` for `owner`:
+/// `qs` (Express), PHP and Rails read `owner[]` and `owner[0]` as `owner` (arrays and objects);
+/// PHP drops leading spaces, turns `.` and ` ` into `_`, and a `[` left unclosed too; some
+/// frameworks match names without case.
+fn read_as(name: &str, owner: &str) -> bool {
+    let name = name.trim_start_matches(' ');
+    let cut = name.find('[').map_or(name, |bracket| &name[..bracket]);
+    let same = |candidate: &str| {
+        candidate.len() == owner.len()
+            && candidate
+                .bytes()
+                .zip(owner.bytes())
+                .all(|(a, b)| fold_name_byte(a) == fold_name_byte(b))
+    };
+    same(cut) || (name.contains('[') && same(&name.replacen('[', "_", 1)))
+}
+
+fn fold_name_byte(byte: u8) -> u8 {
+    match byte {
+        b'.' | b' ' => b'_',
+        other => other.to_ascii_lowercase(),
+    }
+}
+
 /// `body_owner_fields`: the content type must be JSON (415 otherwise) and every top-level
 /// occurrence of an owner field must be a string equal to the user id, byte for byte. Checking every
 /// occurrence matters: with `{"user_id":"alice","user_id":"bob"}` most JSON parsers keep the last.
 /// Nested values are not looked at. Invalid JSON is 400 rather than passed on for a lenient parser.
+///
+/// The checked body is only as safe as the backend's agreement on its type, so the type must be
+/// one `Content-Type` field holding one media type (`application/json` or `application/*+json`)
+/// with well-formed parameters: `application/x-www-form-urlencoded, application/a+json` is a
+/// form to a parser that stops at the comma.
 pub fn check_body_owner(
-    content_type: Option<&http::HeaderValue>,
+    content_types: http::header::GetAll<'_, http::HeaderValue>,
     body: &[u8],
     fields: &[String],
     user_id: &str,
 ) -> Result<(), GatewayError> {
+    let mut content_types = content_types.iter();
+    let content_type = content_types.next();
+    if content_types.next().is_some() {
+        return Err(GatewayError::BadRequest(
+            "more than one Content-Type header",
+        ));
+    }
     if !is_json(content_type) {
         return Err(GatewayError::UnsupportedMediaType);
     }
@@ -113,21 +156,47 @@ pub fn check_body_owner(
     }
 }
 
+/// `type/subtype *( OWS ";" OWS name=value )` (RFC 9110 8.3.1) naming JSON, with a charset (if
+/// any) of UTF-8. Anything else, commas and stray whitespace included, is not JSON.
 fn is_json(content_type: Option<&http::HeaderValue>) -> bool {
     let Some(text) = content_type.and_then(|value| value.to_str().ok()) else {
         return false;
     };
     let mut parts = text.split(';');
-    let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
-    let json = media == "application/json"
-        || (media.starts_with("application/") && media.ends_with("+json"));
-    let utf8 = parts.all(|param| match param.trim().split_once('=') {
-        Some((name, value)) if name.trim().eq_ignore_ascii_case("charset") => {
-            value.trim().trim_matches('"').eq_ignore_ascii_case("utf-8")
-        }
-        _ => true,
-    });
-    json && utf8
+    let media = parts.next().unwrap_or("").trim_matches([' ', '\t']);
+    let Some((kind, subtype)) = media.split_once('/') else {
+        return false;
+    };
+    if !is_token(kind) || !is_token(subtype) || !kind.eq_ignore_ascii_case("application") {
+        return false;
+    }
+    let subtype = subtype.to_ascii_lowercase();
+    if subtype != "json" && !(subtype.len() > 5 && subtype.ends_with("+json")) {
+        return false;
+    }
+    parts.all(|param| {
+        let Some((name, value)) = param.trim_matches([' ', '\t']).split_once('=') else {
+            return false;
+        };
+        let value = match value.strip_prefix('"') {
+            Some(quoted) => match quoted.strip_suffix('"') {
+                Some(inner) if !inner.contains(['"', '\\']) => inner,
+                _ => return false,
+            },
+            None if is_token(value) => value,
+            None => return false,
+        };
+        is_token(name)
+            && (!name.eq_ignore_ascii_case("charset") || value.eq_ignore_ascii_case("utf-8"))
+    })
+}
+
+/// An RFC 9110 token: one or more tchars.
+fn is_token(text: &str) -> bool {
+    !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// Walks the top level of a JSON document; `true` when every owner field names the user.
@@ -188,13 +257,101 @@ mod tests {
     use super::*;
 
     fn check(content_type: &str, body: &str) -> Result<(), GatewayError> {
-        let value = http::HeaderValue::from_str(content_type).unwrap();
+        check_with(&[content_type], body)
+    }
+
+    fn check_with(content_types: &[&str], body: &str) -> Result<(), GatewayError> {
+        let mut headers = http::HeaderMap::new();
+        for value in content_types {
+            headers.append(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_str(value).unwrap(),
+            );
+        }
         check_body_owner(
-            Some(&value),
+            headers.get_all(http::header::CONTENT_TYPE),
             body.as_bytes(),
             &["user_id".into(), "userId".into()],
             "alice",
         )
+    }
+
+    /// A body that is JSON without an owner field and a form naming bob: only the declared type
+    /// decides which the backend sees, so the type must be unambiguous.
+    #[test]
+    fn ambiguous_content_types_are_not_json() {
+        let body = r#"{"a":"&user_id=bob&"}"#;
+        for content_type in [
+            "application/x-www-form-urlencoded, application/a+json",
+            "application/x-www-form-urlencoded application/a+json",
+            "application/json, text/plain",
+            "application/ json",
+            "application /json",
+            "application/+json",
+            "application/json; charset",
+            "application/json; charset=\"utf-8",
+            "application/json; a=b c",
+            "application/json;;",
+        ] {
+            assert!(
+                matches!(
+                    check(content_type, body),
+                    Err(GatewayError::UnsupportedMediaType)
+                ),
+                "{content_type}"
+            );
+        }
+        assert!(matches!(
+            check_with(
+                &["application/json", "application/x-www-form-urlencoded"],
+                body
+            ),
+            Err(GatewayError::BadRequest(_))
+        ));
+        assert!(check("Application/JSON ; charset=\"utf-8\"", body).is_ok());
+        assert!(check_with(&[], body).is_err());
+    }
+
+    #[test]
+    fn parameter_names_a_lenient_parser_reads_as_the_owner_are_refused() {
+        let names: Vec<Box<str>> = vec!["user_id".into()];
+        let refused = |query: &str| {
+            matches!(
+                check_owner_query(query, &names, "alice"),
+                Err(GatewayError::BadTarget(_))
+            )
+        };
+        for query in [
+            "user_id[]=bob",
+            "user_id[0]=bob",
+            "user_id%5B%5D=bob",
+            "user_id=alice&user_id[]=bob",
+            "user_id[]=alice",
+            "user.id=bob",
+            "user+id=bob",
+            "user%20id=bob",
+            "USER_ID=bob",
+            "User_Id=alice",
+            "+user_id=bob",
+            "user[id=bob",
+            "user_id[x][y]=bob",
+        ] {
+            assert!(refused(query), "{query}");
+        }
+        for query in [
+            "user_idx=bob",
+            "xuser_id=bob",
+            "user=bob",
+            "title=user_id",
+            "a[user_id]=bob",
+        ] {
+            assert!(check_owner_query(query, &names, "alice").is_ok(), "{query}");
+        }
+        assert!(check_owner_query("user_id=alice&title=x", &names, "alice").is_ok());
+        assert!(matches!(
+            check_owner_query("user_id=bob", &names, "alice"),
+            Err(GatewayError::OwnerMismatch(_))
+        ));
     }
 
     #[test]

@@ -18,6 +18,48 @@ use crate::error::GatewayError;
 
 /// Hop-by-hop headers (RFC 9110 section 7.6.1, plus the legacy ones still seen in the wild).
 /// `Trailer` is end to end: it declares the trailer fields, and is filtered like them instead.
+/// Fields RFC 9110 (6.5.1) keeps out of trailers: framing, routing, request modifiers,
+/// authentication and content metadata (plus every `If-*`, checked by prefix).
+const NOT_IN_TRAILERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+    "www-authenticate",
+    "content-length",
+    "content-type",
+    "content-encoding",
+    "content-range",
+    "content-location",
+    "transfer-encoding",
+    "trailer",
+    "host",
+    "te",
+    "expect",
+    "max-forwards",
+    "cache-control",
+    "pragma",
+    "range",
+    "age",
+    "date",
+    "expires",
+    "location",
+    "retry-after",
+    "vary",
+];
+
+/// Names a client's `Connection` may not nominate (400): dropping them on the way would change
+/// what the gateway checked (the credentials, the type and framing of a body it read for owner
+/// fields) or lose what it added (the request id).
+const PROTECTED_FROM_CONNECTION: &[&str] = &[
+    "authorization",
+    "content-type",
+    "content-length",
+    "content-encoding",
+    "transfer-encoding",
+    "x-request-id",
+];
+
 const HOP_BY_HOP: [&str; 8] = [
     "connection",
     "keep-alive",
@@ -131,7 +173,10 @@ impl HeaderPolicy {
                 .chain(identity_names.iter().copied()),
         );
         let protected = normalize_all(
-            &mut std::iter::once("authorization").chain(identity_names.iter().copied()),
+            &mut PROTECTED_FROM_CONNECTION
+                .iter()
+                .copied()
+                .chain(identity_names.iter().copied()),
         );
         HeaderPolicy {
             identity: auth.identity_header.clone(),
@@ -202,7 +247,10 @@ impl HeaderPolicy {
                 .split(',')
                 .map(str::trim)
                 .filter(|name| {
-                    !name.is_empty() && !self.dropped.drops(name.to_ascii_lowercase().as_bytes())
+                    !name.is_empty()
+                        && !self
+                            .dropped
+                            .drops_trailer(name.to_ascii_lowercase().as_bytes())
                 })
                 .collect();
             match HeaderValue::from_str(&kept.join(", ")) {
@@ -294,11 +342,22 @@ impl TrailerPolicy {
         name.contains(&b'_') || self.0.iter().any(|dropped| normalized_eq(name, dropped))
     }
 
+    /// Whether a trailer field of this name is dropped: the names dropped from headers, and what
+    /// RFC 9110 (6.5.1) keeps out of trailers, since a backend that merges trailers into headers
+    /// would otherwise get a second Authorization, Content-Type or Content-Length.
+    pub fn drops_trailer(&self, name: &[u8]) -> bool {
+        self.drops(name)
+            || name.len() >= 3 && name[..3].eq_ignore_ascii_case(b"if-")
+            || NOT_IN_TRAILERS
+                .iter()
+                .any(|forbidden| normalized_eq(name, forbidden.as_bytes()))
+    }
+
     /// Removes the dropped names from a trailer section.
     pub fn clean(&self, trailers: &mut HeaderMap) {
         let dropped: Vec<HeaderName> = trailers
             .keys()
-            .filter(|name| self.drops(name.as_str().as_bytes()))
+            .filter(|name| self.drops_trailer(name.as_str().as_bytes()))
             .cloned()
             .collect();
         for name in dropped {

@@ -268,7 +268,6 @@ impl Gateway {
             (Some(owner), Some(identity), Ownership::Enforced)
                 if !http_body::Body::is_end_stream(&body) =>
             {
-                let content_type = parts.headers.get(http::header::CONTENT_TYPE).cloned();
                 let bytes =
                     crate::body::read_to_limit(body, owner.max_bytes.min(max_body as usize))
                         .await?;
@@ -276,7 +275,7 @@ impl Gateway {
                     guard.finish();
                 }
                 authz::check_body_owner(
-                    content_type.as_ref(),
+                    parts.headers.get_all(http::header::CONTENT_TYPE),
                     &bytes,
                     &owner.fields,
                     &identity.user_id,

@@ -459,6 +459,9 @@ impl Upstream {
                 Err(h1::ExchangeError::Upload(err)) if err.is::<BodyTooLarge>() => {
                     return Err(Attempt::BodyTooLarge)
                 }
+                Err(h1::ExchangeError::Upload(err)) if is_malformed_body(err.as_ref()) => {
+                    return Err(Attempt::MalformedBody)
+                }
                 Err(h1::ExchangeError::Upload(err)) => {
                     tracing::warn!(error = %err, "the request body failed on its way upstream");
                     return Err(Attempt::Failed);
@@ -561,6 +564,9 @@ enum Attempt {
     /// The connection closed before any response byte: safe to retry if idempotent.
     Stale,
     BodyTooLarge,
+    /// The client's body broke its own framing (a bad chunk): the client's fault, not the
+    /// backend's.
+    MalformedBody,
     Failed,
 }
 
@@ -568,6 +574,7 @@ impl Attempt {
     fn into_error(self) -> GatewayError {
         match self {
             Attempt::BodyTooLarge => GatewayError::PayloadTooLarge,
+            Attempt::MalformedBody => GatewayError::BadRequest("the request body is malformed"),
             Attempt::Stale | Attempt::Failed => GatewayError::UpstreamUnavailable,
         }
     }
@@ -583,6 +590,23 @@ fn retry_head(parts: &Parts) -> Option<Parts> {
         .ok()?;
     *request.headers_mut() = parts.headers.clone();
     Some(request.into_parts().0)
+}
+
+/// hyper reports a chunked request body that breaks its framing (a chunk size that is not hex,
+/// a chunk longer than declared, a bare LF) as an `InvalidData` or `InvalidInput` I/O error
+/// under the body error; a client that went away is `UnexpectedEof` instead.
+fn is_malformed_body(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(err);
+    while let Some(err) = cause {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput
+            );
+        }
+        cause = err.source();
+    }
+    false
 }
 
 fn classify(err: &hyper::Error) -> Attempt {

@@ -297,6 +297,20 @@ async fn request_ids_are_generated_forwarded_and_returned() {
     // Refusals carry one too.
     let refused = request(gateway.addr, "GET", "/nope", &[], b"").await;
     assert!(refused.header("x-request-id").is_some());
+    // A client cannot have the id dropped on the way by nominating it in Connection.
+    for nominated in ["x-request-id", "X_Request_Id", "keep-alive, X-Request-ID"] {
+        let refused = request(
+            gateway.addr,
+            "GET",
+            "/api/alice/tasks",
+            &[("Authorization", &auth), ("Connection", nominated)],
+            b"",
+        )
+        .await;
+        assert_eq!(refused.status, 400, "{nominated}");
+        assert_eq!(refused.json()["error"], "bad_request");
+    }
+    assert_eq!(backend.count(), 1);
 
     // From a trusted proxy, a well-formed id is kept; a malformed one is replaced.
     let backend = Backend::start().await;

@@ -474,3 +474,72 @@ fn policy_config_errors() {
         .to_string();
     assert!(error.contains("no default [upstream]"), "{error}");
 }
+
+/// A body that is JSON without an owner field but a form naming bob (`{"a":"&user_id=bob&"}`)
+/// is only safe if the backend agrees it is JSON: a Content-Type list, a second Content-Type, or a
+/// `Connection` that would drop the checked one are refused, and nothing reaches the backend.
+#[tokio::test]
+async fn an_owner_checked_body_must_have_one_unambiguous_json_type() {
+    let (backend, _, gateway) = setup_policy().await;
+    let auth = bearer(&token_with(json!({"sub": "alice"})));
+    let body = br#"{"a":"&user_id=bob&"}"#;
+    let form_or_json = "application/x-www-form-urlencoded, application/a+json";
+    type Case<'a> = (&'a [(&'a str, &'a str)], u16, &'a str);
+    let cases: [Case; 4] = [
+        (
+            &[("Content-Type", form_or_json)],
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            &[(
+                "Content-Type",
+                "application/x-www-form-urlencoded application/a+json",
+            )],
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            &[
+                ("Content-Type", "application/json"),
+                ("Content-Type", "application/x-www-form-urlencoded"),
+            ],
+            400,
+            "bad_request",
+        ),
+        (
+            &[
+                ("Content-Type", "application/json"),
+                ("Connection", "content-type"),
+            ],
+            400,
+            "bad_request",
+        ),
+    ];
+    for (headers, status, code) in cases {
+        let mut all = vec![("Authorization", auth.as_str())];
+        all.extend_from_slice(headers);
+        let response = request(gateway.addr, "POST", "/api/alice/tasks", &all, body).await;
+        assert_eq!(response.status, status, "{headers:?}");
+        assert_eq!(response.json()["error"], code, "{headers:?}");
+    }
+    assert_eq!(backend.count(), 0);
+    let response = request(
+        gateway.addr,
+        "POST",
+        "/api/alice/tasks",
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/json; charset=utf-8"),
+        ],
+        body,
+    )
+    .await;
+    assert_eq!(response.status, 200);
+    let received = backend.only();
+    assert_eq!(received.body, body);
+    assert_eq!(
+        received.header_values("content-type"),
+        ["application/json; charset=utf-8"]
+    );
+}

@@ -503,12 +503,21 @@ async fn connect_and_h2_websockets_are_refused_clearly() {
     assert!(seen.lock().unwrap().is_empty());
 }
 
+/// Request trailers lose what the header rewrite drops, and what RFC 9110 6.5.1 keeps out of
+/// trailers (credentials, framing, content metadata): a backend that merges trailers into headers
+/// must not get a second Authorization or Content-Type.
 #[tokio::test]
 async fn request_trailers_pass_with_header_hygiene() {
     let (backend, gateway) = setup().await;
-    let token = token_for("alice");
+    let alice = token_for("alice");
+    let bob = token_for("bob");
     let raw = format!(
-        "POST /api/alice/tasks/upload HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nTransfer-Encoding: chunked\r\nTrailer: X-Checksum, X-User-Id, X-Forwarded-For\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\nX-Checksum: abc123\r\nX-User-Id: bob\r\nX-Forwarded-For: 6.6.6.6\r\n\r\n"
+        "POST /api/alice/tasks/upload HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {alice}\r\n\
+         Transfer-Encoding: chunked\r\n\
+         Trailer: X-Checksum, X-User-Id, X-Forwarded-For, Authorization, Content-Type\r\n\
+         Connection: close\r\n\r\n5\r\nhello\r\n0\r\nX-Checksum: abc123\r\nX-User-Id: bob\r\n\
+         X-Forwarded-For: 6.6.6.6\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+         Authorization: Bearer {bob}\r\nContent-Length: 99\r\nIf-Match: *\r\nCookie: a=b\r\n\r\n"
     );
     let response = send_raw(gateway.addr, raw.as_bytes()).await;
     assert_eq!(response.status, 200);
@@ -520,4 +529,30 @@ async fn request_trailers_pass_with_header_hygiene() {
     );
     assert_eq!(received.header_values("trailer"), vec!["X-Checksum"]);
     assert_eq!(received.header_values("x-user-id"), vec!["alice"]);
+    assert_eq!(
+        received.header_values("authorization"),
+        vec![format!("Bearer {alice}")]
+    );
+}
+
+/// A chunked body that breaks its own framing is the client's fault: 400, not a 502 that blames
+/// the backend.
+#[tokio::test]
+async fn a_malformed_chunked_request_body_is_a_bad_request() {
+    let (backend, gateway) = setup().await;
+    let token = token_for("alice");
+    for chunks in ["zz\r\nhello\r\n0\r\n\r\n", "2\r\nhello\r\n0\r\n\r\n"] {
+        let raw = format!(
+            "POST /api/alice/tasks/upload HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
+             Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n{chunks}"
+        );
+        let response = send_raw(gateway.addr, raw.as_bytes()).await;
+        assert_eq!(response.status, 400, "{chunks:?}");
+        assert_eq!(response.json()["error"], "bad_request", "{chunks:?}");
+    }
+    // The head went upstream before the body broke; no complete request ever did.
+    assert!(backend
+        .received()
+        .iter()
+        .all(|r| r.body.len() < 5 && r.header_values("x-user-id") == ["alice"]));
 }
