@@ -94,6 +94,15 @@ impl ConnState {
         })
     }
 
+    /// Whether any request is in flight, and how many responses have finished (wrapping): two
+    /// equal looks with nothing in flight mean no request came or went in between.
+    pub fn activity(&self) -> (bool, u32) {
+        (
+            self.in_flight.load(Ordering::Relaxed) > 0,
+            self.answered.load(Ordering::Relaxed),
+        )
+    }
+
     /// One request, response or request body less in flight.
     fn release(&self) {
         if self.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {

@@ -575,7 +575,11 @@ impl Worker {
                 // Boxed: h2 state is large and most connections never need it.
                 Protocol::Http2(io) => {
                     let io = TokioIo::new(io);
-                    Box::pin(serve_auto(&builders.auto, io, service, &mut draining)).await
+                    let idle = IdleStreams {
+                        state,
+                        limit: limits.idle_timeout,
+                    };
+                    Box::pin(serve_auto(&builders.auto, io, service, idle, &mut draining)).await
                 }
                 Protocol::Closed => Ok(()),
             };
@@ -635,12 +639,42 @@ async fn first_bytes(
     }
 }
 
-/// One connection through hyper-util's auto builder (HTTP/1.1 or HTTP/2, with upgrades), drained
-/// gracefully when `draining` turns true.
+/// The idle rule of a connection served by the auto builder (HTTP/2): idle means no request in
+/// flight and none started or finished, for `limit`. Bytes are no measure here: HTTP/2 PINGs
+/// (the gateway's own keep-alive, or a client's) would keep an unused connection, and its
+/// connection slot, forever.
+struct IdleStreams {
+    state: Arc<ConnState>,
+    limit: Duration,
+}
+
+impl IdleStreams {
+    /// Resolves once the connection has been idle for `limit` (checked every quarter of it, so
+    /// it is closed between `limit` and 1.25 x `limit` after its last request).
+    async fn elapsed(&self) {
+        let step = self.limit / 4;
+        let mut seen = self.state.activity();
+        let mut quiet_since = Instant::now();
+        loop {
+            tokio::time::sleep(step).await;
+            let now = self.state.activity();
+            if now.0 || now != seen {
+                quiet_since = Instant::now();
+                seen = now;
+            } else if quiet_since.elapsed() >= self.limit {
+                return;
+            }
+        }
+    }
+}
+
+/// One connection through hyper-util's auto builder (HTTP/1.1 or HTTP/2, with upgrades), closed
+/// gracefully (GOAWAY for HTTP/2) when `draining` turns true or it has been idle too long.
 async fn serve_auto<I, S, B>(
     builder: &auto::Builder<TokioExecutor>,
     io: I,
     service: S,
+    idle: IdleStreams,
     draining: &mut tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
 where
@@ -663,8 +697,20 @@ where
             connection.as_mut().graceful_shutdown();
             connection.await
         }
+        () = idle.elapsed() => {
+            tracing::debug!("closing an idle HTTP/2 connection");
+            connection.as_mut().graceful_shutdown();
+            // Nothing is in flight, so this ends as soon as the GOAWAY is out; a peer that stops
+            // reading is not waited for.
+            tokio::time::timeout(GOAWAY_WAIT, connection)
+                .await
+                .unwrap_or(Ok(()))
+        }
     }
 }
+
+/// How long an idle HTTP/2 connection's GOAWAY may take to leave before the socket is dropped.
+const GOAWAY_WAIT: Duration = Duration::from_secs(1);
 
 /// Closes a connection that moved no bytes in either direction for `idle`.
 ///

@@ -174,6 +174,49 @@ async fn idle_connections_are_closed() {
     );
 }
 
+/// An HTTP/2 connection is idle when no stream is open, whatever PINGs cross it: a client that
+/// pings every 300 ms but sends no request is closed (GOAWAY, then EOF) within about
+/// idle_timeout x 1.25 of its last response, and a stream slower than idle_timeout is not cut.
+#[tokio::test]
+async fn idle_http2_connections_are_closed_even_when_pinged() {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+
+    let backend = Backend::start_with_delay(Duration::from_millis(1500)).await;
+    let gateway = start_gateway(&with_limits("idle_timeout = \"1s\""), backend.addr).await;
+    let tcp = TcpStream::connect(gateway.addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Duration::from_millis(300))
+        .keep_alive_while_idle(true)
+        .handshake::<_, Empty<bytes::Bytes>>(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    let connection = tokio::spawn(connection);
+    let request = http::Request::builder()
+        .uri("http://gateway.test/api/alice/tasks")
+        .header("authorization", bearer(&token_for("alice")))
+        .body(Empty::new())
+        .unwrap();
+    // 1.5 s at the backend: longer than idle_timeout, and not cut.
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    response.into_body().collect().await.unwrap();
+    let answered = Instant::now();
+    assert_eq!(backend.only().header_values("x-user-id"), ["alice"]);
+
+    let closed = tokio::time::timeout(Duration::from_secs(6), connection).await;
+    let after = answered.elapsed();
+    assert!(
+        closed.is_ok(),
+        "a pinged HTTP/2 connection with no stream was still open {after:?} after its last response"
+    );
+    assert!(
+        after >= Duration::from_millis(900),
+        "closed {after:?} after its last response, before idle_timeout"
+    );
+}
+
 #[tokio::test]
 async fn request_timeout_bounds_the_whole_exchange() {
     let backend = Backend::start_with_delay(Duration::from_secs(3)).await;
