@@ -35,6 +35,9 @@ pub enum GatewayError {
     /// The request body is not JSON on a route that checks owner fields in it.
     #[error("unsupported media type")]
     UnsupportedMediaType,
+    /// A CORS preflight from an origin `[cors]` does not allow.
+    #[error("origin not allowed")]
+    OriginNotAllowed,
     /// The path or an owner query parameter names another user (the owner rule).
     #[error("owner mismatch: {0}")]
     OwnerMismatch(&'static str),
@@ -66,9 +69,9 @@ impl GatewayError {
             GatewayError::NoRoute => StatusCode::NOT_FOUND,
             GatewayError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            GatewayError::OwnerMismatch(_) | GatewayError::ClaimRequirement(_) => {
-                StatusCode::FORBIDDEN
-            }
+            GatewayError::OwnerMismatch(_)
+            | GatewayError::ClaimRequirement(_)
+            | GatewayError::OriginNotAllowed => StatusCode::FORBIDDEN,
             GatewayError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::KeysUnavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -92,6 +95,7 @@ impl GatewayError {
             GatewayError::Unauthorized(_) => "invalid_token",
             GatewayError::OwnerMismatch(_) => "owner_mismatch",
             GatewayError::ClaimRequirement(_) => "claim_requirement",
+            GatewayError::OriginNotAllowed => "origin_not_allowed",
             GatewayError::UnsupportedMediaType => "unsupported_media_type",
             GatewayError::RateLimited { .. } => "rate_limited",
             GatewayError::KeysUnavailable => "keys_unavailable",
@@ -110,6 +114,9 @@ impl GatewayError {
             GatewayError::Unauthorized(err) => err.description(),
             GatewayError::OwnerMismatch(why) => why,
             GatewayError::ClaimRequirement(rule) => rule,
+            GatewayError::OriginNotAllowed => {
+                "this origin may not make cross-origin requests to this API"
+            }
             GatewayError::UnsupportedMediaType => "this route needs a JSON request body",
             GatewayError::RateLimited { .. } => {
                 "too many requests; retry after the time in Retry-After"

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod authz;
 pub mod body;
 pub mod config;
+pub mod cors;
 pub mod demo_backend;
 pub mod error;
 pub mod forwarded;

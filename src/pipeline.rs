@@ -20,6 +20,7 @@ use crate::auth::{self, Authenticator, Identity, VerifyError};
 use crate::authz::{self, Ownership};
 use crate::body::RequestBody;
 use crate::config::{AuthMode, Config, ConfigError, LimitsConfig, UpstreamRef};
+use crate::cors::Cors;
 use crate::error::GatewayError;
 use crate::forwarded::TrustedProxies;
 use crate::headers::{ClientInfo, Forwarding, HeaderPolicy};
@@ -48,6 +49,7 @@ pub struct Gateway {
     named_upstreams: Vec<Upstream>,
     server_limits: LimitsConfig,
     access_log: bool,
+    cors: Option<Cors>,
     metrics: Arc<Metrics>,
 }
 
@@ -120,6 +122,7 @@ impl Gateway {
                 .collect(),
             server_limits: config.limits,
             access_log: config.log.access,
+            cors: config.cors.as_ref().map(Cors::new),
             metrics,
         })
     }
@@ -134,6 +137,10 @@ impl Gateway {
         let method = request.method().clone();
         let uri = request.uri().clone();
         let request_id = self.request_id(request.headers(), client);
+        let origin = self
+            .cors
+            .as_ref()
+            .and_then(|cors| cors.allowed_origin(request.headers()));
         request
             .headers_mut()
             .insert(X_REQUEST_ID.clone(), request_id.clone());
@@ -145,7 +152,7 @@ impl Gateway {
         .await
         .unwrap_or(Err(GatewayError::RequestTimeout));
         let (mut response, reason) = match outcome {
-            Ok(response) => (response.map(Either::Left), None),
+            Ok(response) => (response, None),
             Err(err) => {
                 let reason = err.code();
                 self.metrics.record_refusal(reason);
@@ -155,6 +162,9 @@ impl Gateway {
         response
             .headers_mut()
             .insert(X_REQUEST_ID.clone(), request_id.clone());
+        if let Some(cors) = &self.cors {
+            cors.label(origin, response.headers_mut());
+        }
         let took = started.elapsed();
         let route = exchange.route.unwrap_or(NO_ROUTE);
         self.metrics
@@ -204,7 +214,7 @@ impl Gateway {
         client: &ClientInfo,
         body_guard: Option<BodyGuard>,
         exchange: &mut Exchange,
-    ) -> Result<Response<UpstreamBody>, GatewayError> {
+    ) -> Result<Response<ResponseBody>, GatewayError> {
         let (mut parts, body) = request.into_parts();
         if parts.method == http::Method::CONNECT {
             return Err(GatewayError::BadRequest(
@@ -222,6 +232,19 @@ impl Gateway {
         let (route, identity, ownership, allowance) = {
             let target = target::validate(&parts.uri, parts.version)?;
             exchange.path_validated = true;
+            // A CORS preflight: the route must take the method it asks about; answered here,
+            // never forwarded (src/cors.rs).
+            if let Some(cors) = &self.cors {
+                if let Some(requested) = Cors::preflight(&parts.method, &parts.headers) {
+                    let requested = requested?;
+                    let matched = self.routes.lookup(&requested, &target.path)?;
+                    exchange.route = Some(matched.route.label);
+                    cors.allowed_origin(&parts.headers)
+                        .ok_or(GatewayError::OriginNotAllowed)?;
+                    self.limits.check_ip(matched.route.index, address.ip)?;
+                    return Ok(cors.preflight_response(&requested).map(Either::Right));
+                }
+            }
             let matched = self.routes.lookup(&parts.method, &target.path)?;
             let route = matched.route;
             exchange.route = Some(route.label);
@@ -352,13 +375,18 @@ impl Gateway {
                 .map(|exp| Duration::from_secs(exp.saturating_sub(unix_now())));
             stream::splice(client, backend, limits, expires_in);
             // The connection now carries the WebSocket: it never returns to the pool.
-            return Ok(response.map(|source| UpstreamBody::new(source.detached(), None)));
+            return Ok(
+                response.map(|source| Either::Left(UpstreamBody::new(source.detached(), None)))
+            );
         }
         self.headers.rewrite_response(response.headers_mut());
+        if self.cors.is_some() {
+            Cors::strip_backend_labels(response.headers_mut());
+        }
         if let (true, Some(allowance)) = (self.limits.headers, allowance) {
             allowance.write_headers(response.headers_mut());
         }
-        Ok(response.map(|source| UpstreamBody::new(source, route.stream_timeout)))
+        Ok(response.map(|source| Either::Left(UpstreamBody::new(source, route.stream_timeout))))
     }
 
     async fn authenticate(&self, headers: &http::HeaderMap) -> Result<Arc<Identity>, GatewayError> {

@@ -21,7 +21,7 @@ pub use crate::forwarded::IpNet;
 use crate::policy::{ClaimCondition, ClaimHeader, Condition};
 pub use duration::parse_duration;
 use raw::{
-    IssuerField, RawAdmin, RawAuth, RawConfig, RawIssuer, RawLimits, RawLog, RawRateLimit,
+    IssuerField, RawAdmin, RawAuth, RawConfig, RawCors, RawIssuer, RawLimits, RawLog, RawRateLimit,
     RawRoute, RawRouteRateLimit, RawUpstream,
 };
 
@@ -82,7 +82,21 @@ pub struct Config {
     /// The admin listener (health, readiness, metrics); off when unset.
     pub admin_listen: Option<SocketAddr>,
     pub log: LogConfig,
+    /// `[cors]`: the gateway answers CORS preflights and labels responses; off when unset.
+    pub cors: Option<CorsConfig>,
     pub routes: Vec<RouteConfig>,
+}
+
+/// Which browser origins may call the API, and what they may send and read (`[cors]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CorsConfig {
+    /// `None`: any origin (`"*"`, only without credentials). Otherwise exact origins, lower-case,
+    /// as browsers serialize them: `scheme://host[:port]`.
+    pub allow_origins: Option<Vec<String>>,
+    pub allow_headers: Vec<HeaderName>,
+    pub expose_headers: Vec<HeaderName>,
+    pub max_age: Duration,
+    pub allow_credentials: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -420,6 +434,7 @@ impl Config {
         let limits = validate_limits(&ctx, raw.limits.as_ref())?;
         let admin_listen = validate_admin(&ctx, raw.admin.as_ref())?;
         let log = validate_log(&ctx, raw.log.as_ref())?;
+        let cors = validate_cors(&ctx, raw.cors.as_ref())?;
         let routes = raw
             .routes
             .iter()
@@ -445,6 +460,7 @@ impl Config {
             limits,
             admin_listen,
             log,
+            cors,
             routes,
         };
         // Compiling the route table finds conflicts and unreachable routes; doing it here means
@@ -1024,6 +1040,116 @@ fn validate_admin(
             "expected a socket address such as \"127.0.0.1:9090\"",
         )
     })
+}
+
+/// Browsers cap the preflight cache anyway (Firefox at 24 h, Chromium at 2 h).
+const MAX_CORS_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+
+fn validate_cors(
+    ctx: &Ctx,
+    raw: Option<&Spanned<RawCors>>,
+) -> Result<Option<CorsConfig>, ConfigError> {
+    let Some(cors) = raw.map(Spanned::get_ref) else {
+        return Ok(None);
+    };
+    let allow_credentials = cors
+        .allow_credentials
+        .as_ref()
+        .is_some_and(|v| *v.get_ref());
+    let origins = cors.allow_origins.get_ref();
+    if origins.is_empty() {
+        return Err(ctx.error(
+            &cors.allow_origins,
+            "cors.allow_origins",
+            "must name at least one origin, e.g. \"https://app.example.com\"",
+        ));
+    }
+    let allow_origins = if origins.iter().any(|origin| origin.get_ref() == "*") {
+        if origins.len() > 1 {
+            return Err(ctx.error(
+                &cors.allow_origins,
+                "cors.allow_origins",
+                "\"*\" (any origin) cannot be combined with other origins",
+            ));
+        }
+        if let Some(credentials) = cors.allow_credentials.as_ref().filter(|v| *v.get_ref()) {
+            return Err(ctx.error(
+                credentials,
+                "cors.allow_credentials",
+                "cannot be true with allow_origins = [\"*\"]: browsers refuse credentials for any origin; list the origins",
+            ));
+        }
+        None
+    } else {
+        let mut exact = Vec::with_capacity(origins.len());
+        for (index, origin) in origins.iter().enumerate() {
+            let key = format!("cors.allow_origins[{index}]");
+            exact.push(
+                validate_origin(origin.get_ref()).map_err(|why| ctx.error(origin, &key, why))?,
+            );
+        }
+        Some(exact)
+    };
+    let header_names = |names: &Option<Vec<Spanned<String>>>, key: &str| {
+        names
+            .iter()
+            .flatten()
+            .map(|name| {
+                HeaderName::from_bytes(name.get_ref().as_bytes())
+                    .map_err(|_| ctx.error(name, key, "not a valid header name"))
+            })
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let allow_headers = match &cors.allow_headers {
+        None => vec![http::header::AUTHORIZATION, http::header::CONTENT_TYPE],
+        Some(_) => header_names(&cors.allow_headers, "cors.allow_headers")?,
+    };
+    let expose_headers = match &cors.expose_headers {
+        None => vec![HeaderName::from_static("x-request-id")],
+        Some(_) => header_names(&cors.expose_headers, "cors.expose_headers")?,
+    };
+    let max_age = validate_duration(
+        ctx,
+        &cors.max_age,
+        "cors.max_age",
+        Duration::from_secs(600),
+        true,
+    )?;
+    if let (Some(value), true) = (&cors.max_age, max_age > MAX_CORS_MAX_AGE) {
+        return Err(ctx.error(
+            value,
+            "cors.max_age",
+            "must be at most 24h (browsers cap it anyway)",
+        ));
+    }
+    Ok(Some(CorsConfig {
+        allow_origins,
+        allow_headers,
+        expose_headers,
+        max_age,
+        allow_credentials,
+    }))
+}
+
+/// An origin as a browser sends it in `Origin`: `scheme://host[:port]`, nothing else. Returned
+/// lower-case, since browsers serialize scheme and host that way and matching is exact.
+fn validate_origin(origin: &str) -> Result<String, String> {
+    const SHAPE: &str = "expected an origin such as \"https://app.example.com\" or \"http://localhost:3000\" (scheme, host and port only)";
+    if origin == "null" {
+        return Err("\"null\" is the origin of sandboxed frames and local files: any page can send it, so it cannot be allowed".into());
+    }
+    let (scheme, rest) = origin.split_once("://").ok_or_else(|| SHAPE.to_string())?;
+    if !matches!(scheme.to_ascii_lowercase().as_str(), "http" | "https") {
+        return Err(format!("{SHAPE}; the scheme must be http or https"));
+    }
+    if rest.is_empty() || rest.contains(['/', '?', '#', '@', '*']) || rest.ends_with(':') {
+        return Err(SHAPE.into());
+    }
+    let authority: Authority = rest.parse().map_err(|_| SHAPE.to_string())?;
+    if authority.as_str() != rest {
+        return Err(SHAPE.into());
+    }
+    Ok(origin.to_ascii_lowercase())
 }
 
 fn validate_log(ctx: &Ctx, raw: Option<&Spanned<RawLog>>) -> Result<LogConfig, ConfigError> {

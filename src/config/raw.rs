@@ -18,6 +18,7 @@ pub struct RawConfig {
     pub limits: Option<Spanned<RawLimits>>,
     pub admin: Option<Spanned<RawAdmin>>,
     pub log: Option<Spanned<RawLog>>,
+    pub cors: Option<Spanned<RawCors>>,
     #[serde(default, rename = "route")]
     pub routes: Vec<Spanned<RawRoute>>,
 }
@@ -38,6 +39,16 @@ pub struct RawServer {
 #[serde(deny_unknown_fields)]
 pub struct RawAdmin {
     pub listen: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCors {
+    pub allow_origins: Spanned<Vec<Spanned<String>>>,
+    pub allow_headers: Option<Vec<Spanned<String>>>,
+    pub expose_headers: Option<Vec<Spanned<String>>>,
+    pub max_age: Option<Spanned<String>>,
+    pub allow_credentials: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -293,3 +293,98 @@ fn token_command_mints_a_token_the_gateway_accepts() {
     assert_eq!(identity.user_id, "carol");
     assert_eq!(identity.claims["role"], "admin");
 }
+
+#[test]
+fn cors_errors_name_the_line_and_key() {
+    let cases = [
+        (
+            "allow_origins = [\"*\"]\nallow_credentials = true",
+            2,
+            "`cors.allow_credentials`",
+            "cannot be true with allow_origins = [\"*\"]",
+        ),
+        (
+            "allow_origins = [\"https://app.test/\"]",
+            1,
+            "`cors.allow_origins[0]`",
+            "scheme, host and port only",
+        ),
+        (
+            "allow_origins = [\"https://a.test\", \"null\"]",
+            1,
+            "`cors.allow_origins[1]`",
+            "sandboxed frames",
+        ),
+        (
+            "allow_origins = [\"ftp://a.test\"]",
+            1,
+            "`cors.allow_origins[0]`",
+            "must be http or https",
+        ),
+        (
+            "allow_origins = [\"https://user@a.test\"]",
+            1,
+            "`cors.allow_origins[0]`",
+            "scheme, host and port only",
+        ),
+        (
+            "allow_origins = []",
+            1,
+            "`cors.allow_origins`",
+            "at least one origin",
+        ),
+        (
+            "allow_origins = [\"*\", \"https://a.test\"]",
+            1,
+            "`cors.allow_origins`",
+            "cannot be combined",
+        ),
+        (
+            "allow_origins = [\"https://a.test\"]\nmax_age = \"48h\"",
+            2,
+            "`cors.max_age`",
+            "at most 24h",
+        ),
+        (
+            "allow_origins = [\"https://a.test\"]\nallow_headers = [\"bad header\"]",
+            2,
+            "`cors.allow_headers`",
+            "not a valid header name",
+        ),
+        (
+            "allow_origin = [\"https://a.test\"]",
+            1,
+            "`cors.allow_origin`",
+            "unknown field",
+        ),
+    ];
+    let prefix = format!("{BASE_CONFIG}\n[cors]\n");
+    let first = prefix.matches('\n').count() + 1;
+    for (body, line, key, message) in cases {
+        let error = parse_error(&format!("{prefix}{body}\n"));
+        let line = first + line - 1;
+        assert!(
+            error.starts_with(&format!("bad.toml:{line}:")),
+            "{body}: wrong location in {error:?} (want line {line})"
+        );
+        assert!(error.contains(key), "{body}: {error:?} should name {key}");
+        assert!(
+            error.contains(message),
+            "{body}: {error:?} should say {message}"
+        );
+    }
+    // Valid: the origins are kept lower-case, as browsers send them.
+    let env = |name: &str| (name == "BETTER_AUTH_SECRET").then(|| "x".repeat(32));
+    let config = Config::parse(
+        &format!("{prefix}allow_origins = [\"https://App.Example.com:8443\", \"http://localhost:3000\"]\n"),
+        "ok.toml",
+        &env,
+    )
+    .unwrap();
+    let cors = config.cors.unwrap();
+    assert_eq!(
+        cors.allow_origins.unwrap(),
+        ["https://app.example.com:8443", "http://localhost:3000"]
+    );
+    assert_eq!(cors.max_age, std::time::Duration::from_secs(600));
+}

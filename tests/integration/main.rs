@@ -5,6 +5,7 @@ mod common;
 
 mod compose;
 mod config_errors;
+mod cors;
 mod crud;
 mod hardening;
 mod identity_headers;
