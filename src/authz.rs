@@ -92,12 +92,14 @@ fn check_owner_query(query: &str, names: &[Box<str>], user_id: &str) -> Result<(
 }
 
 /// Whether some backend's query parser may take the (decoded) parameter `name` for `owner`:
-/// `qs` (Express), PHP and Rails read `owner[]` and `owner[0]` as `owner` (arrays and objects);
-/// PHP drops leading spaces, turns `.` and ` ` into `_`, and a `[` left unclosed too; some
-/// frameworks match names without case.
+/// - `qs` (Express) and Rack (Rails) read `owner[]`, `owner[0]`, `[owner]`, `]owner`, `owner]`
+///   as `owner`: brackets around the first bracket-free run are dropped;
+/// - PHP drops leading spaces, turns `.`, ` ` and a `[` left unclosed into `_`;
+/// - Spring's data binder takes `!owner` as a default for `owner`, and ASP.NET falls back from
+///   `prefix.owner` to `owner`;
+/// - some frameworks match names without case.
 fn read_as(name: &str, owner: &str) -> bool {
-    let name = name.trim_start_matches(' ');
-    let cut = name.find('[').map_or(name, |bracket| &name[..bracket]);
+    let name = name.trim_start_matches([' ', '!']);
     let same = |candidate: &str| {
         candidate.len() == owner.len()
             && candidate
@@ -105,7 +107,16 @@ fn read_as(name: &str, owner: &str) -> bool {
                 .zip(owner.bytes())
                 .all(|(a, b)| fold_name_byte(a) == fold_name_byte(b))
     };
-    same(cut) || (name.contains('[') && same(&name.replacen('[', "_", 1)))
+    let bracket_free = name
+        .trim_start_matches(['[', ']'])
+        .split(['[', ']'])
+        .next()
+        .unwrap_or("");
+    let after_last_dot = name.rsplit('.').next().unwrap_or(name);
+    same(name)
+        || same(bracket_free)
+        || same(after_last_dot)
+        || (name.contains('[') && same(&name.replacen('[', "_", 1)))
 }
 
 fn fold_name_byte(byte: u8) -> u8 {
@@ -125,12 +136,21 @@ fn fold_name_byte(byte: u8) -> u8 {
 /// with well-formed parameters: `application/x-www-form-urlencoded, application/a+json` is a
 /// form to a parser that stops at the comma.
 pub fn check_body_owner(
-    content_types: http::header::GetAll<'_, http::HeaderValue>,
+    headers: &http::HeaderMap,
     body: &[u8],
     fields: &[String],
     user_id: &str,
 ) -> Result<(), GatewayError> {
-    let mut content_types = content_types.iter();
+    // The checked bytes must be the bytes the backend parses: a body it would inflate first
+    // (body-parser undoes gzip, deflate and br) is not checked here.
+    if headers
+        .get_all(http::header::CONTENT_ENCODING)
+        .iter()
+        .any(|coding| !coding.as_bytes().eq_ignore_ascii_case(b"identity"))
+    {
+        return Err(GatewayError::UnsupportedMediaType);
+    }
+    let mut content_types = headers.get_all(http::header::CONTENT_TYPE).iter();
     let content_type = content_types.next();
     if content_types.next().is_some() {
         return Err(GatewayError::BadRequest(
@@ -269,7 +289,7 @@ mod tests {
             );
         }
         check_body_owner(
-            headers.get_all(http::header::CONTENT_TYPE),
+            &headers,
             body.as_bytes(),
             &["user_id".into(), "userId".into()],
             "alice",
@@ -309,6 +329,19 @@ mod tests {
             Err(GatewayError::BadRequest(_))
         ));
         assert!(check("Application/JSON ; charset=\"utf-8\"", body).is_ok());
+        let mut gzip = http::HeaderMap::new();
+        gzip.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        gzip.insert(
+            http::header::CONTENT_ENCODING,
+            http::HeaderValue::from_static("br"),
+        );
+        assert!(matches!(
+            check_body_owner(&gzip, b"{}", &["user_id".into()], "alice"),
+            Err(GatewayError::UnsupportedMediaType)
+        ));
         assert!(check_with(&[], body).is_err());
     }
 
@@ -335,6 +368,13 @@ mod tests {
             "+user_id=bob",
             "user[id=bob",
             "user_id[x][y]=bob",
+            "[user_id]=bob",
+            "]user_id=bob",
+            "user_id]=bob",
+            "[]user_id[]=bob",
+            "!user_id=bob",
+            "filter.user_id=bob",
+            "a.b.USER_ID=bob",
         ] {
             assert!(refused(query), "{query}");
         }

@@ -127,12 +127,18 @@ impl Cors {
     /// Labels a response for `origin` (from `allowed_origin`; `None` when there was no allowed
     /// one): every answer, forwarded, refused or a preflight's, gets this once.
     pub fn label(&self, origin: Option<HeaderValue>, headers: &mut HeaderMap) {
-        if self.origins.is_some() {
+        let origin = match (&self.origins, origin) {
+            // Any origin: the same label on every answer, so a shared cache may hand any of them
+            // to any page.
+            (None, _) => ANY.clone(),
             // The answer depends on Origin: a shared cache must not give one origin's to another.
-            headers.append(VARY, ORIGIN_NAME.clone());
-        }
-        let Some(origin) = origin else {
-            return;
+            (Some(_), origin) => {
+                headers.append(VARY, ORIGIN_NAME.clone());
+                match origin {
+                    Some(origin) => origin,
+                    None => return,
+                }
+            }
         };
         headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin);
         if self.credentials {

@@ -46,6 +46,12 @@ const NOT_IN_TRAILERS: &[&str] = &[
     "location",
     "retry-after",
     "vary",
+    // Not framing, but read by gateways and frameworks as if sent in the header section.
+    "x-request-id",
+    "origin",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
 ];
 
 /// Names a client's `Connection` may not nominate (400): dropping them on the way would change

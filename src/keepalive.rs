@@ -80,6 +80,20 @@ pub struct ConnState {
     /// A request body was dropped before its end: hyper drains (reads) the rest before the next
     /// request, so the connection must not park until that next request has started.
     unfinished_body: AtomicBool,
+    /// Responses whose head is out and whose body is not yet all handed to hyper.
+    responding: AtomicU32,
+    /// Bumped (wrapping) for every response head and body frame handed to hyper: a response
+    /// that stops moving (HTTP/2 flow control held shut by the client) shows as no change.
+    progress: AtomicU32,
+}
+
+/// What `ConnState::activity` reports; two equal looks mean nothing moved in between.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Activity {
+    /// Requests (or request bodies) in flight that have no response head yet.
+    pub waiting: bool,
+    answered: u32,
+    progress: u32,
 }
 
 impl ConnState {
@@ -91,16 +105,24 @@ impl ConnState {
             quiet: AtomicBool::new(true),
             upgraded: AtomicBool::new(false),
             unfinished_body: AtomicBool::new(false),
+            responding: AtomicU32::new(0),
+            progress: AtomicU32::new(0),
         })
     }
 
-    /// Whether any request is in flight, and how many responses have finished (wrapping): two
-    /// equal looks with nothing in flight mean no request came or went in between.
-    pub fn activity(&self) -> (bool, u32) {
-        (
-            self.in_flight.load(Ordering::Relaxed) > 0,
-            self.answered.load(Ordering::Relaxed),
-        )
+    /// A snapshot for the HTTP/2 idle rule (src/server.rs, `IdleStreams`).
+    pub fn activity(&self) -> Activity {
+        Activity {
+            waiting: self.in_flight.load(Ordering::Relaxed)
+                > self.responding.load(Ordering::Relaxed),
+            answered: self.answered.load(Ordering::Relaxed),
+            progress: self.progress.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Whether responses are still being sent (their bodies not all handed to hyper).
+    pub fn responding(&self) -> bool {
+        self.responding.load(Ordering::Relaxed) > 0
     }
 
     /// One request, response or request body less in flight.
@@ -178,7 +200,13 @@ impl Drop for BodyGuard {
 /// A response body that carries its request's [`InFlight`] guard.
 pub struct TrackedBody<B> {
     inner: B,
-    _in_flight: InFlight,
+    in_flight: InFlight,
+}
+
+impl<B> Drop for TrackedBody<B> {
+    fn drop(&mut self) {
+        self.in_flight.0.responding.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Hands the request's guard to its response body. A 101 stops parking for good: after it the
@@ -187,10 +215,9 @@ pub fn track<B>(in_flight: InFlight, response: Response<B>) -> Response<TrackedB
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         in_flight.0.upgraded.store(true, Ordering::Relaxed);
     }
-    response.map(|inner| TrackedBody {
-        inner,
-        _in_flight: in_flight,
-    })
+    in_flight.0.responding.fetch_add(1, Ordering::Relaxed);
+    in_flight.0.progress.fetch_add(1, Ordering::Relaxed);
+    response.map(|inner| TrackedBody { inner, in_flight })
 }
 
 impl<B: Body + Unpin> Body for TrackedBody<B> {
@@ -201,7 +228,12 @@ impl<B: Body + Unpin> Body for TrackedBody<B> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+        let this = self.get_mut();
+        let frame = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(Some(_)) = frame {
+            this.in_flight.0.progress.fetch_add(1, Ordering::Relaxed);
+        }
+        frame
     }
 
     fn is_end_stream(&self) -> bool {

@@ -297,12 +297,7 @@ impl Gateway {
                 if let Some(guard) = body_guard {
                     guard.finish();
                 }
-                authz::check_body_owner(
-                    parts.headers.get_all(http::header::CONTENT_TYPE),
-                    &bytes,
-                    &owner.fields,
-                    &identity.user_id,
-                )?;
+                authz::check_body_owner(&parts.headers, &bytes, &owner.fields, &identity.user_id)?;
                 RequestBody::buffered(bytes)
             }
             _ => RequestBody::limited(body, max_body, self.headers.trailer_policy(), body_guard),
@@ -374,6 +369,9 @@ impl Gateway {
                 .and_then(serde_json::Value::as_u64)
                 .map(|exp| Duration::from_secs(exp.saturating_sub(unix_now())));
             stream::splice(client, backend, limits, expires_in);
+            if self.cors.is_some() {
+                Cors::strip_backend_labels(response.headers_mut());
+            }
             // The connection now carries the WebSocket: it never returns to the pool.
             return Ok(
                 response.map(|source| Either::Left(UpstreamBody::new(source.detached(), None)))

@@ -578,6 +578,7 @@ impl Worker {
                     let idle = IdleStreams {
                         state,
                         limit: limits.idle_timeout,
+                        drain: limits.request_timeout,
                     };
                     Box::pin(serve_auto(&builders.auto, io, service, idle, &mut draining)).await
                 }
@@ -639,18 +640,22 @@ async fn first_bytes(
     }
 }
 
-/// The idle rule of a connection served by the auto builder (HTTP/2): idle means no request in
-/// flight and none started or finished, for `limit`. Bytes are no measure here: HTTP/2 PINGs
-/// (the gateway's own keep-alive, or a client's) would keep an unused connection, and its
-/// connection slot, forever.
+/// The idle rule of a connection served by the auto builder (HTTP/2): idle means, for `limit`,
+/// no request waiting for its response head, none started or finished, and no response moving
+/// (a response the client's flow control holds shut is as good as idle). Bytes are no measure
+/// here: HTTP/2 PINGs (the gateway's own keep-alive, or a client's) would keep an unused or
+/// stalled connection, its connection slot and its backend connection, forever.
 struct IdleStreams {
     state: Arc<ConnState>,
     limit: Duration,
+    /// After the GOAWAY: how long streams already under way may take (`request_timeout`).
+    drain: Duration,
 }
 
 impl IdleStreams {
     /// Resolves once the connection has been idle for `limit` (checked every quarter of it, so
-    /// it is closed between `limit` and 1.25 x `limit` after its last request).
+    /// it is closed between `limit` and 1.25 x `limit` after it last moved). A request waiting
+    /// for its response head counts as moving: `request_timeout` bounds that wait.
     async fn elapsed(&self) {
         let step = self.limit / 4;
         let mut seen = self.state.activity();
@@ -658,7 +663,7 @@ impl IdleStreams {
         loop {
             tokio::time::sleep(step).await;
             let now = self.state.activity();
-            if now.0 || now != seen {
+            if now.waiting || now != seen {
                 quiet_since = Instant::now();
                 seen = now;
             } else if quiet_since.elapsed() >= self.limit {
@@ -698,19 +703,17 @@ where
             connection.await
         }
         () = idle.elapsed() => {
-            tracing::debug!("closing an idle HTTP/2 connection");
+            tracing::debug!(stalled = idle.state.responding(), "closing an idle HTTP/2 connection");
             connection.as_mut().graceful_shutdown();
-            // Nothing is in flight, so this ends as soon as the GOAWAY is out; a peer that stops
-            // reading is not waited for.
-            tokio::time::timeout(GOAWAY_WAIT, connection)
+            // Streams the client opened before it saw the GOAWAY are still served, within
+            // `request_timeout`; a stalled response or a peer that stops reading is then dropped
+            // with the socket.
+            tokio::time::timeout(idle.drain, connection)
                 .await
                 .unwrap_or(Ok(()))
         }
     }
 }
-
-/// How long an idle HTTP/2 connection's GOAWAY may take to leave before the socket is dropped.
-const GOAWAY_WAIT: Duration = Duration::from_secs(1);
 
 /// Closes a connection that moved no bytes in either direction for `idle`.
 ///

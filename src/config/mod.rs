@@ -1146,8 +1146,25 @@ fn validate_origin(origin: &str) -> Result<String, String> {
         return Err(SHAPE.into());
     }
     let authority: Authority = rest.parse().map_err(|_| SHAPE.to_string())?;
-    if authority.as_str() != rest {
+    if authority.as_str() != rest || rest.contains('%') {
         return Err(SHAPE.into());
+    }
+    // Browsers never send the scheme's default port, nor a port with leading zeros: such an
+    // entry would silently never match.
+    if let Some(port) = authority.port() {
+        let default = if scheme.eq_ignore_ascii_case("https") {
+            443
+        } else {
+            80
+        };
+        if port.as_u16() == default {
+            return Err(format!(
+                "{SHAPE}; leave out the default port {default}, browsers do"
+            ));
+        }
+        if port.as_str().starts_with('0') {
+            return Err(format!("{SHAPE}; the port has a leading zero"));
+        }
     }
     Ok(origin.to_ascii_lowercase())
 }

@@ -328,6 +328,24 @@ fn cors_errors_name_the_line_and_key() {
             "scheme, host and port only",
         ),
         (
+            "allow_origins = [\"https://a.test:443\"]",
+            1,
+            "`cors.allow_origins[0]`",
+            "leave out the default port 443",
+        ),
+        (
+            "allow_origins = [\"http://a.test:08080\"]",
+            1,
+            "`cors.allow_origins[0]`",
+            "leading zero",
+        ),
+        (
+            "allow_origins = [\"http://%61.test\"]",
+            1,
+            "`cors.allow_origins[0]`",
+            "scheme, host and port only",
+        ),
+        (
             "allow_origins = []",
             1,
             "`cors.allow_origins`",

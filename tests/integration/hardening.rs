@@ -174,30 +174,47 @@ async fn idle_connections_are_closed() {
     );
 }
 
+type H2Sender = hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>;
+
+/// An h2c client that PINGs every 300 ms, even with no stream open, with `window` as its initial
+/// stream window when given; its connection runs in the returned task.
+async fn pinging_h2_client(
+    addr: SocketAddr,
+    window: Option<u32>,
+) -> (H2Sender, tokio::task::JoinHandle<hyper::Result<()>>) {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Duration::from_millis(300))
+        .keep_alive_while_idle(true);
+    if let Some(window) = window {
+        builder.initial_stream_window_size(window);
+    }
+    let (sender, connection) = builder.handshake(TokioIo::new(tcp)).await.unwrap();
+    (sender, tokio::spawn(connection))
+}
+
+fn alice_h2_get() -> http::Request<http_body_util::Empty<bytes::Bytes>> {
+    http::Request::builder()
+        .uri("http://gateway.test/api/alice/tasks")
+        .header("authorization", bearer(&token_for("alice")))
+        .body(http_body_util::Empty::new())
+        .unwrap()
+}
+
 /// An HTTP/2 connection is idle when no stream is open, whatever PINGs cross it: a client that
 /// pings every 300 ms but sends no request is closed (GOAWAY, then EOF) within about
 /// idle_timeout x 1.25 of its last response, and a stream slower than idle_timeout is not cut.
 #[tokio::test]
 async fn idle_http2_connections_are_closed_even_when_pinged() {
-    use http_body_util::{BodyExt, Empty};
-    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use http_body_util::BodyExt;
 
     let backend = Backend::start_with_delay(Duration::from_millis(1500)).await;
     let gateway = start_gateway(&with_limits("idle_timeout = \"1s\""), backend.addr).await;
-    let tcp = TcpStream::connect(gateway.addr).await.unwrap();
-    let (mut sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .keep_alive_interval(Duration::from_millis(300))
-        .keep_alive_while_idle(true)
-        .handshake::<_, Empty<bytes::Bytes>>(TokioIo::new(tcp))
-        .await
-        .unwrap();
-    let connection = tokio::spawn(connection);
-    let request = http::Request::builder()
-        .uri("http://gateway.test/api/alice/tasks")
-        .header("authorization", bearer(&token_for("alice")))
-        .body(Empty::new())
-        .unwrap();
+    let (mut sender, connection) = pinging_h2_client(gateway.addr, None).await;
+    let request = alice_h2_get();
     // 1.5 s at the backend: longer than idle_timeout, and not cut.
     let response = sender.send_request(request).await.unwrap();
     assert_eq!(response.status(), 200);
@@ -215,6 +232,30 @@ async fn idle_http2_connections_are_closed_even_when_pinged() {
         after >= Duration::from_millis(900),
         "closed {after:?} after its last response, before idle_timeout"
     );
+}
+
+/// A client that holds HTTP/2 flow control shut (a stream window of 0) while answering PINGs
+/// stalls its response for good: the stall counts as idle, so the connection gets a GOAWAY after
+/// idle_timeout and is dropped once request_timeout has passed too.
+#[tokio::test]
+async fn a_response_stalled_by_http2_flow_control_does_not_hold_the_connection() {
+    let backend = Backend::start().await;
+    let config = with_limits("idle_timeout = \"1s\"\nrequest_timeout = \"1s\"");
+    let gateway = start_gateway(&config, backend.addr).await;
+    let (mut sender, connection) = pinging_h2_client(gateway.addr, Some(0)).await;
+    let request = alice_h2_get();
+    let started = Instant::now();
+    // The head is not flow-controlled; the body never gets a window and is never read.
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(backend.only().header_values("x-user-id"), ["alice"]);
+    let closed = tokio::time::timeout(Duration::from_secs(8), connection).await;
+    assert!(
+        closed.is_ok(),
+        "a stalled HTTP/2 response kept its connection open for {:?}",
+        started.elapsed()
+    );
+    drop(response);
 }
 
 #[tokio::test]

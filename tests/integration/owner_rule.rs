@@ -93,8 +93,21 @@ async fn owner_query_parameters() {
         "user+id=bob",
         "USER_ID=bob",
         "user[id=bob",
+        "[user_id]=bob",
+        "user_id]=bob",
+        "!user_id=bob",
+        "x.user_id=bob",
     ];
     assert_queries_refused(&gateway, &auth, &look_alikes, 400, "bad_target").await;
+    // PHP ends a name at an encoded NUL: `user_id%00` is `user_id` there.
+    assert_queries_refused(
+        &gateway,
+        &auth,
+        &["user_id%00=bob", "a=%1f"],
+        400,
+        "bad_target",
+    )
+    .await;
     assert_eq!(backend.count(), 0);
     let target = "/api/alice/tasks?user_id=alice&page=2&user_idx=bob&filter[user]=bob";
     let response = request(

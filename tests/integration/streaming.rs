@@ -550,7 +550,7 @@ async fn a_malformed_chunked_request_body_is_a_bad_request() {
         assert_eq!(response.status, 400, "{chunks:?}");
         assert_eq!(response.json()["error"], "bad_request", "{chunks:?}");
     }
-    // The head went upstream before the body broke; no complete request ever did.
+    // At most the head went upstream before the body broke: no request body ever arrived whole.
     assert!(backend
         .received()
         .iter()
