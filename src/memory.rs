@@ -6,25 +6,36 @@
 //! chunks stay mapped until `malloc_trim`, which walks every arena and gives each whole free page
 //! back (`madvise(MADV_DONTNEED)`). HAProxy does the same after it releases its pools.
 //!
-//! The walk holds each arena's lock (1.7-7 ms with 90 MiB free on this machine), so a worker
-//! that allocates meanwhile waits. So it runs only when there is something to give back and the
-//! burst is over: every `CHECK_EVERY` the control thread asks malloc how much free memory it
-//! holds (`mallinfo2`), and trims when that has grown by `TRIM_AFTER_GROWTH` since the last trim
-//! and moved by less than `SETTLED` since the last look. Under load the free memory moves all the
-//! time, so a busy gateway is not trimmed; comparing with what the last trim left, rather than
-//! with zero, keeps a heap whose free memory cannot be returned (pages a live chunk shares) from
-//! being walked again and again.
+//! Both calls hold each arena's lock while they walk it (a trim took 1.7-7 ms with 90 MiB free
+//! on this machine), so a worker that allocates meanwhile waits. So nothing is asked of malloc
+//! until a burst is over: every `CHECK_EVERY` the control thread looks at how many client
+//! connections have closed (`connection_closed`, one relaxed add per connection). Once at least
+//! `BURST` have closed since the last look at malloc, and fewer than `QUIET` in the last
+//! interval, it asks malloc how much free memory it holds (`mallinfo2`) and trims when that grew
+//! by `TRIM_AFTER_GROWTH` since the last trim. Comparing with what the last trim left, rather
+//! than with zero, keeps a heap whose free memory cannot be returned (pages a live chunk shares)
+//! from being walked again and again.
 //!
 //! Other C libraries (musl) and other systems: nothing to do, `run` returns at once.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// How often the free memory held by malloc is looked at.
 pub const CHECK_EVERY: Duration = Duration::from_secs(2);
 /// New free memory, in bytes, worth a trim.
 pub const TRIM_AFTER_GROWTH: usize = 8 << 20;
-/// Free memory that moved less than this between two looks is settled: the burst is over.
-pub const SETTLED: usize = 1 << 20;
+/// Closed connections that make a burst worth a look at malloc.
+pub const BURST: u64 = 256;
+/// Fewer closes than this in one `CHECK_EVERY`: the burst is over.
+pub const QUIET: u64 = 64;
+
+static CLOSED: AtomicU64 = AtomicU64::new(0);
+
+/// Counts a client connection that has ended (src/server.rs).
+pub fn connection_closed() {
+    CLOSED.fetch_add(1, Ordering::Relaxed);
+}
 
 /// Trims as described above until the task is dropped.
 pub async fn run() {
@@ -34,22 +45,28 @@ pub async fn run() {
     let mut interval = tokio::time::interval(CHECK_EVERY);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut left_free = imp::free_bytes();
-    let mut last_look = left_free;
+    let mut seen_closed = CLOSED.load(Ordering::Relaxed);
+    let mut burst = 0;
     loop {
         interval.tick().await;
+        let closed = CLOSED.load(Ordering::Relaxed);
+        let recent = closed.wrapping_sub(seen_closed);
+        seen_closed = closed;
+        burst += recent;
+        if burst < BURST || recent >= QUIET {
+            continue;
+        }
+        burst = 0;
         let free = imp::free_bytes();
-        // Less free memory than the last trim left means it was reused: measure from there.
-        left_free = left_free.min(free);
-        let settled = free.abs_diff(last_look) < SETTLED;
-        last_look = free;
-        if !settled || free < left_free.saturating_add(TRIM_AFTER_GROWTH) {
+        if free < left_free.saturating_add(TRIM_AFTER_GROWTH) {
+            // Less free memory than the last trim left means it was reused: measure from there.
+            left_free = left_free.min(free);
             continue;
         }
         let started = std::time::Instant::now();
         imp::trim();
         // Pages given back still count as free chunks, so this is about `free` again.
         left_free = imp::free_bytes();
-        last_look = left_free;
         tracing::debug!(
             free_bytes = free,
             took_us = started.elapsed().as_micros() as u64,
@@ -65,8 +82,8 @@ mod imp {
 
     /// Bytes malloc holds free: in its bins and at the top of each arena.
     pub fn free_bytes() -> usize {
-        // SAFETY: mallinfo2 takes no arguments and returns a plain struct by value; glibc has it
-        // since 2.33 (Debian 12 ships 2.36).
+        // SAFETY: mallinfo2 takes no arguments and returns a plain struct by value. glibc has it
+        // since 2.33; the binary needs 2.34 anyway (Rust's std), so it narrows nothing.
         unsafe { libc::mallinfo2() }.fordblks
     }
 

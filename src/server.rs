@@ -588,6 +588,7 @@ impl Worker {
                 tracing::debug!(error = %err, %peer, "connection ended with an error");
             }
             open.dec();
+            crate::memory::connection_closed();
         };
         tokio::spawn(task);
     }
