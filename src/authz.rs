@@ -130,34 +130,14 @@ fn fold_name_byte(byte: u8) -> u8 {
 /// occurrence of an owner field must be a string equal to the user id, byte for byte. Checking every
 /// occurrence matters: with `{"user_id":"alice","user_id":"bob"}` most JSON parsers keep the last.
 /// Nested values are not looked at. Invalid JSON is 400 rather than passed on for a lenient parser.
-///
-/// The checked body is only as safe as the backend's agreement on its type, so the type must be
-/// one `Content-Type` field holding one media type (`application/json` or `application/*+json`)
-/// with well-formed parameters: `application/x-www-form-urlencoded, application/a+json` is a
-/// form to a parser that stops at the comma.
 pub fn check_body_owner(
     headers: &http::HeaderMap,
     body: &[u8],
     fields: &[String],
     user_id: &str,
 ) -> Result<(), GatewayError> {
-    // The checked bytes must be the bytes the backend parses: a body it would inflate first
-    // (body-parser undoes gzip, deflate and br) is not checked here.
-    if headers
-        .get_all(http::header::CONTENT_ENCODING)
-        .iter()
-        .any(|coding| !coding.as_bytes().eq_ignore_ascii_case(b"identity"))
-    {
-        return Err(GatewayError::UnsupportedMediaType);
-    }
-    let mut content_types = headers.get_all(http::header::CONTENT_TYPE).iter();
-    let content_type = content_types.next();
-    if content_types.next().is_some() {
-        return Err(GatewayError::BadRequest(
-            "more than one Content-Type header",
-        ));
-    }
-    if !is_json(content_type) {
+    let subtype = checked_media_type(headers)?;
+    if subtype != "json" && !(subtype.len() > 5 && subtype.ends_with("+json")) {
         return Err(GatewayError::UnsupportedMediaType);
     }
     let mut deserializer = serde_json::Deserializer::from_slice(body);
@@ -176,25 +156,75 @@ pub fn check_body_owner(
     }
 }
 
-/// `type/subtype *( OWS ";" OWS name=value )` (RFC 9110 8.3.1) naming JSON, with a charset (if
-/// any) of UTF-8. Anything else, commas and stray whitespace included, is not JSON.
-fn is_json(content_type: Option<&http::HeaderValue>) -> bool {
-    let Some(text) = content_type.and_then(|value| value.to_str().ok()) else {
-        return false;
-    };
+/// Whether a request body may be a form: some `Content-Type` mentions `form-urlencoded`. PHP's
+/// `$_REQUEST`, Rails' `params`, Flask's `request.values` and Spring's `@RequestParam` read form
+/// fields and query parameters as one, so such a body gets the owner query rule too.
+pub fn may_be_form(headers: &http::HeaderMap) -> bool {
+    headers
+        .get_all(http::header::CONTENT_TYPE)
+        .iter()
+        .any(|value| {
+            value
+                .as_bytes()
+                .windows(15)
+                .any(|window| window.eq_ignore_ascii_case(b"form-urlencoded"))
+        })
+}
+
+/// The owner query rule (`owner_query_params`) on an `application/x-www-form-urlencoded` body:
+/// one unambiguous form type (else 415), the same syntax as a query (else 400), and every owner
+/// field naming the user (else 403; look-alike names 400).
+pub fn check_form_owner(
+    headers: &http::HeaderMap,
+    body: &[u8],
+    names: &[Box<str>],
+    user_id: &str,
+) -> Result<(), GatewayError> {
+    if checked_media_type(headers)? != "x-www-form-urlencoded" {
+        return Err(GatewayError::UnsupportedMediaType);
+    }
+    let form = std::str::from_utf8(body)
+        .ok()
+        .filter(|form| crate::target::validate_query(form).is_ok())
+        .ok_or(GatewayError::BadRequest("the form body is malformed"))?;
+    check_owner_query(form, names, user_id)
+}
+
+/// The subtype (lower-case) of an `application/*` body whose type the gateway and the backend
+/// cannot read differently: no `Content-Encoding` but `identity` (the backend would inflate
+/// and parse other bytes than those checked), exactly one `Content-Type` (else 400), holding
+/// one media type with well-formed parameters and a UTF-8 charset if any (else 415):
+/// `application/x-www-form-urlencoded, application/a+json` is a form to a parser that stops at
+/// the comma, and JSON to one that reads the end.
+fn checked_media_type(headers: &http::HeaderMap) -> Result<String, GatewayError> {
+    if headers
+        .get_all(http::header::CONTENT_ENCODING)
+        .iter()
+        .any(|coding| !coding.as_bytes().eq_ignore_ascii_case(b"identity"))
+    {
+        return Err(GatewayError::UnsupportedMediaType);
+    }
+    let mut content_types = headers.get_all(http::header::CONTENT_TYPE).iter();
+    let content_type = content_types.next();
+    if content_types.next().is_some() {
+        return Err(GatewayError::BadRequest(
+            "more than one Content-Type header",
+        ));
+    }
+    application_subtype(content_type).ok_or(GatewayError::UnsupportedMediaType)
+}
+
+/// `application/subtype *( OWS ";" OWS name=value )` (RFC 9110 8.3.1) with a charset (if any) of
+/// UTF-8: the subtype, lower-case. Anything else, commas and stray whitespace included, is `None`.
+fn application_subtype(content_type: Option<&http::HeaderValue>) -> Option<String> {
+    let text = content_type?.to_str().ok()?;
     let mut parts = text.split(';');
     let media = parts.next().unwrap_or("").trim_matches([' ', '\t']);
-    let Some((kind, subtype)) = media.split_once('/') else {
-        return false;
-    };
+    let (kind, subtype) = media.split_once('/')?;
     if !is_token(kind) || !is_token(subtype) || !kind.eq_ignore_ascii_case("application") {
-        return false;
+        return None;
     }
-    let subtype = subtype.to_ascii_lowercase();
-    if subtype != "json" && !(subtype.len() > 5 && subtype.ends_with("+json")) {
-        return false;
-    }
-    parts.all(|param| {
+    let parameters_ok = parts.all(|param| {
         let Some((name, value)) = param.trim_matches([' ', '\t']).split_once('=') else {
             return false;
         };
@@ -208,7 +238,8 @@ fn is_json(content_type: Option<&http::HeaderValue>) -> bool {
         };
         is_token(name)
             && (!name.eq_ignore_ascii_case("charset") || value.eq_ignore_ascii_case("utf-8"))
-    })
+    });
+    parameters_ok.then(|| subtype.to_ascii_lowercase())
 }
 
 /// An RFC 9110 token: one or more tchars.

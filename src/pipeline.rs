@@ -67,6 +67,10 @@ struct Exchange {
 
 const NO_ROUTE: &str = "none";
 
+/// A form body on a protected route is read whole to check its owner fields: at most this much
+/// (413 above), as for `max_body_owner_bytes`' default.
+const FORM_OWNER_MAX_BYTES: usize = 1 << 20;
+
 impl Gateway {
     /// The authenticator, for readiness checks.
     pub fn authenticator(&self) -> &Authenticator {
@@ -298,6 +302,26 @@ impl Gateway {
                     guard.finish();
                 }
                 authz::check_body_owner(&parts.headers, &bytes, &owner.fields, &identity.user_id)?;
+                RequestBody::buffered(bytes)
+            }
+            // A form body: many frameworks read its fields as query parameters.
+            (None, Some(identity), Ownership::Enforced)
+                if !route.owner_query_params.is_empty()
+                    && !http_body::Body::is_end_stream(&body)
+                    && authz::may_be_form(&parts.headers) =>
+            {
+                let bytes =
+                    crate::body::read_to_limit(body, FORM_OWNER_MAX_BYTES.min(max_body as usize))
+                        .await?;
+                if let Some(guard) = body_guard {
+                    guard.finish();
+                }
+                authz::check_form_owner(
+                    &parts.headers,
+                    &bytes,
+                    &route.owner_query_params,
+                    &identity.user_id,
+                )?;
                 RequestBody::buffered(bytes)
             }
             _ => RequestBody::limited(body, max_body, self.headers.trailer_policy(), body_guard),

@@ -171,3 +171,64 @@ async fn assert_queries_refused(
         assert_eq!(response.json()["error"], code, "{query}");
     }
 }
+
+/// PHP's `$_REQUEST`, Rails' `params`, Flask's `request.values` and Spring's `@RequestParam` read
+/// form fields as query parameters: a form body gets the owner query rule, whole and checked
+/// before anything is forwarded.
+#[tokio::test]
+async fn owner_fields_in_form_bodies() {
+    let (backend, gateway) = setup().await;
+    let auth = bearer(&token_for("alice"));
+    let form = "application/x-www-form-urlencoded";
+    let cases: [(&str, &str, u16, &str); 7] = [
+        ("title=x&user_id=bob", form, 403, "owner_mismatch"),
+        ("user_id=alice&user_id=bob", form, 403, "owner_mismatch"),
+        ("user_id[]=bob", form, 400, "bad_target"),
+        ("user.id=bob", form, 400, "bad_target"),
+        ("user_id=%00", form, 400, "bad_request"),
+        (
+            "user_id=bob",
+            "application/x-www-form-urlencoded, text/plain",
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "user_id=bob",
+            "text/plain; x=form-urlencoded",
+            415,
+            "unsupported_media_type",
+        ),
+    ];
+    for (body, content_type, status, code) in cases {
+        let response = request(
+            gateway.addr,
+            "POST",
+            "/api/alice/tasks",
+            &[("Authorization", &auth), ("Content-Type", content_type)],
+            body.as_bytes(),
+        )
+        .await;
+        assert_eq!(response.status, status, "{body} as {content_type}");
+        assert_eq!(response.json()["error"], code, "{body} as {content_type}");
+    }
+    assert_eq!(backend.count(), 0);
+    let body = "title=buy+milk&user_id=alice";
+    let response = request(
+        gateway.addr,
+        "POST",
+        "/api/alice/tasks",
+        &[
+            ("Authorization", &auth),
+            (
+                "Content-Type",
+                "application/x-www-form-urlencoded; charset=UTF-8",
+            ),
+        ],
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!(response.status, 200);
+    let received = backend.only();
+    assert_eq!(received.body, body.as_bytes(), "forwarded byte for byte");
+    assert_eq!(received.header_values("x-user-id"), ["alice"]);
+}
