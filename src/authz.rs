@@ -97,8 +97,10 @@ fn check_owner_query(query: &str, names: &[Box<str>], user_id: &str) -> Result<(
 /// - PHP drops leading spaces, turns `.`, ` ` and a `[` left unclosed into `_`;
 /// - Spring's data binder takes `!owner` as a default for `owner`, and ASP.NET falls back from
 ///   `prefix.owner` to `owner`;
-/// - some frameworks match names without case.
+/// - some frameworks match names without case;
+/// - PHP ends a name at a NUL (`user_id%00x` is `user_id`).
 fn read_as(name: &str, owner: &str) -> bool {
+    let name = name.split('\0').next().unwrap_or(name);
     let name = name.trim_start_matches([' ', '!']);
     let same = |candidate: &str| {
         candidate.len() == owner.len()
@@ -156,31 +158,52 @@ pub fn check_body_owner(
     }
 }
 
-/// Whether a request body may be a form: some `Content-Type` mentions `form-urlencoded`. PHP's
-/// `$_REQUEST`, Rails' `params`, Flask's `request.values` and Spring's `@RequestParam` read form
-/// fields and query parameters as one, so such a body gets the owner query rule too.
-pub fn may_be_form(headers: &http::HeaderMap) -> bool {
-    headers
+/// How a request body may be read as a form by some backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FormBody {
+    /// Some `Content-Type` mentions `form-urlencoded`.
+    Declared,
+    /// A POST with no `Content-Type`: Rack (Rails) parses it as a form.
+    Untyped,
+}
+
+/// Whether a request body may be read as a form. PHP's `$_REQUEST`, Rails' `params`, Flask's
+/// `request.values` and Spring's `@RequestParam` read form fields and query parameters as one,
+/// so such a body gets the owner query rule too.
+pub fn form_body(method: &http::Method, headers: &http::HeaderMap) -> Option<FormBody> {
+    let mut content_types = headers
         .get_all(http::header::CONTENT_TYPE)
         .iter()
+        .peekable();
+    if content_types.peek().is_none() {
+        return (method == http::Method::POST).then_some(FormBody::Untyped);
+    }
+    content_types
         .any(|value| {
             value
                 .as_bytes()
                 .windows(15)
                 .any(|window| window.eq_ignore_ascii_case(b"form-urlencoded"))
         })
+        .then_some(FormBody::Declared)
 }
 
-/// The owner query rule (`owner_query_params`) on an `application/x-www-form-urlencoded` body:
-/// one unambiguous form type (else 415), the same syntax as a query (else 400), and every owner
-/// field naming the user (else 403; look-alike names 400).
+/// The owner query rule (`owner_query_params`) on a form body. A declared one must be one
+/// unambiguous `application/x-www-form-urlencoded` (else 415) with the syntax of a query (else
+/// 400). An untyped one may be anything (a JSON or binary body sent without its type), so it is
+/// read as leniently as Rack reads it: split on `&` and `;`, escapes decoded where well formed.
+/// Either way every owner field must name the user (else 403; look-alike names 400).
 pub fn check_form_owner(
+    kind: FormBody,
     headers: &http::HeaderMap,
     body: &[u8],
     names: &[Box<str>],
     user_id: &str,
 ) -> Result<(), GatewayError> {
-    if checked_media_type(headers)? != "x-www-form-urlencoded" {
+    if kind == FormBody::Untyped {
+        return check_untyped_owner(body, names, user_id);
+    }
+    if !checked_media_type(headers)?.eq_ignore_ascii_case("x-www-form-urlencoded") {
         return Err(GatewayError::UnsupportedMediaType);
     }
     let form = std::str::from_utf8(body)
@@ -188,6 +211,53 @@ pub fn check_form_owner(
         .filter(|form| crate::target::validate_query(form).is_ok())
         .ok_or(GatewayError::BadRequest("the form body is malformed"))?;
     check_owner_query(form, names, user_id)
+}
+
+fn check_untyped_owner(body: &[u8], names: &[Box<str>], user_id: &str) -> Result<(), GatewayError> {
+    for pair in body.split(|&b| b == b'&' || b == b';') {
+        let (name, value) = match pair.iter().position(|&b| b == b'=') {
+            Some(equals) => (&pair[..equals], &pair[equals + 1..]),
+            None => (pair, &[][..]),
+        };
+        let name = lenient_decode(name);
+        let name = String::from_utf8_lossy(&name);
+        if !names.iter().any(|owner| **owner == *name) {
+            if names.iter().any(|owner| read_as(&name, owner)) {
+                return Err(GatewayError::BadTarget(
+                    "a body field name could be read as an owner parameter",
+                ));
+            }
+            continue;
+        }
+        if lenient_decode(value) != user_id.as_bytes() {
+            return Err(GatewayError::OwnerMismatch(
+                "an owner field in the body names another user",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `+` as a space and well-formed `%XX` escapes decoded; anything else kept as it is.
+fn lenient_decode(raw: &[u8]) -> Vec<u8> {
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(raw.len());
+    let mut index = 0;
+    while index < raw.len() {
+        match raw[index] {
+            b'+' => out.push(b' '),
+            b'%' if index + 2 < raw.len() => match (hex(raw[index + 1]), hex(raw[index + 2])) {
+                (Some(high), Some(low)) => {
+                    out.push(high << 4 | low);
+                    index += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            other => out.push(other),
+        }
+        index += 1;
+    }
+    out
 }
 
 /// The subtype (lower-case) of an `application/*` body whose type the gateway and the backend

@@ -124,6 +124,9 @@ impl Body for RequestBody {
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
                     }
                     this.remaining -= len;
+                    if let Some(guard) = &this.guard {
+                        guard.moved();
+                    }
                     // The upstream client may stop polling once a body says it has ended, so the
                     // last data frame is where the guard learns it.
                     if inner_ended(&this.inner) {

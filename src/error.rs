@@ -32,7 +32,8 @@ pub enum GatewayError {
     /// token's values).
     #[error("claim requirement not met: {0}")]
     ClaimRequirement(std::sync::Arc<str>),
-    /// The request body is not JSON on a route that checks owner fields in it.
+    /// A request body the gateway must read for owner fields whose type it cannot pin down: not
+    /// JSON on a `body_owner_fields` route, an ambiguous form, or a large untyped POST.
     #[error("unsupported media type")]
     UnsupportedMediaType,
     /// A CORS preflight from an origin `[cors]` does not allow.
@@ -117,7 +118,9 @@ impl GatewayError {
             GatewayError::OriginNotAllowed => {
                 "this origin may not make cross-origin requests to this API"
             }
-            GatewayError::UnsupportedMediaType => "this route needs a JSON request body",
+            GatewayError::UnsupportedMediaType => {
+                "the request body's Content-Type is missing, ambiguous or not accepted here"
+            }
             GatewayError::RateLimited { .. } => {
                 "too many requests; retry after the time in Retry-After"
             }

@@ -80,17 +80,20 @@ pub struct ConnState {
     /// A request body was dropped before its end: hyper drains (reads) the rest before the next
     /// request, so the connection must not park until that next request has started.
     unfinished_body: AtomicBool,
+    /// Requests between the service call and the end of their response body.
+    requests: AtomicU32,
     /// Responses whose head is out and whose body is not yet all handed to hyper.
     responding: AtomicU32,
-    /// Bumped (wrapping) for every response head and body frame handed to hyper: a response
-    /// that stops moving (HTTP/2 flow control held shut by the client) shows as no change.
+    /// Bumped (wrapping) for every response head and body frame handed to hyper, and every
+    /// request body frame read: a body that stops moving (HTTP/2 flow control held shut, an
+    /// upload stalled) shows as no change.
     progress: AtomicU32,
 }
 
 /// What `ConnState::activity` reports; two equal looks mean nothing moved in between.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Activity {
-    /// Requests (or request bodies) in flight that have no response head yet.
+    /// Requests in flight that have no response head yet.
     pub waiting: bool,
     answered: u32,
     progress: u32,
@@ -105,6 +108,7 @@ impl ConnState {
             quiet: AtomicBool::new(true),
             upgraded: AtomicBool::new(false),
             unfinished_body: AtomicBool::new(false),
+            requests: AtomicU32::new(0),
             responding: AtomicU32::new(0),
             progress: AtomicU32::new(0),
         })
@@ -113,7 +117,7 @@ impl ConnState {
     /// A snapshot for the HTTP/2 idle rule (src/server.rs, `IdleStreams`).
     pub fn activity(&self) -> Activity {
         Activity {
-            waiting: self.in_flight.load(Ordering::Relaxed)
+            waiting: self.requests.load(Ordering::Relaxed)
                 > self.responding.load(Ordering::Relaxed),
             answered: self.answered.load(Ordering::Relaxed),
             progress: self.progress.load(Ordering::Relaxed),
@@ -141,6 +145,7 @@ pub struct InFlight(Arc<ConnState>);
 impl InFlight {
     pub fn start(state: &Arc<ConnState>) -> InFlight {
         state.in_flight.fetch_add(1, Ordering::Relaxed);
+        state.requests.fetch_add(1, Ordering::Relaxed);
         // hyper parses a request head only once the previous body has been read to its end.
         state.unfinished_body.store(false, Ordering::Relaxed);
         InFlight(state.clone())
@@ -156,6 +161,7 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
+        self.0.requests.fetch_sub(1, Ordering::Relaxed);
         self.0.answered.fetch_add(1, Ordering::Relaxed);
         self.0.release();
     }
@@ -177,6 +183,11 @@ impl BodyGuard {
             state: state.clone(),
             finished: false,
         }
+    }
+
+    /// A frame of the body was read.
+    pub fn moved(&self) {
+        self.state.progress.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The body was read to its end.

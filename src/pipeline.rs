@@ -291,10 +291,12 @@ impl Gateway {
             }
         };
         // Owner fields in a JSON body: read it whole (bounded), check it, forward the same bytes.
-        let body = match (&route.body_owner, &identity, ownership) {
-            (Some(owner), Some(identity), Ownership::Enforced)
-                if !http_body::Body::is_end_stream(&body) =>
-            {
+        let has_body = !http_body::Body::is_end_stream(&body);
+        let form = (has_body && identity.is_some() && !route.owner_query_params.is_empty())
+            .then(|| authz::form_body(&parts.method, &parts.headers))
+            .flatten();
+        let body = match (&route.body_owner, &identity, ownership, form) {
+            (Some(owner), Some(identity), Ownership::Enforced, _) if has_body => {
                 let bytes =
                     crate::body::read_to_limit(body, owner.max_bytes.min(max_body as usize))
                         .await?;
@@ -305,11 +307,16 @@ impl Gateway {
                 RequestBody::buffered(bytes)
             }
             // A form body: many frameworks read its fields as query parameters.
-            (None, Some(identity), Ownership::Enforced)
-                if !route.owner_query_params.is_empty()
-                    && !http_body::Body::is_end_stream(&body)
-                    && authz::may_be_form(&parts.headers) =>
-            {
+            (None, Some(identity), Ownership::Enforced, Some(kind)) => {
+                // An untyped POST is read (as Rack would) only when it is small and its length
+                // declared; a streamed or large one must say what it is.
+                if kind == authz::FormBody::Untyped
+                    && http_body::Body::size_hint(&body)
+                        .exact()
+                        .is_none_or(|length| length > FORM_OWNER_MAX_BYTES as u64)
+                {
+                    return Err(GatewayError::UnsupportedMediaType);
+                }
                 let bytes =
                     crate::body::read_to_limit(body, FORM_OWNER_MAX_BYTES.min(max_body as usize))
                         .await?;
@@ -317,6 +324,7 @@ impl Gateway {
                     guard.finish();
                 }
                 authz::check_form_owner(
+                    kind,
                     &parts.headers,
                     &bytes,
                     &route.owner_query_params,

@@ -578,7 +578,6 @@ impl Worker {
                     let idle = IdleStreams {
                         state,
                         limit: limits.idle_timeout,
-                        drain: limits.request_timeout,
                     };
                     Box::pin(serve_auto(&builders.auto, io, service, idle, &mut draining)).await
                 }
@@ -649,8 +648,6 @@ async fn first_bytes(
 struct IdleStreams {
     state: Arc<ConnState>,
     limit: Duration,
-    /// After the GOAWAY: how long streams already under way may take (`request_timeout`).
-    drain: Duration,
 }
 
 impl IdleStreams {
@@ -706,12 +703,13 @@ where
         () = idle.elapsed() => {
             tracing::debug!(stalled = idle.state.responding(), "closing an idle HTTP/2 connection");
             connection.as_mut().graceful_shutdown();
-            // Streams the client opened before it saw the GOAWAY are still served, within
-            // `request_timeout`; a stalled response or a peer that stops reading is then dropped
-            // with the socket.
-            tokio::time::timeout(idle.drain, connection)
-                .await
-                .unwrap_or(Ok(()))
+            // Streams the client opened before it saw the GOAWAY are still served for as long as
+            // they move; once nothing has moved for `limit` again (a stalled response, a peer
+            // that stopped reading), the socket is dropped.
+            tokio::select! {
+                outcome = connection => outcome,
+                () = idle.elapsed() => Ok(()),
+            }
         }
     }
 }

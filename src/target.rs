@@ -135,12 +135,8 @@ pub fn validate_query(query: &str) -> Result<(), &'static str> {
     while index < raw.len() {
         match raw[index] {
             b'%' => {
-                let byte = hex_pair(raw.get(index + 1..index + 3))
+                hex_pair(raw.get(index + 1..index + 3))
                     .ok_or("malformed percent-encoding in query")?;
-                // PHP ends a parameter name at an encoded NUL (`user_id%00=bob` is `user_id`).
-                if matches!(byte, 0x00..=0x1f | 0x7f) {
-                    return Err("encoded control character in query");
-                }
                 index += 2;
             }
             b';' => return Err("semicolon in query"),

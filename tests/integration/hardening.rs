@@ -87,7 +87,10 @@ async fn oversized_bodies_get_413_declared_or_chunked() {
         gateway.addr,
         "POST",
         "/api/alice/tasks",
-        &[("Authorization", &auth)],
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/octet-stream"),
+        ],
         &[b'x'; 2048],
     )
     .await;
@@ -96,7 +99,7 @@ async fn oversized_bodies_get_413_declared_or_chunked() {
     assert_eq!(backend.count(), 0);
     // Chunked, no Content-Length: counted while streaming.
     let mut raw = format!(
-        "POST /api/alice/tasks HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        "POST /api/alice/tasks HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
     )
     .into_bytes();
     for _ in 0..8 {
@@ -114,7 +117,7 @@ async fn oversized_bodies_get_413_declared_or_chunked() {
     // Within the limit, chunked: forwarded byte for byte. (The aborted request above may be
     // recorded late, so the forwarded one is found by its content, not its position.)
     let mut raw = format!(
-        "POST /api/alice/tasks HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        "POST /api/alice/tasks HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
     )
     .into_bytes();
     raw.extend_from_slice(b"4\r\nabcd\r\n3\r\nefg\r\n0\r\n\r\n");

@@ -362,7 +362,7 @@ async fn large_uploads_and_downloads_stream_intact() {
     let mut expected = Sha256::new();
     let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
     stream
-        .write_all(format!("POST /api/alice/tasks/upload HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n").as_bytes())
+        .write_all(format!("POST /api/alice/tasks/upload HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n").as_bytes())
         .await
         .unwrap();
     for index in 0..CHUNKS {
@@ -513,7 +513,7 @@ async fn request_trailers_pass_with_header_hygiene() {
     let bob = token_for("bob");
     let raw = format!(
         "POST /api/alice/tasks/upload HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {alice}\r\n\
-         Transfer-Encoding: chunked\r\n\
+         Content-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\
          Trailer: X-Checksum, X-User-Id, X-Forwarded-For, Authorization, Content-Type\r\n\
          Connection: close\r\n\r\n5\r\nhello\r\n0\r\nX-Checksum: abc123\r\nX-User-Id: bob\r\n\
          X-Forwarded-For: 6.6.6.6\r\nContent-Type: application/x-www-form-urlencoded\r\n\
@@ -544,7 +544,7 @@ async fn a_malformed_chunked_request_body_is_a_bad_request() {
     for chunks in ["zz\r\nhello\r\n0\r\n\r\n", "2\r\nhello\r\n0\r\n\r\n"] {
         let raw = format!(
             "POST /api/alice/tasks/upload HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
-             Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n{chunks}"
+             Content-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{chunks}"
         );
         let response = send_raw(gateway.addr, raw.as_bytes()).await;
         assert_eq!(response.status, 400, "{chunks:?}");
@@ -555,4 +555,56 @@ async fn a_malformed_chunked_request_body_is_a_bad_request() {
         .received()
         .iter()
         .all(|r| r.body.len() < 5 && r.header_values("x-user-id") == ["alice"]));
+}
+
+/// An HTTP/2 stream whose events are further apart than nothing, but each closer than
+/// idle_timeout, keeps its connection: the idle rule closes only what stopped moving.
+#[tokio::test]
+async fn a_moving_http2_stream_outlives_idle_timeout() {
+    let handler: Handler = Arc::new(move |_request| {
+        Box::pin(async move {
+            let (sender, receiver) =
+                tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
+            tokio::spawn(async move {
+                for _ in 0..6 {
+                    tokio::time::sleep(Duration::from_millis(400)).await;
+                    let event = Frame::data(Bytes::from_static(b"data: tick\n\n"));
+                    if sender.send(Ok(event)).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            Response::new(BodyExt::boxed(ChannelBody(receiver)))
+        })
+    });
+    let backend = custom_backend(handler).await;
+    let config = BASE_CONFIG.replacen(
+        "[[route]]",
+        "[limits]\nidle_timeout = \"1s\"\n\n[[route]]",
+        1,
+    );
+    let gateway = start_gateway(&config, backend).await;
+    let tcp = TcpStream::connect(gateway.addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let request = Request::builder()
+        .uri("http://gateway.test/api/alice/tasks/events")
+        .header("authorization", bearer(&token_for("alice")))
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let started = std::time::Instant::now();
+    let body = tokio::time::timeout(Duration::from_secs(10), response.into_body().collect())
+        .await
+        .expect("the stream never ended")
+        .expect("the stream was cut")
+        .to_bytes();
+    assert_eq!(body.len(), 6 * b"data: tick\n\n".len());
+    assert!(started.elapsed() >= Duration::from_secs(2));
 }
