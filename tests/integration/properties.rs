@@ -562,3 +562,58 @@ proptest! {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Owner fields in form and untyped POST bodies
+// ---------------------------------------------------------------------------------------------
+
+/// Pieces of a form body: ordinary pairs, owner pairs (alice's, bob's, look-alike names), and
+/// bytes that break form syntax, so that the lenient (untyped) reading meets all of them.
+fn form_piece() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        4 => "[a-z]{1,6}=[a-z0-9]{0,6}".prop_map(String::into_bytes),
+        2 => Just(b"user_id=alice".to_vec()),
+        1 => Just(b"user_id=bob".to_vec()),
+        1 => prop::sample::select(&[
+            "user_id[]=x", "[user_id]=x", "user.id=x", "USER_ID=x", "user+id=x", "!user_id=x",
+            "user_id%00=x", "user%5Fid=bob", "user_id=al%69ce", "user_id=alice%0A",
+        ][..])
+        .prop_map(|s| s.as_bytes().to_vec()),
+        1 => prop::collection::vec(any::<u8>(), 0..8),
+    ]
+}
+
+proptest! {
+    #![proptest_config(config(2000))]
+
+    /// The untyped (Rack-like) reading never panics, and its verdict follows the pairs: any
+    /// pair naming bob, or a look-alike name, refuses the body; a body of ordinary pairs and
+    /// alice's is let through. Separators are `&` or `;`.
+    #[test]
+    fn untyped_bodies_are_refused_exactly_when_a_pair_says_so(
+        pieces in prop::collection::vec(form_piece(), 0..8),
+        semicolons in any::<bool>(),
+    ) {
+        use authgate::authz::{check_form_owner, FormBody};
+        let separator = if semicolons { b";" } else { b"&" };
+        let body = pieces.join(&separator[..]);
+        let names: Vec<Box<str>> = vec!["user_id".into()];
+        let verdict = check_form_owner(FormBody::Untyped, &HeaderMap::new(), &body, &names, "alice");
+        let plain = |piece: &Vec<u8>| {
+            piece.is_empty()
+                || piece == b"user_id=alice"
+                || piece == b"user_id=al%69ce"
+                || (piece.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'=')
+                    && !piece.starts_with(b"user_id="))
+        };
+        if pieces.iter().all(plain) {
+            prop_assert!(verdict.is_ok(), "{:?}: {:?}", String::from_utf8_lossy(&body), verdict);
+        }
+        let naming_bob = |piece: &Vec<u8>| {
+            piece == b"user_id=bob" || piece == b"user%5Fid=bob" || piece == b"user_id=alice%0A"
+        };
+        if pieces.iter().any(naming_bob) {
+            prop_assert!(verdict.is_err(), "{:?} let through", String::from_utf8_lossy(&body));
+        }
+    }
+}
