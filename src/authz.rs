@@ -99,7 +99,7 @@ fn check_owner_query(query: &str, names: &[Box<str>], user_id: &str) -> Result<(
 ///   `prefix.owner` to `owner`;
 /// - some frameworks match names without case;
 /// - PHP ends a name at a NUL (`user_id%00x` is `user_id`).
-fn read_as(name: &str, owner: &str) -> bool {
+pub(crate) fn read_as(name: &str, owner: &str) -> bool {
     let name = name.split('\0').next().unwrap_or(name);
     let name = name.trim_start_matches([' ', '!']);
     let same = |candidate: &str| {

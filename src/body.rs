@@ -13,6 +13,7 @@ use hyper::body::Incoming;
 
 use crate::headers::TrailerPolicy;
 use crate::keepalive::BodyGuard;
+use crate::multipart::OwnerScan;
 
 /// The body went past `max_body_bytes`; found in the upstream error's source chain, becomes 413.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +31,8 @@ pub struct RequestBody {
     buffered: Option<Bytes>,
     /// Keeps the client connection from parking until the body has been read to its end.
     guard: Option<BodyGuard>,
+    /// Owner fields in a multipart body, checked frame by frame before each is forwarded.
+    owner_scan: Option<OwnerScan>,
 }
 
 impl RequestBody {
@@ -45,7 +48,14 @@ impl RequestBody {
             trailers: Some(trailers),
             buffered: None,
             guard,
+            owner_scan: None,
         }
+    }
+
+    /// Checks the body's multipart owner fields as it streams (src/multipart.rs).
+    pub fn with_owner_scan(mut self, scan: OwnerScan) -> RequestBody {
+        self.owner_scan = Some(scan);
+        self
     }
 
     /// No body: what a retried GET/HEAD carries.
@@ -56,6 +66,7 @@ impl RequestBody {
             trailers: None,
             buffered: None,
             guard: None,
+            owner_scan: None,
         }
     }
 
@@ -67,6 +78,7 @@ impl RequestBody {
             trailers: None,
             buffered: Some(bytes),
             guard: None,
+            owner_scan: None,
         }
     }
 }
@@ -127,6 +139,21 @@ impl Body for RequestBody {
                     if let Some(guard) = &this.guard {
                         guard.moved();
                     }
+                    // Checked before the frame goes: a refusal must keep the body incomplete.
+                    if let Some(scan) = this.owner_scan.as_mut() {
+                        let checked = scan.feed(data).and_then(|()| {
+                            if inner_ended(&this.inner) {
+                                scan.finish()
+                            } else {
+                                Ok(())
+                            }
+                        });
+                        if let Err(refusal) = checked {
+                            this.inner = None;
+                            this.owner_scan = None;
+                            return Poll::Ready(Some(Err(Box::new(refusal))));
+                        }
+                    }
                     // The upstream client may stop polling once a body says it has ended, so the
                     // last data frame is where the guard learns it.
                     if inner_ended(&this.inner) {
@@ -148,6 +175,10 @@ impl Body for RequestBody {
             }
             Poll::Ready(Some(Err(err))) => Poll::Ready(Some(Err(Box::new(err)))),
             Poll::Ready(None) => {
+                if let Some(Err(refusal)) = this.owner_scan.take().map(|scan| scan.finish()) {
+                    this.inner = None;
+                    return Poll::Ready(Some(Err(Box::new(refusal))));
+                }
                 this.finish_guard();
                 Poll::Ready(None)
             }

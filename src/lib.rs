@@ -17,6 +17,7 @@ pub mod keepalive;
 pub mod live;
 pub mod memory;
 pub mod metrics;
+pub mod multipart;
 pub mod pipeline;
 pub mod placement;
 pub mod policy;

@@ -295,8 +295,14 @@ impl Gateway {
         let form = (has_body && identity.is_some() && !route.owner_query_params.is_empty())
             .then(|| authz::form_body(&parts.method, &parts.headers))
             .flatten();
-        let body = match (&route.body_owner, &identity, ownership, form) {
-            (Some(owner), Some(identity), Ownership::Enforced, _) if has_body => {
+        let multipart = match (form, &identity) {
+            (None, Some(_)) if has_body && !route.owner_query_params.is_empty() => {
+                crate::multipart::boundary(&parts.headers)?
+            }
+            _ => None,
+        };
+        let body = match (&route.body_owner, &identity, ownership, form, multipart) {
+            (Some(owner), Some(identity), Ownership::Enforced, _, _) if has_body => {
                 let bytes =
                     crate::body::read_to_limit(body, owner.max_bytes.min(max_body as usize))
                         .await?;
@@ -307,7 +313,7 @@ impl Gateway {
                 RequestBody::buffered(bytes)
             }
             // A form body: many frameworks read its fields as query parameters.
-            (None, Some(identity), Ownership::Enforced, Some(kind)) => {
+            (None, Some(identity), Ownership::Enforced, Some(kind), _) => {
                 // An untyped POST is read (as Rack would) only when it is small and its length
                 // declared; a streamed or large one must say what it is.
                 if kind == authz::FormBody::Untyped
@@ -331,6 +337,16 @@ impl Gateway {
                     &identity.user_id,
                 )?;
                 RequestBody::buffered(bytes)
+            }
+            // A multipart body: its fields too; scanned as it streams (uploads can be large).
+            (None, Some(identity), Ownership::Enforced, None, Some(boundary)) => {
+                let scan = crate::multipart::OwnerScan::new(
+                    &boundary,
+                    &route.owner_query_params,
+                    &identity.user_id,
+                );
+                RequestBody::limited(body, max_body, self.headers.trailer_policy(), body_guard)
+                    .with_owner_scan(scan)
             }
             _ => RequestBody::limited(body, max_body, self.headers.trailer_policy(), body_guard),
         };

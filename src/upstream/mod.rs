@@ -35,6 +35,7 @@ use tower_service::Service;
 use crate::body::{BodyTooLarge, RequestBody};
 use crate::config::UpstreamConfig;
 use crate::error::GatewayError;
+use crate::multipart::MultipartRefusal;
 
 pub mod h1;
 
@@ -459,6 +460,10 @@ impl Upstream {
                 Err(h1::ExchangeError::Upload(err)) if err.is::<BodyTooLarge>() => {
                     return Err(Attempt::BodyTooLarge)
                 }
+                Err(h1::ExchangeError::Upload(err)) if err.is::<MultipartRefusal>() => {
+                    let refused = err.downcast_ref::<MultipartRefusal>().map(|r| r.0.clone());
+                    return Err(refused.map_or(Attempt::Failed, Attempt::Refused));
+                }
                 Err(h1::ExchangeError::Upload(err)) if is_malformed_body(err.as_ref()) => {
                     return Err(Attempt::MalformedBody)
                 }
@@ -567,6 +572,8 @@ enum Attempt {
     /// The client's body broke its own framing (a bad chunk): the client's fault, not the
     /// backend's.
     MalformedBody,
+    /// The body failed a check made while it streamed (multipart owner fields).
+    Refused(GatewayError),
     Failed,
 }
 
@@ -575,6 +582,7 @@ impl Attempt {
         match self {
             Attempt::BodyTooLarge => GatewayError::PayloadTooLarge,
             Attempt::MalformedBody => GatewayError::BadRequest("the request body is malformed"),
+            Attempt::Refused(err) => err,
             Attempt::Stale | Attempt::Failed => GatewayError::UpstreamUnavailable,
         }
     }

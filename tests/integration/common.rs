@@ -358,6 +358,23 @@ pub async fn request(
     send_raw(addr, &build_request(method, target, headers, body)).await
 }
 
+/// `POST /api/alice/tasks` with `auth` as the Authorization value and a Content-Type.
+pub async fn post_tasks(
+    addr: SocketAddr,
+    auth: &str,
+    content_type: &str,
+    body: &[u8],
+) -> RawResponse {
+    request(
+        addr,
+        "POST",
+        "/api/alice/tasks",
+        &[("Authorization", auth), ("Content-Type", content_type)],
+        body,
+    )
+    .await
+}
+
 /// A free loopback port for a real binary to listen on (a listener is bound, then dropped).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -271,3 +271,84 @@ async fn owner_fields_in_form_bodies() {
     assert_eq!(received.body, body.as_bytes(), "forwarded byte for byte");
     assert_eq!(received.header_values("x-user-id"), ["alice"]);
 }
+
+/// `multipart/form-data` fields are read as query parameters by the same frameworks; uploads are
+/// large, so the body is scanned as it streams and a refusal keeps the body the backend gets
+/// incomplete (the close delimiter never reaches it).
+#[tokio::test]
+async fn owner_fields_in_multipart_bodies() {
+    let (backend, gateway) = setup().await;
+    let auth = bearer(&token_for("alice"));
+    let multipart = |parts: &[(&str, &[u8])]| {
+        let mut body = Vec::new();
+        for (name, content) in parts {
+            body.extend_from_slice(
+                format!("--XyZ\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n")
+                    .as_bytes(),
+            );
+            body.extend_from_slice(content);
+            body.extend_from_slice(b"\r\n");
+        }
+        body.extend_from_slice(b"--XyZ--\r\n");
+        body
+    };
+    let typed = "multipart/form-data; boundary=XyZ";
+    // 3 MiB of upload before the field: streamed, not buffered, and still refused.
+    let upload = vec![b'u'; 3 << 20];
+    let cases: [(Vec<u8>, &str, u16, &str); 5] = [
+        (
+            multipart(&[("user_id", b"bob")]),
+            typed,
+            403,
+            "owner_mismatch",
+        ),
+        (
+            multipart(&[("file", &upload), ("user_id", b"bob")]),
+            typed,
+            403,
+            "owner_mismatch",
+        ),
+        (
+            multipart(&[("user_id[]", b"bob")]),
+            typed,
+            400,
+            "bad_target",
+        ),
+        (
+            b"--XyZ\r\nContent-Disposition: form-data; name=\"user_id\"\r\n\r\nbob".to_vec(),
+            typed,
+            400,
+            "bad_request",
+        ),
+        (
+            multipart(&[("user_id", b"alice")]),
+            "multipart/form-data; boundary=XyZ; boundary=other",
+            415,
+            "unsupported_media_type",
+        ),
+    ];
+    for (body, content_type, status, code) in cases {
+        let response = post_tasks(gateway.addr, &auth, content_type, &body).await;
+        assert_eq!(response.status, status, "{content_type}");
+        assert_eq!(response.json()["error"], code);
+    }
+    // Whatever reached the backend of those was cut short: no body with its close delimiter.
+    assert!(backend
+        .received()
+        .iter()
+        .all(|r| !r.body.ends_with(b"--XyZ--\r\n")));
+    let before = backend.count();
+
+    let good = multipart(&[
+        ("title", b"buy milk"),
+        ("file", &upload),
+        ("user_id", b"alice"),
+    ]);
+    let response = post_tasks(gateway.addr, &auth, typed, &good).await;
+    assert_eq!(response.status, 200);
+    let received = backend.received();
+    assert_eq!(received.len(), before + 1);
+    let forwarded = received.last().unwrap();
+    assert!(forwarded.body == good, "forwarded byte for byte");
+    assert_eq!(forwarded.header_values("x-user-id"), ["alice"]);
+}

@@ -221,18 +221,7 @@ async fn owner_fields_in_json_bodies() {
     let (backend, _, gateway) = setup_policy().await;
     let auth = bearer(&token_with(json!({"sub": "alice"})));
     let post = |body: &'static [u8], content_type: &'static str| {
-        let auth = auth.clone();
-        let addr = gateway.addr;
-        async move {
-            request(
-                addr,
-                "POST",
-                "/api/alice/tasks",
-                &[("Authorization", &auth), ("Content-Type", content_type)],
-                body,
-            )
-            .await
-        }
+        post_tasks(gateway.addr, &auth, content_type, body)
     };
     let exact = br#"{"title":"x",  "user_id":"alice" ,"userId":"alice"}"#;
     assert_eq!(post(exact, "application/json").await.status, 200);
