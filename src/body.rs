@@ -7,7 +7,7 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
@@ -33,6 +33,10 @@ pub struct RequestBody {
     guard: Option<BodyGuard>,
     /// Owner fields in a multipart body, checked frame by frame before each is forwarded.
     owner_scan: Option<OwnerScan>,
+    /// Scanned bytes not yet cleared to go (an owner part's content until its delimiter).
+    held: BytesMut,
+    /// How many body bytes have been handed on.
+    forwarded: u64,
 }
 
 impl RequestBody {
@@ -49,6 +53,8 @@ impl RequestBody {
             buffered: None,
             guard,
             owner_scan: None,
+            held: BytesMut::new(),
+            forwarded: 0,
         }
     }
 
@@ -67,6 +73,8 @@ impl RequestBody {
             buffered: None,
             guard: None,
             owner_scan: None,
+            held: BytesMut::new(),
+            forwarded: 0,
         }
     }
 
@@ -79,11 +87,23 @@ impl RequestBody {
             buffered: Some(bytes),
             guard: None,
             owner_scan: None,
+            held: BytesMut::new(),
+            forwarded: 0,
         }
     }
 }
 
 impl RequestBody {
+    /// Ends the body with a scan's refusal (found in the upstream error's source chain).
+    fn refuse(
+        &mut self,
+        refusal: crate::multipart::MultipartRefusal,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.inner = None;
+        self.owner_scan = None;
+        Poll::Ready(Some(Err(Box::new(refusal))))
+    }
+
     fn finish_guard(&mut self) {
         if let Some(guard) = self.guard.take() {
             guard.finish();
@@ -124,44 +144,27 @@ impl Body for RequestBody {
         if let Some(bytes) = this.buffered.take() {
             return Poll::Ready(Some(Ok(Frame::data(bytes))));
         }
-        let Some(inner) = this.inner.as_mut() else {
-            return Poll::Ready(None);
-        };
-        match Pin::new(inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    let len = data.len() as u64;
-                    if len > this.remaining {
-                        this.inner = None;
-                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
+        loop {
+            let Some(inner) = this.inner.as_mut() else {
+                return Poll::Ready(None);
+            };
+            let frame = match Pin::new(inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => frame,
+                Poll::Ready(Some(Err(err))) => return Poll::Ready(Some(Err(Box::new(err)))),
+                Poll::Ready(None) => {
+                    if let Some(Err(refusal)) = this.owner_scan.take().map(|scan| scan.finish()) {
+                        return this.refuse(refusal);
                     }
-                    this.remaining -= len;
-                    if let Some(guard) = &this.guard {
-                        guard.moved();
-                    }
-                    // Checked before the frame goes: a refusal must keep the body incomplete.
-                    if let Some(scan) = this.owner_scan.as_mut() {
-                        let checked = scan.feed(data).and_then(|()| {
-                            if inner_ended(&this.inner) {
-                                scan.finish()
-                            } else {
-                                Ok(())
-                            }
-                        });
-                        if let Err(refusal) = checked {
-                            this.inner = None;
-                            this.owner_scan = None;
-                            return Poll::Ready(Some(Err(Box::new(refusal))));
-                        }
-                    }
-                    // The upstream client may stop polling once a body says it has ended, so the
-                    // last data frame is where the guard learns it.
-                    if inner_ended(&this.inner) {
-                        this.finish_guard();
-                    }
-                    return Poll::Ready(Some(Ok(frame)));
+                    this.finish_guard();
+                    return Poll::Ready(None);
                 }
+                Poll::Pending => return Poll::Pending,
+            };
+            let Some(data) = frame.data_ref() else {
                 // Trailers are the last frame (the upstream client does not poll past them).
+                if let Some(Err(refusal)) = this.owner_scan.take().map(|scan| scan.finish()) {
+                    return this.refuse(refusal);
+                }
                 this.finish_guard();
                 let frame = match (frame.into_trailers(), &this.trailers) {
                     (Ok(mut trailers), Some(policy)) => {
@@ -171,18 +174,51 @@ impl Body for RequestBody {
                     (Ok(trailers), None) => Frame::trailers(trailers),
                     (Err(frame), _) => frame,
                 };
-                Poll::Ready(Some(Ok(frame)))
+                return Poll::Ready(Some(Ok(frame)));
+            };
+            let len = data.len() as u64;
+            if len > this.remaining {
+                this.inner = None;
+                return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
             }
-            Poll::Ready(Some(Err(err))) => Poll::Ready(Some(Err(Box::new(err)))),
-            Poll::Ready(None) => {
-                if let Some(Err(refusal)) = this.owner_scan.take().map(|scan| scan.finish()) {
-                    this.inner = None;
-                    return Poll::Ready(Some(Err(Box::new(refusal))));
+            this.remaining -= len;
+            if let Some(guard) = &this.guard {
+                guard.moved();
+            }
+            // The upstream client may stop polling once a body says it has ended, so the last
+            // data frame is where the guard learns it, and where a scan must be finished.
+            let ended = inner_ended(&this.inner);
+            let Some(scan) = this.owner_scan.as_mut() else {
+                if ended {
+                    this.finish_guard();
                 }
+                return Poll::Ready(Some(Ok(frame)));
+            };
+            // Scanned before it goes, and only what the scan cleared goes: a refusal must keep
+            // the body incomplete, and an owner value unchecked must not reach the backend.
+            let scanned = scan.feed(data).and_then(|safe| {
+                if ended {
+                    scan.finish().map(|()| safe)
+                } else {
+                    Ok(safe)
+                }
+            });
+            let safe = match scanned {
+                Ok(safe) => safe,
+                Err(refusal) => return this.refuse(refusal),
+            };
+            this.held.extend_from_slice(data);
+            let ready = safe
+                .saturating_sub(this.forwarded)
+                .min(this.held.len() as u64);
+            this.forwarded += ready;
+            let cleared = this.held.split_to(ready as usize).freeze();
+            if ended {
                 this.finish_guard();
-                Poll::Ready(None)
             }
-            Poll::Pending => Poll::Pending,
+            if !cleared.is_empty() {
+                return Poll::Ready(Some(Ok(Frame::data(cleared))));
+            }
         }
     }
 
