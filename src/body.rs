@@ -207,6 +207,14 @@ impl Body for RequestBody {
                 Ok(safe) => safe,
                 Err(refusal) => return this.refuse(refusal),
             };
+            if this.held.is_empty() && safe == this.forwarded + len {
+                // Nothing held back: the frame goes as it is, uncopied.
+                this.forwarded = safe;
+                if ended {
+                    this.finish_guard();
+                }
+                return Poll::Ready(Some(Ok(frame)));
+            }
             this.held.extend_from_slice(data);
             let ready = safe
                 .saturating_sub(this.forwarded)

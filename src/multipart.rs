@@ -27,7 +27,10 @@ use crate::authz;
 use crate::error::GatewayError;
 
 /// Part headers larger than this are refused.
-const MAX_PART_HEADERS: usize = 8 * 1024;
+const MAX_PART_HEADERS: usize = 4 * 1024;
+/// A part header line longer than this is refused: PHP cuts lines at 5120 bytes (the rest
+/// becomes a header line of its own) and current Rack ignores a disposition over 1536.
+const MAX_PART_HEADER_LINE: usize = 1024;
 /// An owner part's content longer than this cannot name the caller.
 const MAX_OWNER_VALUE: usize = 1024;
 
@@ -120,6 +123,8 @@ pub struct OwnerScan {
     pending: Vec<u8>,
     /// Body offset of `pending[0]`.
     consumed: u64,
+    /// How much of `pending` the header search has looked at.
+    searched: usize,
 }
 
 enum State {
@@ -146,6 +151,7 @@ impl OwnerScan {
             state: State::Start,
             pending: Vec::new(),
             consumed: 0,
+            searched: 0,
         }
     }
 
@@ -210,7 +216,11 @@ impl OwnerScan {
                     }
                 }
                 State::Headers => {
-                    let end = memchr::memmem::find(&self.pending, b"\r\n\r\n");
+                    // Searched from where the last look stopped: one-byte frames stay linear.
+                    let from = self.searched.saturating_sub(3);
+                    let end = memchr::memmem::find(&self.pending[from..], b"\r\n\r\n")
+                        .map(|end| end + from);
+                    self.searched = self.pending.len();
                     let Some(end) = end.filter(|&end| end <= MAX_PART_HEADERS) else {
                         if self.pending.len() > MAX_PART_HEADERS + 4 || end.is_some() {
                             return malformed("multipart part headers are too large");
@@ -219,6 +229,7 @@ impl OwnerScan {
                     };
                     let owner = self.part_is_owner(&self.pending[..end])?;
                     self.consume(end + 4);
+                    self.searched = 0;
                     self.state = State::Content {
                         held_from: owner.then_some(self.consumed),
                     };
@@ -292,7 +303,11 @@ impl OwnerScan {
         };
         let mut name = None;
         let mut content_types = 0;
+        let mut identity_encoded = false;
         for line in block.split("\r\n") {
+            if line.len() > MAX_PART_HEADER_LINE {
+                return malformed("a multipart part header line is too long");
+            }
             if line.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
                 return malformed("a multipart part header holds a control character");
             }
@@ -306,7 +321,22 @@ impl OwnerScan {
                 return malformed("a multipart part header name is malformed");
             }
             if field.eq_ignore_ascii_case("content-type") {
+                // `type/subtype` and a charset at most: Rack 2 finds a `name=` anywhere in the
+                // header block, and current Rack names a part after its Content-Type.
+                if !is_plain_media_type(value.trim_matches([' ', '\t'])) {
+                    return malformed("a multipart part's Content-Type is not a plain media type");
+                }
                 content_types += 1;
+            } else if field.eq_ignore_ascii_case("content-transfer-encoding") {
+                // Apache HttpClient labels parts 8bit or binary: no decoding, so harmless.
+                let value = value.trim_matches([' ', '\t']);
+                if !["7bit", "8bit", "binary"]
+                    .iter()
+                    .any(|identity| value.eq_ignore_ascii_case(identity))
+                {
+                    return malformed("multipart parts may not carry a Content-Transfer-Encoding");
+                }
+                identity_encoded = true;
             } else if field.eq_ignore_ascii_case("content-disposition") {
                 if name.replace(disposition_name(value)?).is_some() {
                     return malformed("a multipart part has two Content-Disposition headers");
@@ -322,6 +352,10 @@ impl OwnerScan {
             return malformed("a multipart part has no Content-Disposition");
         };
         if self.names.iter().any(|owner| **owner == *name) {
+            // Werkzeug and Commons FileUpload decode a field by its part's charset.
+            if content_types > 0 || identity_encoded {
+                return malformed("an owner field's part may not carry a Content-Type or encoding");
+            }
             return Ok(true);
         }
         if self.names.iter().any(|owner| authz::read_as(&name, owner)) {
@@ -388,6 +422,25 @@ fn split_outside_quotes(text: &str) -> Vec<&str> {
     pieces
 }
 
+/// `token/token`, optionally `; charset=token` (RFC 9110 tokens).
+fn is_plain_media_type(value: &str) -> bool {
+    let is_token = |text: &str| !text.is_empty() && text.bytes().all(is_tchar);
+    let (media, charset) = match value.split_once(';') {
+        Some((media, param)) => (media.trim_end_matches([' ', '\t']), Some(param)),
+        None => (value, None),
+    };
+    let media_ok = media
+        .split_once('/')
+        .is_some_and(|(kind, subtype)| is_token(kind) && is_token(subtype));
+    let charset_ok = charset.is_none_or(|param| {
+        param
+            .trim_matches([' ', '\t'])
+            .split_once('=')
+            .is_some_and(|(key, value)| key.eq_ignore_ascii_case("charset") && is_token(value))
+    });
+    media_ok && charset_ok
+}
+
 fn is_tchar(byte: u8) -> bool {
     byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte)
 }
@@ -449,6 +502,8 @@ mod tests {
         // The boundary inside content is a delimiter to some parser: refused, not read around.
         let inside = body(&[(FILE, "a--XyZ- b"), (OWNER, "alice")]);
         assert!(matches!(scan(&inside), Err(GatewayError::BadRequest(_))));
+        let apache = "Content-Disposition: form-data; name=\"f\"; filename=\"x.bin\"\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: binary";
+        assert!(scan(&body(&[(apache, "\u{0}\u{1}"), (OWNER, "alice")])).is_ok());
         assert!(scan(&body(&[
             (FILE, ""),
             (
@@ -514,6 +569,12 @@ mod tests {
             "Content-Disposition: form-data; name=\"a\"; name=\"user_id\"",
             "Content-Disposition: form-data; name=\"user\\\"_id\"",
             "Content-Disposition: form-data; name=\"a\"\r\nContent-Transfer-Encoding: base64",
+            "Content-Disposition: form-data; name=\"a\"\r\nContent-Length: 5",
+            "Content-Type: x Content-Disposition: y name=user_id\r\nContent-Disposition: form-data; name=\"a\"",
+            "Content-Type: text/plain; charset=iso-8859-1\r\nContent-Disposition: form-data; name=\"user_id\"",
+            "Content-Disposition: form-data; name=\"user_id\"\r\nContent-Transfer-Encoding: 8bit",
+            &format!("Content-Type: text/plain; x={}\r\nContent-Disposition: form-data; name=\"a\"", "A".repeat(5100)),
+            &format!("Content-Disposition: form-data; name=\"{}\"\r\nContent-Type: user_id", "a".repeat(1600)),
             "Content-Disposition: attachment; name=\"user_id\"",
             "Content-Type: text/plain",
         ] {
