@@ -171,21 +171,24 @@ pub enum FormBody {
 /// `request.values` and Spring's `@RequestParam` read form fields and query parameters as one,
 /// so such a body gets the owner query rule too.
 pub fn form_body(method: &http::Method, headers: &http::HeaderMap) -> Option<FormBody> {
-    let mut content_types = headers
-        .get_all(http::header::CONTENT_TYPE)
-        .iter()
-        .peekable();
-    if content_types.peek().is_none() {
+    if !headers.contains_key(http::header::CONTENT_TYPE) {
         return (method == http::Method::POST).then_some(FormBody::Untyped);
     }
-    content_types
+    content_type_mentions(headers, b"form-urlencoded").then_some(FormBody::Declared)
+}
+
+/// Whether any `Content-Type` field contains `needle` (ASCII case-insensitive): the cue that a
+/// backend may read the body as that kind, however the field is otherwise written.
+pub(crate) fn content_type_mentions(headers: &http::HeaderMap, needle: &[u8]) -> bool {
+    headers
+        .get_all(http::header::CONTENT_TYPE)
+        .iter()
         .any(|value| {
             value
                 .as_bytes()
-                .windows(15)
-                .any(|window| window.eq_ignore_ascii_case(b"form-urlencoded"))
+                .windows(needle.len())
+                .any(|window| window.eq_ignore_ascii_case(needle))
         })
-        .then_some(FormBody::Declared)
 }
 
 /// The owner query rule (`owner_query_params`) on a form body. A declared one must be one
@@ -314,10 +317,12 @@ fn application_subtype(content_type: Option<&http::HeaderValue>) -> Option<Strin
 
 /// An RFC 9110 token: one or more tchars.
 fn is_token(text: &str) -> bool {
-    !text.is_empty()
-        && text
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    !text.is_empty() && text.bytes().all(is_tchar)
+}
+
+/// An RFC 9110 tchar.
+pub(crate) fn is_tchar(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte)
 }
 
 /// Walks the top level of a JSON document; `true` when every owner field names the user.

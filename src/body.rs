@@ -115,13 +115,15 @@ fn inner_ended(inner: &Option<Incoming>) -> bool {
     inner.as_ref().is_some_and(Body::is_end_stream)
 }
 
-/// Reads a whole body, refusing more than `max` bytes (413) without holding more than that.
+/// Reads a whole body, refusing more than `max` bytes (413) without holding more than that, and
+/// tells `guard` the body was read to its end.
 pub async fn read_to_limit(
     body: Incoming,
     max: usize,
+    guard: Option<BodyGuard>,
 ) -> Result<Bytes, crate::error::GatewayError> {
     use http_body_util::BodyExt;
-    match http_body_util::Limited::new(body, max).collect().await {
+    let bytes = match http_body_util::Limited::new(body, max).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(err) if err.is::<http_body_util::LengthLimitError>() => {
             Err(crate::error::GatewayError::PayloadTooLarge)
@@ -129,7 +131,11 @@ pub async fn read_to_limit(
         Err(_) => Err(crate::error::GatewayError::BadRequest(
             "the request body could not be read",
         )),
+    }?;
+    if let Some(guard) = guard {
+        guard.finish();
     }
+    Ok(bytes)
 }
 
 impl Body for RequestBody {

@@ -46,16 +46,7 @@ fn malformed<T>(why: &'static str) -> Result<T, GatewayError> {
 /// The boundary of a `multipart/form-data` body: `None` for any other type. A multipart type
 /// the backends could read with another boundary is 415 (400 for two Content-Type fields).
 pub fn boundary(headers: &HeaderMap) -> Result<Option<Vec<u8>>, GatewayError> {
-    let mentions = headers
-        .get_all(http::header::CONTENT_TYPE)
-        .iter()
-        .any(|value| {
-            value
-                .as_bytes()
-                .windows(9)
-                .any(|window| window.eq_ignore_ascii_case(b"multipart"))
-        });
-    if !mentions {
+    if !authz::content_type_mentions(headers, b"multipart") {
         return Ok(None);
     }
     let mut values = headers.get_all(http::header::CONTENT_TYPE).iter();
@@ -317,7 +308,7 @@ impl OwnerScan {
             let Some((field, value)) = line.split_once(':') else {
                 return malformed("a multipart part header is malformed");
             };
-            if field.is_empty() || !field.bytes().all(is_tchar) {
+            if field.is_empty() || !field.bytes().all(authz::is_tchar) {
                 return malformed("a multipart part header name is malformed");
             }
             if field.eq_ignore_ascii_case("content-type") {
@@ -424,7 +415,7 @@ fn split_outside_quotes(text: &str) -> Vec<&str> {
 
 /// `token/token`, optionally `; charset=token` (RFC 9110 tokens).
 fn is_plain_media_type(value: &str) -> bool {
-    let is_token = |text: &str| !text.is_empty() && text.bytes().all(is_tchar);
+    let is_token = |text: &str| !text.is_empty() && text.bytes().all(authz::is_tchar);
     let (media, charset) = match value.split_once(';') {
         Some((media, param)) => (media.trim_end_matches([' ', '\t']), Some(param)),
         None => (value, None),
@@ -439,10 +430,6 @@ fn is_plain_media_type(value: &str) -> bool {
             .is_some_and(|(key, value)| key.eq_ignore_ascii_case("charset") && is_token(value))
     });
     media_ok && charset_ok
-}
-
-fn is_tchar(byte: u8) -> bool {
-    byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte)
 }
 
 #[cfg(test)]

@@ -303,12 +303,8 @@ impl Gateway {
         };
         let body = match (&route.body_owner, &identity, ownership, form, multipart) {
             (Some(owner), Some(identity), Ownership::Enforced, _, _) if has_body => {
-                let bytes =
-                    crate::body::read_to_limit(body, owner.max_bytes.min(max_body as usize))
-                        .await?;
-                if let Some(guard) = body_guard {
-                    guard.finish();
-                }
+                let limit = owner.max_bytes.min(max_body as usize);
+                let bytes = crate::body::read_to_limit(body, limit, body_guard).await?;
                 authz::check_body_owner(&parts.headers, &bytes, &owner.fields, &identity.user_id)?;
                 RequestBody::buffered(bytes)
             }
@@ -323,12 +319,8 @@ impl Gateway {
                 {
                     return Err(GatewayError::UnsupportedMediaType);
                 }
-                let bytes =
-                    crate::body::read_to_limit(body, FORM_OWNER_MAX_BYTES.min(max_body as usize))
-                        .await?;
-                if let Some(guard) = body_guard {
-                    guard.finish();
-                }
+                let limit = FORM_OWNER_MAX_BYTES.min(max_body as usize);
+                let bytes = crate::body::read_to_limit(body, limit, body_guard).await?;
                 authz::check_form_owner(
                     kind,
                     &parts.headers,
