@@ -6,6 +6,7 @@
 
 use crate::auth::Identity;
 use crate::error::GatewayError;
+use crate::method_override::{MethodGuard, Place, OVERRIDE_FIELD};
 use crate::policy;
 use crate::routes::RouteMatch;
 use crate::target::decode_query_component;
@@ -56,12 +57,102 @@ pub fn authorize(
     Ok(Ownership::Enforced)
 }
 
+/// The per-field rules of one request's query or form body: owner fields (when the owner rule
+/// applies to the caller) and the `_method` override (when the route's methods must be kept).
+#[derive(Clone, Copy)]
+pub struct FieldRules<'a> {
+    pub owner_names: &'a [Box<str>],
+    pub user_id: &'a str,
+    pub methods: Option<MethodGuard<'a>>,
+}
+
+impl FieldRules<'_> {
+    pub fn is_empty(&self) -> bool {
+        self.owner_names.is_empty() && self.methods.is_none()
+    }
+
+    /// One decoded field: an owner field must name the caller (403), a name a lenient parser
+    /// reads as an owner field is refused (400), and `_method` must name an allowed method
+    /// (405). `value` is `None` when it does not decode.
+    fn check(&self, name: &str, value: Option<&[u8]>, source: Source) -> Result<(), GatewayError> {
+        if self.owner_names.iter().any(|owner| **owner == *name) {
+            if value != Some(self.user_id.as_bytes()) {
+                return Err(GatewayError::OwnerMismatch(source.mismatch()));
+            }
+            return Ok(());
+        }
+        if self.owner_names.iter().any(|owner| read_as(name, owner)) {
+            return Err(GatewayError::BadTarget(source.lookalike()));
+        }
+        if let Some(guard) = &self.methods {
+            guard.check_field(name, value, source.place())?;
+        }
+        Ok(())
+    }
+}
+
+/// Where a field comes from, for the refusal's message.
+#[derive(Clone, Copy)]
+enum Source {
+    Query,
+    Form,
+    UntypedBody,
+}
+
+impl Source {
+    fn mismatch(self) -> &'static str {
+        match self {
+            Source::Query | Source::Form => "an owner query parameter names another user",
+            Source::UntypedBody => "an owner field in the body names another user",
+        }
+    }
+
+    fn lookalike(self) -> &'static str {
+        match self {
+            Source::Query | Source::Form => {
+                "a query parameter name could be read as an owner parameter"
+            }
+            Source::UntypedBody => "a body field name could be read as an owner parameter",
+        }
+    }
+
+    fn place(self) -> Place {
+        match self {
+            Source::Query => Place::Query,
+            Source::Form | Source::UntypedBody => Place::Body,
+        }
+    }
+}
+
 /// Every occurrence of an owner query parameter must name the caller. Checking every occurrence
 /// matters: frameworks disagree on whether the first or the last duplicate wins. A name that a
 /// lenient parser would read as an owner parameter but that is not spelled exactly like one
 /// (`user_id[]`, `user.id`, `USER_ID`) is refused: reject, don't normalize.
 fn check_owner_query(query: &str, names: &[Box<str>], user_id: &str) -> Result<(), GatewayError> {
-    if names.is_empty() {
+    let rules = FieldRules {
+        owner_names: names,
+        user_id,
+        methods: None,
+    };
+    check_query_fields(query, &rules, Source::Query)
+}
+
+/// A `_method` query parameter must name a method the route allows (`src/method_override.rs`).
+pub fn check_query_override(query: &str, guard: MethodGuard<'_>) -> Result<(), GatewayError> {
+    let rules = FieldRules {
+        owner_names: &[],
+        user_id: "",
+        methods: Some(guard),
+    };
+    check_query_fields(query, &rules, Source::Query)
+}
+
+fn check_query_fields(
+    query: &str,
+    rules: &FieldRules<'_>,
+    source: Source,
+) -> Result<(), GatewayError> {
+    if rules.is_empty() {
         return Ok(());
     }
     for pair in query.split('&') {
@@ -71,22 +162,8 @@ fn check_owner_query(query: &str, names: &[Box<str>], user_id: &str) -> Result<(
                 "query is not valid UTF-8 after decoding",
             ));
         };
-        if !names.iter().any(|owner| **owner == *name) {
-            if names.iter().any(|owner| read_as(&name, owner)) {
-                return Err(GatewayError::BadTarget(
-                    "a query parameter name could be read as an owner parameter",
-                ));
-            }
-            continue;
-        }
-        match decode_query_component(value) {
-            Some(value) if value.as_bytes() == user_id.as_bytes() => {}
-            _ => {
-                return Err(GatewayError::OwnerMismatch(
-                    "an owner query parameter names another user",
-                ))
-            }
-        }
+        let value = decode_query_component(value);
+        rules.check(&name, value.as_deref().map(str::as_bytes), source)?;
     }
     Ok(())
 }
@@ -103,11 +180,8 @@ pub(crate) fn read_as(name: &str, owner: &str) -> bool {
     let name = name.split('\0').next().unwrap_or(name);
     let name = name.trim_start_matches([' ', '!']);
     let same = |candidate: &str| {
-        candidate.len() == owner.len()
-            && candidate
-                .bytes()
-                .zip(owner.bytes())
-                .all(|(a, b)| fold_name_byte(a) == fold_name_byte(b))
+        let php = |c: char| if matches!(c, '.' | ' ') { '_' } else { c };
+        fold_eq_by(candidate, owner, php)
     };
     let bracket_free = name
         .trim_start_matches(['[', ']'])
@@ -121,16 +195,46 @@ pub(crate) fn read_as(name: &str, owner: &str) -> bool {
         || (name.contains('[') && same(&name.replacen('[', "_", 1)))
 }
 
-fn fold_name_byte(byte: u8) -> u8 {
-    match byte {
-        b'.' | b' ' => b'_',
-        other => other.to_ascii_lowercase(),
+/// Whether two names are equal under Unicode simple case folding: how Go's `encoding/json` binds
+/// a JSON key to a struct field (`USER_ID`, `uſer_id` with U+017F and `\u212Aey` with the Kelvin
+/// sign all bind to `user_id`/`key`), and how ASP.NET Core and other case-insensitive binders
+/// read names. Each character is folded to the lower case of its upper case when both are single
+/// characters (`ſ` -> `S` -> `s`, `K` -> `k`, `ς` -> `Σ` -> `σ`), which puts every character of a
+/// simple case-folding orbit on one representative. It may equate a few more names than Go does
+/// (`ı` and `i`); for an owner field that errs on the safe side.
+pub fn fold_eq(a: &str, b: &str) -> bool {
+    fold_eq_by(a, b, |c| c)
+}
+
+fn fold_eq_by(a: &str, b: &str, also: impl Fn(char) -> char) -> bool {
+    let fold = |c: char| fold_char(also(c));
+    if a.is_ascii() && b.is_ascii() {
+        // The common case, without Unicode tables. `also` only ever maps ASCII to ASCII.
+        return a.len() == b.len() && a.chars().zip(b.chars()).all(|(x, y)| fold(x) == fold(y));
+    }
+    a.chars().map(fold).eq(b.chars().map(fold))
+}
+
+fn fold_char(c: char) -> char {
+    if c.is_ascii() {
+        return c.to_ascii_lowercase();
+    }
+    let mut upper = c.to_uppercase();
+    let (Some(upper), None) = (upper.next(), upper.next()) else {
+        return c;
+    };
+    let mut lower = upper.to_lowercase();
+    match (lower.next(), lower.next()) {
+        (Some(lower), None) => lower,
+        _ => upper,
     }
 }
 
 /// `body_owner_fields`: the content type must be JSON (415 otherwise) and every top-level
 /// occurrence of an owner field must be a string equal to the user id, byte for byte. Checking every
 /// occurrence matters: with `{"user_id":"alice","user_id":"bob"}` most JSON parsers keep the last.
+/// A key counts as an owner field when it equals one under Unicode simple case folding
+/// (`fold_eq`): Go and ASP.NET bind `USER_ID` and `uſer_id` to `user_id`, last match winning.
 /// Nested values are not looked at. Invalid JSON is 400 rather than passed on for a lenient parser.
 pub fn check_body_owner(
     headers: &http::HeaderMap,
@@ -138,24 +242,37 @@ pub fn check_body_owner(
     fields: &[String],
     user_id: &str,
 ) -> Result<(), GatewayError> {
+    check_json_fields(headers, body, fields, user_id, None)
+}
+
+/// `check_body_owner`, and with `methods` the `_method` override too: Laravel reads a JSON body's
+/// top-level `_method` as it reads a form's, so one folding to it must be a string naming a
+/// method the route allows (else 405).
+pub fn check_json_fields(
+    headers: &http::HeaderMap,
+    body: &[u8],
+    fields: &[String],
+    user_id: &str,
+    methods: Option<MethodGuard<'_>>,
+) -> Result<(), GatewayError> {
     let subtype = checked_media_type(headers)?;
     if subtype != "json" && !(subtype.len() > 5 && subtype.ends_with("+json")) {
         return Err(GatewayError::UnsupportedMediaType);
     }
     let mut deserializer = serde_json::Deserializer::from_slice(body);
-    let verdict =
-        serde::Deserializer::deserialize_any(&mut deserializer, OwnerFields { fields, user_id })
-            .map_err(|_| GatewayError::BadRequest("the request body is not valid JSON"))?;
+    let verdict = serde::Deserializer::deserialize_any(
+        &mut deserializer,
+        JsonFields {
+            fields,
+            user_id,
+            methods,
+        },
+    )
+    .map_err(|_| GatewayError::BadRequest("the request body is not valid JSON"))?;
     deserializer
         .end()
         .map_err(|_| GatewayError::BadRequest("the request body is not valid JSON"))?;
-    if verdict {
-        Ok(())
-    } else {
-        Err(GatewayError::OwnerMismatch(
-            "an owner field in the body names another user",
-        ))
-    }
+    verdict
 }
 
 /// How a request body may be read as a form by some backend.
@@ -191,11 +308,8 @@ pub(crate) fn content_type_mentions(headers: &http::HeaderMap, needle: &[u8]) ->
         })
 }
 
-/// The owner query rule (`owner_query_params`) on a form body. A declared one must be one
-/// unambiguous `application/x-www-form-urlencoded` (else 415) with the syntax of a query (else
-/// 400). An untyped one may be anything (a JSON or binary body sent without its type), so it is
-/// read as leniently as Rack reads it: split on `&` and `;`, escapes decoded where well formed.
-/// Either way every owner field must name the user (else 403; look-alike names 400).
+/// The owner query rule (`owner_query_params`) on a form body; `check_form_fields` with owner
+/// fields only.
 pub fn check_form_owner(
     kind: FormBody,
     headers: &http::HeaderMap,
@@ -203,8 +317,28 @@ pub fn check_form_owner(
     names: &[Box<str>],
     user_id: &str,
 ) -> Result<(), GatewayError> {
+    let rules = FieldRules {
+        owner_names: names,
+        user_id,
+        methods: None,
+    };
+    check_form_fields(kind, headers, body, &rules)
+}
+
+/// The field rules on a form body. A declared one must be one unambiguous
+/// `application/x-www-form-urlencoded` (else 415) with the syntax of a query (else 400). An
+/// untyped one may be anything (a JSON or binary body sent without its type), so it is read as
+/// leniently as Rack reads it: split on `&` and `;`, escapes decoded where well formed. Either
+/// way every owner field must name the user (else 403; look-alike names 400), and `_method`
+/// must name an allowed method (else 405).
+pub fn check_form_fields(
+    kind: FormBody,
+    headers: &http::HeaderMap,
+    body: &[u8],
+    rules: &FieldRules<'_>,
+) -> Result<(), GatewayError> {
     if kind == FormBody::Untyped {
-        return check_untyped_owner(body, names, user_id);
+        return check_untyped_fields(body, rules);
     }
     if !checked_media_type(headers)?.eq_ignore_ascii_case("x-www-form-urlencoded") {
         return Err(GatewayError::UnsupportedMediaType);
@@ -213,10 +347,10 @@ pub fn check_form_owner(
         .ok()
         .filter(|form| crate::target::validate_query(form).is_ok())
         .ok_or(GatewayError::BadRequest("the form body is malformed"))?;
-    check_owner_query(form, names, user_id)
+    check_query_fields(form, rules, Source::Form)
 }
 
-fn check_untyped_owner(body: &[u8], names: &[Box<str>], user_id: &str) -> Result<(), GatewayError> {
+fn check_untyped_fields(body: &[u8], rules: &FieldRules<'_>) -> Result<(), GatewayError> {
     for pair in body.split(|&b| b == b'&' || b == b';') {
         let (name, value) = match pair.iter().position(|&b| b == b'=') {
             Some(equals) => (&pair[..equals], &pair[equals + 1..]),
@@ -224,19 +358,7 @@ fn check_untyped_owner(body: &[u8], names: &[Box<str>], user_id: &str) -> Result
         };
         let name = lenient_decode(name);
         let name = String::from_utf8_lossy(&name);
-        if !names.iter().any(|owner| **owner == *name) {
-            if names.iter().any(|owner| read_as(&name, owner)) {
-                return Err(GatewayError::BadTarget(
-                    "a body field name could be read as an owner parameter",
-                ));
-            }
-            continue;
-        }
-        if lenient_decode(value) != user_id.as_bytes() {
-            return Err(GatewayError::OwnerMismatch(
-                "an owner field in the body names another user",
-            ));
-        }
+        rules.check(&name, Some(&lenient_decode(value)), Source::UntypedBody)?;
     }
     Ok(())
 }
@@ -325,56 +447,65 @@ pub(crate) fn is_tchar(byte: u8) -> bool {
     byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte)
 }
 
-/// Walks the top level of a JSON document; `true` when every owner field names the user.
-struct OwnerFields<'a> {
+/// Walks the top level of a JSON document: `Ok` when every owner field names the user and every
+/// `_method` (when watched) names an allowed method.
+struct JsonFields<'a> {
     fields: &'a [String],
     user_id: &'a str,
+    methods: Option<MethodGuard<'a>>,
 }
 
-impl<'de> serde::de::Visitor<'de> for OwnerFields<'_> {
-    type Value = bool;
+impl<'de> serde::de::Visitor<'de> for JsonFields<'_> {
+    type Value = Result<(), GatewayError>;
 
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         f.write_str("a JSON document")
     }
 
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
-        let mut all_match = true;
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        // The whole document is read (and must be valid) before a verdict is given.
+        let mut verdict = Ok(());
         while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-            if self.fields.iter().any(|field| *field == *key) {
+            if self.fields.iter().any(|field| fold_eq(field, &key)) {
                 let value = map.next_value::<serde_json::Value>()?;
                 if value.as_str().map(str::as_bytes) != Some(self.user_id.as_bytes()) {
-                    all_match = false;
+                    verdict = verdict.and(Err(GatewayError::OwnerMismatch(
+                        "an owner field in the body names another user",
+                    )));
                 }
+            } else if let (Some(guard), true) = (self.methods, fold_eq(&key, OVERRIDE_FIELD)) {
+                let value = map.next_value::<serde_json::Value>()?;
+                let named = value.as_str().map(str::as_bytes);
+                verdict = verdict.and(guard.check_field(OVERRIDE_FIELD, named, Place::Body));
             } else {
                 map.next_value::<serde::de::IgnoredAny>()?;
             }
         }
-        Ok(all_match)
+        Ok(verdict)
     }
 
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<bool, A::Error> {
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
         while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
-        Ok(true)
+        Ok(Ok(()))
     }
 
-    fn visit_bool<E>(self, _: bool) -> Result<bool, E> {
-        Ok(true)
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(Ok(()))
     }
-    fn visit_i64<E>(self, _: i64) -> Result<bool, E> {
-        Ok(true)
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(Ok(()))
     }
-    fn visit_u64<E>(self, _: u64) -> Result<bool, E> {
-        Ok(true)
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(Ok(()))
     }
-    fn visit_f64<E>(self, _: f64) -> Result<bool, E> {
-        Ok(true)
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(Ok(()))
     }
-    fn visit_str<E>(self, _: &str) -> Result<bool, E> {
-        Ok(true)
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(Ok(()))
     }
-    fn visit_unit<E>(self) -> Result<bool, E> {
-        Ok(true)
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(Ok(()))
     }
 }
 
@@ -501,6 +632,17 @@ mod tests {
     }
 
     #[test]
+    fn simple_case_folding() {
+        assert!(fold_eq("user_id", "USER_ID"));
+        assert!(fold_eq("user_id", "uſer_id"));
+        assert!(fold_eq("key", "\u{212a}ey"));
+        assert!(fold_eq("σς", "ΣΣ"));
+        assert!(!fold_eq("user_id", "user-id"));
+        assert!(!fold_eq("user_id", "user_i"));
+        assert!(!fold_eq("straße", "STRASSE"));
+    }
+
+    #[test]
     fn body_owner_rules() {
         assert!(check("application/json", r#"{"user_id":"alice","title":"x"}"#).is_ok());
         assert!(check("application/json; charset=UTF-8", r#"{"userId":"alice"}"#).is_ok());
@@ -518,6 +660,28 @@ mod tests {
             check("application/json", r#"{"user_id":7}"#),
             Err(GatewayError::OwnerMismatch(_))
         ));
+        // Go's encoding/json and ASP.NET bind keys case-insensitively (Unicode simple folding).
+        for body in [
+            r#"{"user_id":"alice","USER_ID":"bob"}"#,
+            r#"{"user_id":"alice","uſer_id":"bob"}"#,
+            r#"{"user_id":"alice","u\u017fer_id":"bob"}"#,
+            r#"{"USERID":"bob"}"#,
+            r#"{"UserId":"bob","user_id":"alice"}"#,
+        ] {
+            assert!(
+                matches!(
+                    check("application/json", body),
+                    Err(GatewayError::OwnerMismatch(_))
+                ),
+                "{body}"
+            );
+        }
+        assert!(check(
+            "application/json",
+            r#"{"USER_ID":"alice","uſer_id":"alice"}"#
+        )
+        .is_ok());
+        assert!(check("application/json", r#"{"user-id":"bob","user_idx":"bob"}"#).is_ok());
         assert!(matches!(
             check("application/json", r#"{"user_id":"alice"} trailing"#),
             Err(GatewayError::BadRequest(_))

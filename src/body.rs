@@ -12,8 +12,35 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::headers::TrailerPolicy;
+use crate::json_scan::JsonMethodScan;
 use crate::keepalive::BodyGuard;
-use crate::multipart::OwnerScan;
+use crate::multipart::{OwnerScan, ScanRefusal};
+
+/// A check of a body's fields as it streams: each frame is scanned before it is forwarded, and
+/// only what the scan cleared goes.
+pub enum BodyScan {
+    /// Owner fields (and `_method`) in a `multipart/form-data` body (src/multipart.rs).
+    Multipart(OwnerScan),
+    /// `_method` in a JSON body (src/json_scan.rs).
+    Json(JsonMethodScan),
+}
+
+impl BodyScan {
+    /// The body offset up to which bytes may be forwarded.
+    fn feed(&mut self, data: &[u8]) -> Result<u64, ScanRefusal> {
+        match self {
+            BodyScan::Multipart(scan) => scan.feed(data),
+            BodyScan::Json(scan) => scan.feed(data),
+        }
+    }
+
+    fn finish(&self) -> Result<(), ScanRefusal> {
+        match self {
+            BodyScan::Multipart(scan) => scan.finish(),
+            BodyScan::Json(scan) => scan.finish(),
+        }
+    }
+}
 
 /// The body went past `max_body_bytes`; found in the upstream error's source chain, becomes 413.
 #[derive(Debug, thiserror::Error)]
@@ -31,8 +58,8 @@ pub struct RequestBody {
     buffered: Option<Bytes>,
     /// Keeps the client connection from parking until the body has been read to its end.
     guard: Option<BodyGuard>,
-    /// Owner fields in a multipart body, checked frame by frame before each is forwarded.
-    owner_scan: Option<OwnerScan>,
+    /// Fields of a multipart or JSON body, checked frame by frame before each is forwarded.
+    owner_scan: Option<BodyScan>,
     /// Scanned bytes not yet cleared to go (an owner part's content until its delimiter).
     held: BytesMut,
     /// How many body bytes have been handed on.
@@ -58,8 +85,8 @@ impl RequestBody {
         }
     }
 
-    /// Checks the body's multipart owner fields as it streams (src/multipart.rs).
-    pub fn with_owner_scan(mut self, scan: OwnerScan) -> RequestBody {
+    /// Checks the body's fields as it streams.
+    pub fn with_owner_scan(mut self, scan: BodyScan) -> RequestBody {
         self.owner_scan = Some(scan);
         self
     }
@@ -95,10 +122,7 @@ impl RequestBody {
 
 impl RequestBody {
     /// Ends the body with a scan's refusal (found in the upstream error's source chain).
-    fn refuse(
-        &mut self,
-        refusal: crate::multipart::MultipartRefusal,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn refuse(&mut self, refusal: ScanRefusal) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         self.inner = None;
         self.owner_scan = None;
         Poll::Ready(Some(Err(Box::new(refusal))))

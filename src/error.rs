@@ -25,6 +25,13 @@ pub enum GatewayError {
     /// A route matches the path but not the method.
     #[error("method not allowed")]
     MethodNotAllowed(HeaderValue),
+    /// A method override (header, `_method` parameter or field) names a method the route does
+    /// not allow; the message names the override.
+    #[error("method override not allowed: {message}")]
+    MethodOverride {
+        message: &'static str,
+        allow: HeaderValue,
+    },
     /// No usable bearer token (missing, malformed, or failed verification).
     #[error("unauthorized: {0}")]
     Unauthorized(TokenError),
@@ -68,7 +75,9 @@ impl GatewayError {
         match self {
             GatewayError::BadTarget(_) | GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
             GatewayError::NoRoute => StatusCode::NOT_FOUND,
-            GatewayError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            GatewayError::MethodNotAllowed(_) | GatewayError::MethodOverride { .. } => {
+                StatusCode::METHOD_NOT_ALLOWED
+            }
             GatewayError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             GatewayError::OwnerMismatch(_)
             | GatewayError::ClaimRequirement(_)
@@ -91,8 +100,10 @@ impl GatewayError {
             GatewayError::BadRequest(_) => "bad_request",
             GatewayError::NoRoute => "no_route",
             GatewayError::MethodNotAllowed(_) => "method_not_allowed",
+            GatewayError::MethodOverride { .. } => "method_override_not_allowed",
             GatewayError::Unauthorized(TokenError::Missing) => "no_token",
             GatewayError::Unauthorized(TokenError::Expired) => "expired",
+            GatewayError::Unauthorized(TokenError::InvalidClaim(_)) => "invalid_claims",
             GatewayError::Unauthorized(_) => "invalid_token",
             GatewayError::OwnerMismatch(_) => "owner_mismatch",
             GatewayError::ClaimRequirement(_) => "claim_requirement",
@@ -112,6 +123,7 @@ impl GatewayError {
             GatewayError::BadTarget(why) | GatewayError::BadRequest(why) => why,
             GatewayError::NoRoute => "no route matches this path",
             GatewayError::MethodNotAllowed(_) => "method not allowed on this route",
+            GatewayError::MethodOverride { message, .. } => message,
             GatewayError::Unauthorized(err) => err.description(),
             GatewayError::OwnerMismatch(why) => why,
             GatewayError::ClaimRequirement(rule) => rule,
@@ -142,7 +154,7 @@ impl GatewayError {
         let headers = response.headers_mut();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         match self {
-            GatewayError::MethodNotAllowed(allow) => {
+            GatewayError::MethodNotAllowed(allow) | GatewayError::MethodOverride { allow, .. } => {
                 headers.insert(ALLOW, allow);
             }
             GatewayError::KeysUnavailable => {

@@ -3,8 +3,8 @@
 //! Threat: the backend trusts `X-User-Id`. A client that can get any spelling of it through wins.
 //! WSGI/CGI servers fold `_` into `-` (`X_User_Id` becomes `HTTP_X_USER_ID`), Node joins duplicate
 //! headers with ", ", and `Connection: x-user-id` asks a proxy to drop the header we inserted. So:
-//! every client header whose name, lower-cased with `_` read as `-`, matches an identity or
-//! forwarding header is dropped; hop-by-hop headers and whatever `Connection` nominates are
+//! every client header whose name, lower-cased with every character but a letter or digit read
+//! as `-`, matches an identity or forwarding header is dropped (`X.User.Id`, `x_user-id`); hop-by-hop headers and whatever `Connection` nominates are
 //! dropped; a `Connection` that nominates a protected header is refused; and the trusted values are
 //! inserted, never appended. Header names with `_` are dropped altogether (as nginx does by
 //! default), since no spelling with `_` is needed by a well-behaved client and every one of them
@@ -380,21 +380,25 @@ fn via_value(version: Version) -> HeaderValue {
     })
 }
 
-/// Lower-case with `_` read as `-`: how a lenient backend may see a header name.
+/// Lower-case with every character but a letter or digit read as `-`: how a lenient backend may
+/// see a header name. WSGI/CGI fold `-` and `_` together, PHP's SAPI turns `.`, space and `[`
+/// into `_` when it builds `$_SERVER` (`X.User.Id` arrives as `HTTP_X_USER_ID`), and other
+/// servers fold other punctuation; reading all of it as one character covers every such folding
+/// at once, instead of listing the ones seen so far.
 fn normalize(name: &[u8]) -> Vec<u8> {
     name.iter().map(|&b| normalize_byte(b)).collect()
 }
 
 fn normalize_byte(byte: u8) -> u8 {
-    if byte == b'_' {
-        b'-'
-    } else {
+    if byte.is_ascii_alphanumeric() {
         byte.to_ascii_lowercase()
+    } else {
+        b'-'
     }
 }
 
 /// `normalize(name) == normalized`, without allocating.
-fn normalized_eq(name: &[u8], normalized: &[u8]) -> bool {
+pub(crate) fn normalized_eq(name: &[u8], normalized: &[u8]) -> bool {
     name.len() == normalized.len()
         && name
             .iter()

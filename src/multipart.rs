@@ -25,6 +25,7 @@ use http::HeaderMap;
 
 use crate::authz;
 use crate::error::GatewayError;
+use crate::method_override::{OwnedMethodGuard, Place, OVERRIDE_FIELD};
 
 /// Part headers larger than this are refused.
 const MAX_PART_HEADERS: usize = 4 * 1024;
@@ -34,10 +35,11 @@ const MAX_PART_HEADER_LINE: usize = 1024;
 /// An owner part's content longer than this cannot name the caller.
 const MAX_OWNER_VALUE: usize = 1024;
 
-/// Why a multipart body was refused mid-stream; found in the upstream error's source chain.
+/// Why a body scanned as it streams (multipart, or JSON for `_method`) was refused mid-stream;
+/// found in the upstream error's source chain.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("multipart body refused: {}", .0.message())]
-pub struct MultipartRefusal(pub GatewayError);
+#[error("request body refused: {}", .0.message())]
+pub struct ScanRefusal(pub GatewayError);
 
 fn malformed<T>(why: &'static str) -> Result<T, GatewayError> {
     Err(GatewayError::BadRequest(why))
@@ -109,6 +111,9 @@ pub struct OwnerScan {
     dash_boundary: Vec<u8>,
     names: Box<[Box<str>]>,
     user_id: Box<str>,
+    /// When set, a `_method` part must name a method the route allows (held back like an owner
+    /// part until checked).
+    methods: Option<OwnedMethodGuard>,
     state: State,
     /// Bytes fed but not yet consumed by the state machine.
     pending: Vec<u8>,
@@ -118,6 +123,14 @@ pub struct OwnerScan {
     searched: usize,
 }
 
+/// Which kind of part's content is held back.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Held {
+    Nothing,
+    Owner,
+    Method,
+}
+
 enum State {
     /// The body must start with `--boundary`.
     Start,
@@ -125,8 +138,9 @@ enum State {
     AfterDelimiter,
     /// A part's headers, up to the blank line.
     Headers,
-    /// A part's content. An owner part's starts at body offset `held_from` and is held back.
-    Content { held_from: Option<u64> },
+    /// A part's content. An owner or `_method` part's starts at body offset `held_from` and is
+    /// held back until its delimiter shows what it says.
+    Content { held_from: Option<u64>, held: Held },
     /// After the close delimiter: at most one CRLF may follow.
     Done { trailing: usize },
 }
@@ -139,6 +153,7 @@ impl OwnerScan {
             dash_boundary,
             names: names.into(),
             user_id: user_id.into(),
+            methods: None,
             state: State::Start,
             pending: Vec::new(),
             consumed: 0,
@@ -146,25 +161,32 @@ impl OwnerScan {
         }
     }
 
+    /// Also holds `_method` parts to the route's methods (`src/method_override.rs`).
+    pub fn with_method_guard(mut self, guard: OwnedMethodGuard) -> OwnerScan {
+        self.methods = Some(guard);
+        self
+    }
+
     /// Scans the next bytes of the body. Returns the body offset up to which bytes may be
     /// forwarded: everything but an owner part's content not yet checked.
-    pub fn feed(&mut self, data: &[u8]) -> Result<u64, MultipartRefusal> {
+    pub fn feed(&mut self, data: &[u8]) -> Result<u64, ScanRefusal> {
         self.pending.extend_from_slice(data);
-        self.advance().map_err(MultipartRefusal)?;
+        self.advance().map_err(ScanRefusal)?;
         let fed = self.consumed + self.pending.len() as u64;
         Ok(match self.state {
             State::Content {
                 held_from: Some(from),
+                ..
             } => from,
             _ => fed,
         })
     }
 
     /// The body has ended: it must have ended with its close delimiter.
-    pub fn finish(&self) -> Result<(), MultipartRefusal> {
+    pub fn finish(&self) -> Result<(), ScanRefusal> {
         match self.state {
             State::Done { .. } => Ok(()),
-            _ => Err(MultipartRefusal(GatewayError::BadRequest(
+            _ => Err(ScanRefusal(GatewayError::BadRequest(
                 "the multipart body ends before its close delimiter",
             ))),
         }
@@ -218,17 +240,18 @@ impl OwnerScan {
                         }
                         return Ok(());
                     };
-                    let owner = self.part_is_owner(&self.pending[..end])?;
+                    let held = self.held_part(&self.pending[..end])?;
                     self.consume(end + 4);
                     self.searched = 0;
                     self.state = State::Content {
-                        held_from: owner.then_some(self.consumed),
+                        held_from: (held != Held::Nothing).then_some(self.consumed),
+                        held,
                     };
                 }
-                State::Content { held_from } => {
+                State::Content { held_from, held } => {
                     let Some(at) = memchr::memmem::find(&self.pending, &self.dash_boundary) else {
                         let content_so_far = self.consumed + self.pending.len() as u64;
-                        self.check_owner_length(held_from, content_so_far)?;
+                        self.check_held_length(held_from, held, content_so_far)?;
                         // An owner part's content stays whole until its delimiter. Otherwise
                         // keep what could be a delimiter's start and the CRLF before it.
                         if held_from.is_none() {
@@ -246,12 +269,21 @@ impl OwnerScan {
                     }
                     let content_end = self.consumed + (at - 2) as u64;
                     if let Some(from) = held_from {
-                        self.check_owner_length(held_from, content_end)?;
+                        self.check_held_length(held_from, held, content_end)?;
                         let start = (from - self.consumed) as usize;
-                        if &self.pending[start..at - 2] != self.user_id.as_bytes() {
-                            return Err(GatewayError::OwnerMismatch(
-                                "an owner field in the body names another user",
-                            ));
+                        let content = &self.pending[start..at - 2];
+                        match (held, &self.methods) {
+                            (Held::Method, Some(methods)) => methods.guard().check_field(
+                                OVERRIDE_FIELD,
+                                Some(content),
+                                Place::Body,
+                            )?,
+                            _ if content != self.user_id.as_bytes() => {
+                                return Err(GatewayError::OwnerMismatch(
+                                    "an owner field in the body names another user",
+                                ));
+                            }
+                            _ => {}
                         }
                     }
                     self.consume(at + self.dash_boundary.len());
@@ -273,22 +305,36 @@ impl OwnerScan {
         }
     }
 
-    /// An owner part's content is held back, so it stays short.
-    fn check_owner_length(&self, held_from: Option<u64>, up_to: u64) -> Result<(), GatewayError> {
-        match held_from {
-            Some(from)
+    /// A held part's content is held back, so it stays short: longer than any user id or
+    /// method, it names another user (or no allowed method).
+    fn check_held_length(
+        &self,
+        held_from: Option<u64>,
+        held: Held,
+        up_to: u64,
+    ) -> Result<(), GatewayError> {
+        match (held_from, &self.methods) {
+            (Some(from), methods)
                 if up_to - from > (MAX_OWNER_VALUE + self.dash_boundary.len() + 3) as u64 =>
             {
-                Err(GatewayError::OwnerMismatch(
-                    "an owner field in the body names another user",
-                ))
+                match (held, methods) {
+                    (Held::Method, Some(methods)) => {
+                        methods
+                            .guard()
+                            .check_field(OVERRIDE_FIELD, None, Place::Body)
+                    }
+                    _ => Err(GatewayError::OwnerMismatch(
+                        "an owner field in the body names another user",
+                    )),
+                }
             }
             _ => Ok(()),
         }
     }
 
-    /// Checks a part's header block against the one accepted shape; whether it is an owner part.
-    fn part_is_owner(&self, block: &[u8]) -> Result<bool, GatewayError> {
+    /// Checks a part's header block against the one accepted shape; whether its content is held
+    /// (an owner or `_method` part).
+    fn held_part(&self, block: &[u8]) -> Result<Held, GatewayError> {
         let Ok(block) = std::str::from_utf8(block) else {
             return malformed("multipart part headers are not UTF-8");
         };
@@ -342,19 +388,25 @@ impl OwnerScan {
         let Some(name) = name else {
             return malformed("a multipart part has no Content-Disposition");
         };
-        if self.names.iter().any(|owner| **owner == *name) {
+        let is_owner = self.names.iter().any(|owner| **owner == *name);
+        let is_method = self.methods.is_some() && name == OVERRIDE_FIELD;
+        if is_owner || is_method {
             // Werkzeug and Commons FileUpload decode a field by its part's charset.
             if content_types > 0 || identity_encoded {
                 return malformed("an owner field's part may not carry a Content-Type or encoding");
             }
-            return Ok(true);
+            return Ok(if is_owner { Held::Owner } else { Held::Method });
         }
         if self.names.iter().any(|owner| authz::read_as(&name, owner)) {
             return Err(GatewayError::BadTarget(
                 "a multipart field name could be read as an owner parameter",
             ));
         }
-        Ok(false)
+        if let Some(methods) = &self.methods {
+            // Not `_method` itself (held above): refuses names a parser reads as it.
+            methods.guard().check_field(&name, Some(b""), Place::Body)?;
+        }
+        Ok(Held::Nothing)
     }
 }
 

@@ -18,13 +18,15 @@ use hyper::body::Incoming;
 
 use crate::auth::{self, Authenticator, Identity, VerifyError};
 use crate::authz::{self, Ownership};
-use crate::body::RequestBody;
+use crate::body::{BodyScan, RequestBody};
 use crate::config::{AuthMode, Config, ConfigError, LimitsConfig, UpstreamRef};
 use crate::cors::Cors;
 use crate::error::GatewayError;
 use crate::forwarded::TrustedProxies;
 use crate::headers::{ClientInfo, Forwarding, HeaderPolicy};
+use crate::json_scan::JsonMethodScan;
 use crate::keepalive::BodyGuard;
+use crate::method_override::MethodGuard;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimits;
 use crate::routes::RouteTable;
@@ -233,7 +235,7 @@ impl Gateway {
             self.trusted_proxies
                 .client(client.peer.ip(), &client.forwarded_for, &parts.headers);
         exchange.client_ip = Some(address.ip);
-        let (route, identity, ownership, allowance) = {
+        let ((route, identity, ownership, allowance), methods) = {
             let target = target::validate(&parts.uri, parts.version)?;
             exchange.path_validated = true;
             // A CORS preflight: the route must take the method it asks about; answered here,
@@ -252,6 +254,10 @@ impl Gateway {
             let matched = self.routes.lookup(&parts.method, &target.path)?;
             let route = matched.route;
             exchange.route = Some(route.label);
+            // Method overrides may only name what this route allows (src/method_override.rs);
+            // the headers are stripped here unless the route opts in.
+            let methods = MethodGuard::new(route, matched.allow);
+            methods.check_headers(&mut parts.headers)?;
             if stream::is_websocket_upgrade(&parts.headers) {
                 if route.websocket.is_none() {
                     return Err(GatewayError::BadRequest(
@@ -276,7 +282,7 @@ impl Gateway {
                     Some(identity)
                 }
             };
-            match identity {
+            let decided = match identity {
                 None => (
                     route,
                     None,
@@ -288,59 +294,80 @@ impl Gateway {
                     let ownership = authz::authorize(&matched, &identity, target.query)?;
                     (route, Some(identity), ownership, allowance)
                 }
+            };
+            if let Some(query) = target.query {
+                authz::check_query_override(query, methods)?;
             }
+            (decided, methods)
         };
-        // Owner fields in a JSON body: read it whole (bounded), check it, forward the same bytes.
+        // Fields in the body: owner fields (when the owner rule applies to this caller) and, on a
+        // POST to a route that refuses some method, the `_method` override. A body that some
+        // backend reads as fields is read (bounded) or scanned as it streams, checked, and
+        // forwarded byte for byte.
         let has_body = !http_body::Body::is_end_stream(&body);
-        let form = (has_body && identity.is_some() && !route.owner_query_params.is_empty())
+        let owner_names: &[Box<str>] = match (&identity, ownership) {
+            (Some(_), Ownership::Enforced) => &route.owner_query_params,
+            _ => &[],
+        };
+        let fields = authz::FieldRules {
+            owner_names,
+            user_id: identity.as_ref().map_or("", |identity| &identity.user_id),
+            methods: methods.watches_body(&parts.method).then_some(methods),
+        };
+        let scan_fields = has_body && !fields.is_empty();
+        let form = scan_fields
             .then(|| authz::form_body(&parts.method, &parts.headers))
             .flatten();
-        let multipart = match (form, &identity) {
-            (None, Some(_)) if has_body && !route.owner_query_params.is_empty() => {
-                crate::multipart::boundary(&parts.headers)?
-            }
+        let multipart = match form {
+            None if scan_fields => crate::multipart::boundary(&parts.headers)?,
             _ => None,
         };
-        let body = match (&route.body_owner, &identity, ownership, form, multipart) {
-            (Some(owner), Some(identity), Ownership::Enforced, _, _) if has_body => {
-                let limit = owner.max_bytes.min(max_body as usize);
-                let bytes = crate::body::read_to_limit(body, limit, body_guard).await?;
-                authz::check_body_owner(&parts.headers, &bytes, &owner.fields, &identity.user_id)?;
-                RequestBody::buffered(bytes)
+        let json_owner = match (&route.body_owner, &identity, ownership) {
+            (Some(owner), Some(_), Ownership::Enforced) if has_body => Some(owner),
+            _ => None,
+        };
+        let json_override = fields.methods.is_some()
+            && has_body
+            && form.is_none()
+            && multipart.is_none()
+            && authz::content_type_mentions(&parts.headers, b"json");
+        let body = if let Some(owner) = json_owner {
+            let limit = owner.max_bytes.min(max_body as usize);
+            let bytes = crate::body::read_to_limit(body, limit, body_guard).await?;
+            authz::check_json_fields(
+                &parts.headers,
+                &bytes,
+                &owner.fields,
+                fields.user_id,
+                fields.methods,
+            )?;
+            RequestBody::buffered(bytes)
+        } else if let Some(kind) = form {
+            // A form body: many frameworks read its fields as query parameters. An untyped POST
+            // is read (as Rack would) only when it is small and its length declared; a streamed
+            // or large one must say what it is.
+            if kind == authz::FormBody::Untyped && !declared_at_most(&body, FORM_OWNER_MAX_BYTES) {
+                return Err(GatewayError::UnsupportedMediaType);
             }
-            // A form body: many frameworks read its fields as query parameters.
-            (None, Some(identity), Ownership::Enforced, Some(kind), _) => {
-                // An untyped POST is read (as Rack would) only when it is small and its length
-                // declared; a streamed or large one must say what it is.
-                if kind == authz::FormBody::Untyped
-                    && http_body::Body::size_hint(&body)
-                        .exact()
-                        .is_none_or(|length| length > FORM_OWNER_MAX_BYTES as u64)
-                {
-                    return Err(GatewayError::UnsupportedMediaType);
-                }
-                let limit = FORM_OWNER_MAX_BYTES.min(max_body as usize);
-                let bytes = crate::body::read_to_limit(body, limit, body_guard).await?;
-                authz::check_form_owner(
-                    kind,
-                    &parts.headers,
-                    &bytes,
-                    &route.owner_query_params,
-                    &identity.user_id,
-                )?;
-                RequestBody::buffered(bytes)
-            }
+            let limit = FORM_OWNER_MAX_BYTES.min(max_body as usize);
+            let bytes = crate::body::read_to_limit(body, limit, body_guard).await?;
+            authz::check_form_fields(kind, &parts.headers, &bytes, &fields)?;
+            RequestBody::buffered(bytes)
+        } else if let Some(boundary) = multipart {
             // A multipart body: its fields too; scanned as it streams (uploads can be large).
-            (None, Some(identity), Ownership::Enforced, None, Some(boundary)) => {
-                let scan = crate::multipart::OwnerScan::new(
-                    &boundary,
-                    &route.owner_query_params,
-                    &identity.user_id,
-                );
-                RequestBody::limited(body, max_body, self.headers.trailer_policy(), body_guard)
-                    .with_owner_scan(scan)
+            let mut scan = crate::multipart::OwnerScan::new(&boundary, owner_names, fields.user_id);
+            if let Some(methods) = fields.methods {
+                scan = scan.with_method_guard(methods.to_owned_guard());
             }
-            _ => RequestBody::limited(body, max_body, self.headers.trailer_policy(), body_guard),
+            RequestBody::limited(body, max_body, self.headers.trailer_policy(), body_guard)
+                .with_owner_scan(BodyScan::Multipart(scan))
+        } else if let (true, Some(methods)) = (json_override, fields.methods) {
+            // Laravel reads a JSON body's `_method`: scanned as it streams (src/json_scan.rs).
+            let scan = JsonMethodScan::new(methods.to_owned_guard());
+            RequestBody::limited(body, max_body, self.headers.trailer_policy(), body_guard)
+                .with_owner_scan(BodyScan::Json(scan))
+        } else {
+            RequestBody::limited(body, max_body, self.headers.trailer_policy(), body_guard)
         };
         let claim_headers: Vec<(HeaderName, HeaderValue)> = match &identity {
             Some(identity) if !route.claim_headers.is_empty() => route
@@ -437,6 +464,14 @@ impl Gateway {
                 VerifyError::KeysUnavailable => GatewayError::KeysUnavailable,
             })
     }
+}
+
+/// Whether a request body declares its length and it is at most `limit`: only such a body is
+/// read whole where the gateway would otherwise stream it.
+fn declared_at_most(body: &Incoming, limit: usize) -> bool {
+    http_body::Body::size_hint(body)
+        .exact()
+        .is_some_and(|length| length <= limit as u64)
 }
 
 /// Removes the first `segments` path segments of the raw target (keeping the query), for

@@ -86,20 +86,27 @@ pub struct ClaimHeader {
 
 impl ClaimHeader {
     /// The header value for these claims: strings as they are, numbers and booleans as JSON,
-    /// arrays of those comma-joined. Anything else, or a value that cannot be a header (control
-    /// characters), gives no header at all rather than a mangled one.
+    /// arrays of those comma-joined. Anything else gives no header. So does a string (or array
+    /// element) that a backend's header parser would not read back unchanged (see
+    /// `identity_text::is_plain_claim_value`): it is omitted and logged, never sent trimmed or
+    /// split differently from what the gateway checked.
     pub fn value(&self, claims: &Map<String, Value>) -> Option<HeaderValue> {
-        let text = match lookup(claims, &self.path)? {
-            Value::Array(items) => {
-                let parts: Option<Vec<String>> = items.iter().map(scalar_text).collect();
-                parts?.join(",")
-            }
-            other => scalar_text(other)?,
+        let parts: Vec<String> = match lookup(claims, &self.path)? {
+            Value::Array(items) => items.iter().map(scalar_text).collect::<Option<_>>()?,
+            other => vec![scalar_text(other)?],
         };
-        if text.bytes().any(|b| b < 0x20 || b == 0x7f) {
+        if !parts
+            .iter()
+            .all(|part| crate::identity_text::is_plain_claim_value(part))
+        {
+            tracing::warn!(
+                header = %self.name,
+                claim = %self.path.join("."),
+                "claim header omitted: its value has surrounding or doubled spaces, a comma, a semicolon, or characters other than printable ASCII"
+            );
             return None;
         }
-        HeaderValue::from_str(&text).ok()
+        HeaderValue::from_str(&parts.join(",")).ok()
     }
 }
 
@@ -147,7 +154,8 @@ mod tests {
 
     #[test]
     fn claim_header_values() {
-        let claims = json!({"email": "a@b.c", "n": 3, "ok": false, "roles": ["a", "b"], "obj": {}, "evil": "x\r\ny"});
+        let claims = json!({"email": "a@b.c", "n": 3, "ok": false, "roles": ["a", "b"], "obj": {}, "evil": "x\r\ny",
+                            "padded": " bob", "listed": "user,admin", "spaced_roles": ["a ", "b"], "name": "Ada Lovelace"});
         let claims = claims.as_object().unwrap();
         let header = |path: &str| {
             ClaimHeader {
@@ -162,6 +170,10 @@ mod tests {
         assert_eq!(header("roles").unwrap(), "a,b");
         assert!(header("obj").is_none());
         assert!(header("evil").is_none());
+        assert!(header("padded").is_none());
+        assert!(header("listed").is_none());
+        assert!(header("spaced_roles").is_none());
+        assert_eq!(header("name").unwrap(), "Ada Lovelace");
         assert!(header("missing").is_none());
     }
 }

@@ -55,7 +55,16 @@ pub struct Route {
     pub strip_prefix: Option<StripPrefix>,
     pub websocket: Option<WebSocketConfig>,
     pub stream_timeout: Option<std::time::Duration>,
+    /// Forward override headers that name an allowed method (`src/method_override.rs`).
+    pub allow_method_override: bool,
     methods: MethodSet,
+}
+
+impl Route {
+    /// The methods this route takes.
+    pub(crate) fn methods(&self) -> MethodSet {
+        self.methods
+    }
 }
 
 /// The routes that share one pattern, and the `Allow` header for them.
@@ -74,6 +83,8 @@ pub struct RouteTable {
 pub struct RouteMatch<'table, 'path> {
     pub route: &'table Route,
     pub params: matchit::Params<'table, 'path>,
+    /// The `Allow` header for the matched path: every method some route of it takes.
+    pub allow: &'table HeaderValue,
 }
 
 impl RouteMatch<'_, '_> {
@@ -109,6 +120,7 @@ impl RouteTable {
                 strip_prefix: config.strip_prefix.clone(),
                 websocket: config.websocket,
                 stream_timeout: config.stream_timeout,
+                allow_method_override: config.allow_method_override,
                 methods,
             };
             if let Some(index) = entries
@@ -162,6 +174,7 @@ impl RouteTable {
             Some(route) => Ok(RouteMatch {
                 route,
                 params: matched.params,
+                allow: &entry.allow,
             }),
             None => Err(GatewayError::MethodNotAllowed(entry.allow.clone())),
         }
@@ -183,10 +196,18 @@ fn allow_header(routes: &[Route]) -> HeaderValue {
 
 /// A set of `SUPPORTED_METHODS`, one bit each. Any other method is in no set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct MethodSet(u8);
+pub(crate) struct MethodSet(u8);
 
 impl MethodSet {
     const ALL: MethodSet = MethodSet((1 << SUPPORTED_METHODS.len()) - 1);
+
+    pub(crate) fn is_all(self) -> bool {
+        self == MethodSet::ALL
+    }
+
+    pub(crate) fn contains_method(self, method: &Method) -> bool {
+        self.contains(MethodSet::bit(method))
+    }
 
     fn from_config(methods: Option<&[Method]>) -> MethodSet {
         match methods {

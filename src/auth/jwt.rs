@@ -25,7 +25,7 @@ use serde_json::{Map, Value};
 use super::cache::TokenCache;
 use super::jwks::RemoteJwks;
 use super::keys::{KeySet, Lookup};
-use super::{JwsAlgorithm, TokenError};
+use super::{InvalidClaim, JwsAlgorithm, TokenError};
 use crate::config::{AuthConfig, IssuerConfig};
 use crate::metrics::Metrics;
 
@@ -75,6 +75,8 @@ pub struct Authenticator {
     issuers: Vec<Issuer>,
     cache: TokenCache,
     user_claim: Box<str>,
+    /// `auth.max_lifetime` in seconds: the longest a token may live (`exp - iat`, `exp - now`).
+    max_lifetime_secs: u64,
 }
 
 impl fmt::Debug for Authenticator {
@@ -219,6 +221,7 @@ impl Authenticator {
             issuers,
             cache: TokenCache::new(auth.token_cache_size),
             user_claim: auth.user_claim.as_str().into(),
+            max_lifetime_secs: auth.max_lifetime.as_secs(),
         }
     }
 
@@ -261,8 +264,12 @@ impl Authenticator {
             return Err(TokenError::AlgorithmNotAllowed.into());
         }
         issuer.verify_signature(&token_parts).await?;
-        let (identity, expires_at) =
-            issuer.check_claims(token_parts.claims, now, &self.user_claim)?;
+        let (identity, expires_at) = issuer.check_claims(
+            token_parts.claims,
+            now,
+            &self.user_claim,
+            self.max_lifetime_secs,
+        )?;
         let identity = Arc::new(identity);
         // Recorded under the generation read before verifying: if keys changed meanwhile, the
         // entry is already stale and will not be served.
@@ -371,21 +378,35 @@ impl Issuer {
     }
 
     /// Returns the identity and the second from which the token is expired.
+    ///
+    /// Time claims must be integer NumericDates within 64 bits, and a token may not live longer
+    /// than `max_lifetime_secs`, counted both from its `iat` and from now: a leaked key or a
+    /// misconfigured issuer could otherwise mint tokens that never expire (`exp: 1e300`).
     fn check_claims(
         &self,
         mut claims: Map<String, Value>,
         now: u64,
         user_claim: &str,
+        max_lifetime_secs: u64,
     ) -> Result<(Identity, u64), TokenError> {
-        let exp = claims
-            .get("exp")
-            .and_then(numeric_date)
-            .ok_or(TokenError::MissingExpiry)?;
+        let exp = match claims.get("exp") {
+            None => return Err(TokenError::MissingExpiry),
+            Some(exp) => numeric_date(exp).ok_or(InvalidClaim::Expiry)?,
+        };
         if exp.saturating_add(self.leeway_secs) <= now {
             return Err(TokenError::Expired);
         }
+        let issued_at = match claims.get("iat") {
+            None => None,
+            Some(iat) => Some(numeric_date(iat).ok_or(InvalidClaim::IssuedAt)?),
+        };
+        let lifetime_from_now = exp.saturating_sub(now.saturating_add(self.leeway_secs));
+        let lifetime = issued_at.map_or(0, |iat| exp.saturating_sub(iat));
+        if lifetime > max_lifetime_secs || lifetime_from_now > max_lifetime_secs {
+            return Err(InvalidClaim::Lifetime.into());
+        }
         if let Some(nbf) = claims.get("nbf") {
-            let nbf = numeric_date(nbf).ok_or(TokenError::Malformed)?;
+            let nbf = numeric_date(nbf).ok_or(InvalidClaim::NotBefore)?;
             if now.saturating_add(self.leeway_secs) < nbf {
                 return Err(TokenError::NotYetValid);
             }
@@ -406,12 +427,12 @@ impl Issuer {
             Some(Value::String(user)) if !user.is_empty() => user,
             _ => return Err(TokenError::MissingUser),
         };
-        // A user id must survive being a header value unchanged: no control characters (which
-        // would also let a token smuggle a header line).
-        if user_id.bytes().any(|b| b < 0x20 || b == 0x7f) {
-            return Err(TokenError::MissingUser);
+        // The user id is compared (owner rule) and then sent as a header: it must be read back by
+        // the backend byte for byte (no surrounding whitespace, no list or parameter separators).
+        if !crate::identity_text::is_plain_user_id(&user_id) {
+            return Err(InvalidClaim::UserId.into());
         }
-        let header_value = HeaderValue::from_str(&user_id).map_err(|_| TokenError::MissingUser)?;
+        let header_value = HeaderValue::from_str(&user_id).map_err(|_| InvalidClaim::UserId)?;
         claims.insert(user_claim.to_string(), Value::String(user_id.clone()));
         Ok((
             Identity {
@@ -431,8 +452,11 @@ fn decode_segment(segment: &str) -> Result<Vec<u8>, TokenError> {
         .map_err(|_| TokenError::Malformed)
 }
 
-/// A NumericDate (RFC 7519 section 2): a JSON number of seconds. Strings are refused (the
-/// jsonwebtoken < 10.3 advisory was about accepting string-typed `exp`/`nbf`).
+/// A NumericDate (RFC 7519 section 2) as authgate accepts it: a JSON number holding a
+/// non-negative integer that fits in 64 bits (`1700000000` or `1700000000.0`). Strings are refused
+/// (the jsonwebtoken < 10.3 advisory was about accepting string-typed `exp`/`nbf`), and so are
+/// fractions, negatives and huge floats such as `1e300`, which would otherwise saturate into
+/// "never expires".
 fn numeric_date(value: &Value) -> Option<u64> {
     let Value::Number(number) = value else {
         return None;
@@ -441,11 +465,9 @@ fn numeric_date(value: &Value) -> Option<u64> {
         return Some(seconds);
     }
     let seconds = number.as_f64()?;
-    if !seconds.is_finite() {
-        return None;
-    }
-    // Negative dates are far in the past; fractions round down.
-    Some(seconds.max(0.0).floor() as u64)
+    // 2^64 is exactly representable; every integral f64 below it converts without loss.
+    let integral = seconds.is_finite() && seconds.fract() == 0.0;
+    (integral && (0.0..18_446_744_073_709_551_616.0).contains(&seconds)).then_some(seconds as u64)
 }
 
 #[cfg(test)]
@@ -574,7 +596,7 @@ mod tests {
         );
         assert_eq!(
             verify(&token(r#"{"sub":"a","exp":"1800000000"}"#)).unwrap_err(),
-            TokenError::MissingExpiry
+            TokenError::InvalidClaim(InvalidClaim::Expiry)
         );
         assert_eq!(
             verify(&token(r#"{"sub":"a"}"#)).unwrap_err(),
@@ -595,7 +617,85 @@ mod tests {
         );
         assert_eq!(
             verify(&token(r#"{"sub":"a\r\nx-user-id: bob","exp":1700000100}"#)).unwrap_err(),
-            TokenError::MissingUser
+            TokenError::InvalidClaim(InvalidClaim::UserId)
+        );
+    }
+
+    /// A user id that a backend's header parser would read differently (trimmed, split at a
+    /// comma or semicolon) is refused, not forwarded.
+    #[test]
+    fn user_ids_must_survive_a_header_parser() {
+        let token = |sub: &str| {
+            sign(
+                r#"{"alg":"HS256"}"#,
+                &format!(r#"{{"sub":{},"exp":1700000100}}"#, serde_json::json!(sub)),
+            )
+        };
+        for sub in [
+            " bob",
+            "bob ",
+            "\tbob",
+            "bob\t",
+            "b ob",
+            "alice,bob",
+            "bob;x",
+            "bøb",
+            "bob\u{a0}",
+        ] {
+            assert_eq!(
+                verify(&token(sub)).unwrap_err(),
+                TokenError::InvalidClaim(InvalidClaim::UserId),
+                "{sub:?}"
+            );
+        }
+        assert_eq!(verify(&token("u_1-a.b@c")).unwrap().user_id, "u_1-a.b@c");
+    }
+
+    /// `exp` and `iat` must be integer NumericDates within 64 bits, and a token may not live
+    /// longer than `auth.max_lifetime` (24 h by default), counted from `iat` and from now.
+    #[test]
+    fn time_claims_are_integers_and_lifetimes_are_bounded() {
+        let token = |claims: &str| sign(r#"{"alg":"HS256"}"#, claims);
+        for exp in [
+            "1e300",
+            "1700000100.5",
+            "-1",
+            "18446744073709551616",
+            "true",
+            "null",
+        ] {
+            assert_eq!(
+                verify(&token(&format!(r#"{{"sub":"a","exp":{exp}}}"#))).unwrap_err(),
+                TokenError::InvalidClaim(InvalidClaim::Expiry),
+                "exp {exp}"
+            );
+        }
+        assert!(verify(&token(r#"{"sub":"a","exp":1700000100.0}"#)).is_ok());
+        assert_eq!(
+            verify(&token(r#"{"sub":"a","exp":1700000100,"iat":"1700000000"}"#)).unwrap_err(),
+            TokenError::InvalidClaim(InvalidClaim::IssuedAt)
+        );
+        assert_eq!(
+            verify(&token(r#"{"sub":"a","exp":1700000100,"nbf":1.5}"#)).unwrap_err(),
+            TokenError::InvalidClaim(InvalidClaim::NotBefore)
+        );
+        // 24 h from iat is the most; a day and a second is too long, from iat or from now.
+        assert!(verify(&token(r#"{"sub":"a","iat":1699999000,"exp":1700085400}"#)).is_ok());
+        assert_eq!(
+            verify(&token(r#"{"sub":"a","iat":1699999000,"exp":1700085401}"#)).unwrap_err(),
+            TokenError::InvalidClaim(InvalidClaim::Lifetime)
+        );
+        assert_eq!(
+            verify(&token(r#"{"sub":"a","exp":1700086500}"#)).unwrap_err(),
+            TokenError::InvalidClaim(InvalidClaim::Lifetime)
+        );
+        assert_eq!(
+            verify(&token(r#"{"sub":"a","iat":1700090000,"exp":1700090100}"#)).unwrap_err(),
+            TokenError::InvalidClaim(InvalidClaim::Lifetime)
+        );
+        assert_eq!(
+            verify(&token(r#"{"sub":"a","exp":18446744073709551615}"#)).unwrap_err(),
+            TokenError::InvalidClaim(InvalidClaim::Lifetime)
         );
     }
 }

@@ -48,6 +48,45 @@ pub enum TokenError {
     WrongAudience,
     #[error("the token has no usable user id")]
     MissingUser,
+    /// A claim the gateway relies on is present but unusable: 401 `invalid_claims`.
+    #[error("{}", .0.description())]
+    InvalidClaim(InvalidClaim),
+}
+
+/// Which claim made a token unusable, for `TokenError::InvalidClaim`. The descriptions name the
+/// claim and the rule, never the token's value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InvalidClaim {
+    /// The user id would not reach the backend as compared (see `identity_text`).
+    UserId,
+    /// `exp` is not an integer number of seconds within 64 bits.
+    Expiry,
+    /// `iat` is not an integer number of seconds within 64 bits.
+    IssuedAt,
+    /// `nbf` is not an integer number of seconds within 64 bits.
+    NotBefore,
+    /// `exp - iat`, or `exp - now`, is longer than `auth.max_lifetime`.
+    Lifetime,
+}
+
+impl InvalidClaim {
+    pub fn description(self) -> &'static str {
+        match self {
+            InvalidClaim::UserId => {
+                "the user id claim must be visible ASCII without spaces, commas or semicolons"
+            }
+            InvalidClaim::Expiry => "the exp claim must be an integer number of seconds",
+            InvalidClaim::IssuedAt => "the iat claim must be an integer number of seconds",
+            InvalidClaim::NotBefore => "the nbf claim must be an integer number of seconds",
+            InvalidClaim::Lifetime => "the token lives longer than auth.max_lifetime allows",
+        }
+    }
+}
+
+impl From<InvalidClaim> for TokenError {
+    fn from(claim: InvalidClaim) -> TokenError {
+        TokenError::InvalidClaim(claim)
+    }
 }
 
 impl TokenError {
@@ -68,6 +107,7 @@ impl TokenError {
             TokenError::WrongIssuer => "the token issuer is not accepted",
             TokenError::WrongAudience => "the token audience is not accepted",
             TokenError::MissingUser => "the token has no usable user id",
+            TokenError::InvalidClaim(claim) => claim.description(),
         }
     }
 }

@@ -230,6 +230,8 @@ pub struct AuthConfig {
     pub owner_query_params: Vec<String>,
     /// Verified tokens remembered, so a repeated token skips signature verification.
     pub token_cache_size: usize,
+    /// The longest a token may live, from its `iat` and from now (`auth.max_lifetime`).
+    pub max_lifetime: Duration,
 }
 
 impl AuthConfig {
@@ -330,6 +332,9 @@ pub struct RouteConfig {
     pub websocket: Option<WebSocketConfig>,
     /// Bounds how long a streamed response body may last (none: only `idle_timeout` applies).
     pub stream_timeout: Option<Duration>,
+    /// Forward method overrides (`X-HTTP-Method-Override`, `_method`) that name a method this
+    /// route allows, instead of stripping the headers.
+    pub allow_method_override: bool,
     pub location: Location,
 }
 
@@ -345,6 +350,8 @@ pub const SUPPORTED_METHODS: [Method; 7] = [
 ];
 
 const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
+/// Better Auth's own tokens live 15 minutes; a day leaves room for any sane issuer.
+const DEFAULT_MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 const DEFAULT_JWKS_REFRESH: Duration = Duration::from_secs(300);
 const DEFAULT_JWKS_COOLDOWN: Duration = Duration::from_secs(30);
 const DEFAULT_JWKS_TIMEOUT: Duration = Duration::from_secs(5);
@@ -817,6 +824,13 @@ fn validate_auth(
             ))
         }
     };
+    let max_lifetime = validate_duration(
+        ctx,
+        &auth.max_lifetime,
+        "auth.max_lifetime",
+        DEFAULT_MAX_LIFETIME,
+        false,
+    )?;
     Ok(AuthConfig {
         issuers,
         user_claim,
@@ -824,6 +838,7 @@ fn validate_auth(
         strip_headers,
         owner_query_params,
         token_cache_size,
+        max_lifetime,
     })
 }
 
@@ -1818,6 +1833,7 @@ fn validate_route(
         strip_prefix,
         websocket,
         stream_timeout,
+        allow_method_override: route.allow_method_override.unwrap_or(false),
         location: ctx.location(raw, &table),
     })
 }

@@ -126,6 +126,7 @@ pub struct RawAuth {
     pub strip_headers: Option<Vec<Spanned<String>>>,
     pub owner_query_params: Option<Vec<Spanned<String>>>,
     pub token_cache_size: Option<Spanned<i64>>,
+    pub max_lifetime: Option<Spanned<String>>,
 }
 
 /// One `[[auth.issuer]]` table: the same key-source keys as the single-issuer `[auth]` form.
@@ -199,4 +200,5 @@ pub struct RawRoute {
     pub websocket_max_lifetime: Option<Spanned<String>>,
     pub websocket_close_on_expiry: Option<bool>,
     pub stream_timeout: Option<Spanned<String>>,
+    pub allow_method_override: Option<bool>,
 }

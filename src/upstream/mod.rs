@@ -35,7 +35,7 @@ use tower_service::Service;
 use crate::body::{BodyTooLarge, RequestBody};
 use crate::config::UpstreamConfig;
 use crate::error::GatewayError;
-use crate::multipart::MultipartRefusal;
+use crate::multipart::ScanRefusal;
 
 pub mod h1;
 
@@ -460,8 +460,8 @@ impl Upstream {
                 Err(h1::ExchangeError::Upload(err)) if err.is::<BodyTooLarge>() => {
                     return Err(Attempt::BodyTooLarge)
                 }
-                Err(h1::ExchangeError::Upload(err)) if err.is::<MultipartRefusal>() => {
-                    let refused = err.downcast_ref::<MultipartRefusal>().map(|r| r.0.clone());
+                Err(h1::ExchangeError::Upload(err)) if err.is::<ScanRefusal>() => {
+                    let refused = err.downcast_ref::<ScanRefusal>().map(|r| r.0.clone());
                     return Err(refused.map_or(Attempt::Failed, Attempt::Refused));
                 }
                 Err(h1::ExchangeError::Upload(err)) if is_malformed_body(err.as_ref()) => {
