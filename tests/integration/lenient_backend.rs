@@ -198,7 +198,16 @@ fn folded<'r>(received: &'r Received, normalized: &str) -> Vec<(&'r str, &'r str
 async fn user_ids_a_header_parser_would_read_differently_are_refused() {
     let (backend, gateway) = gateway().await;
     for protocol in BOTH {
-        for sub in [" bob", "bob ", "\tbob", "bob\t", "alice,bob", "bob;v=1", "bob\u{a0}", "b ob"] {
+        for sub in [
+            " bob",
+            "bob ",
+            "\tbob",
+            "bob\t",
+            "alice,bob",
+            "bob;v=1",
+            "bob\u{a0}",
+            "b ob",
+        ] {
             let auth = token_for_claims(&Value::from(sub), "");
             let answer = send(
                 protocol,
@@ -307,7 +316,12 @@ async fn dotted_identity_header_names_never_reach_the_backend() {
             vec![("x-user-id", "alice")]
         };
         assert_eq!(folded(got, "x-user-id"), expected_id, "{got:#?}");
-        for name in ["x-user-email", "x-claim-role", "x-real-ip", "x-original-url"] {
+        for name in [
+            "x-user-email",
+            "x-claim-role",
+            "x-real-ip",
+            "x-original-url",
+        ] {
             assert!(folded(got, name).is_empty(), "{name}: {got:#?}");
         }
         // The gateway sets X-Forwarded-For itself: one, with the real peer.
@@ -351,7 +365,10 @@ async fn dotted_names_in_trailers_and_connection_are_handled_alike() {
     assert_eq!(chunked.status, 200, "{chunked:?}");
     let received = backend.only();
     assert_eq!(received.body, b"hi");
-    assert_eq!(received.trailers, [("x-checksum".to_string(), "1".to_string())]);
+    assert_eq!(
+        received.trailers,
+        [("x-checksum".to_string(), "1".to_string())]
+    );
     assert_eq!(received.header_values("trailer"), ["X-Checksum"]);
     assert_eq!(folded(&received, "x-user-id"), [("x-user-id", "alice")]);
 }
@@ -422,7 +439,10 @@ async fn override_headers_naming_a_refused_method_get_405_and_reach_nothing() {
                     b"{}",
                 )
                 .await;
-                assert_eq!(answer.status, 405, "{protocol:?} {name}: {value}: {answer:?}");
+                assert_eq!(
+                    answer.status, 405,
+                    "{protocol:?} {name}: {value}: {answer:?}"
+                );
                 assert_eq!(answer.code(), "method_override_not_allowed");
                 assert_eq!(answer.header("allow"), Some("GET, POST, DELETE"));
                 let message = String::from_utf8_lossy(&answer.body).into_owned();
@@ -474,7 +494,10 @@ async fn override_headers_naming_an_allowed_method_are_stripped_unless_the_route
             gateway.addr,
             "POST",
             "/api/alice/notes",
-            &[("Authorization", &auth), ("X-HTTP-Method-Override", "DELETE")],
+            &[
+                ("Authorization", &auth),
+                ("X-HTTP-Method-Override", "DELETE"),
+            ],
             b"{}",
         )
         .await;
@@ -492,6 +515,10 @@ async fn override_headers_naming_an_allowed_method_are_stripped_unless_the_route
     }
 }
 
+type Headers<'a> = Vec<(&'a str, &'a str)>;
+/// Method, target, headers, body, expected status.
+type Case<'a> = (&'a str, &'a str, Headers<'a>, &'a [u8], u16);
+
 #[tokio::test]
 async fn method_fields_in_queries_and_bodies_must_name_an_allowed_method() {
     let (backend, gateway) = gateway().await;
@@ -506,9 +533,15 @@ async fn method_fields_in_queries_and_bodies_must_name_an_allowed_method() {
         )
     };
     let refused_multipart = multipart("_method", "DELETE");
-    let cases: Vec<(&str, &str, Vec<(&str, &str)>, &[u8], u16)> = vec![
+    let cases: Vec<Case> = vec![
         ("POST", "/api/alice/tasks?_method=DELETE", vec![], b"", 405),
-        ("POST", "/api/alice/tasks?_method=delete&x=1", vec![], b"", 405),
+        (
+            "POST",
+            "/api/alice/tasks?_method=delete&x=1",
+            vec![],
+            b"",
+            405,
+        ),
         ("GET", "/posts?_method=DELETE", vec![], b"", 405),
         ("POST", "/posts?_METHOD=DELETE", vec![], b"", 400),
         ("POST", "/posts?.method=DELETE", vec![], b"", 400),
@@ -516,12 +549,42 @@ async fn method_fields_in_queries_and_bodies_must_name_an_allowed_method() {
         ("POST", "/posts", vec![form], b"_method=PUT", 405),
         ("POST", "/posts", vec![form], b"_method%5B%5D=PUT", 400),
         ("POST", "/posts", vec![], b"title=x;_method=DELETE", 405),
-        ("POST", "/posts", vec![json], br#"{"title":"x","_method":"DELETE"}"#, 405),
+        (
+            "POST",
+            "/posts",
+            vec![json],
+            br#"{"title":"x","_method":"DELETE"}"#,
+            405,
+        ),
         ("POST", "/posts", vec![json], br#"{"_METHOD":"PATCH"}"#, 405),
-        ("POST", "/posts", vec![json], br#"{"_method":["DELETE"]}"#, 405),
-        ("POST", "/posts", vec![multipart_type], refused_multipart.as_bytes(), 405),
-        ("POST", "/api/alice/tasks", vec![form], b"_method=DELETE", 405),
-        ("POST", "/api/alice/profile", vec![json], br#"{"user_id":"alice","_method":"DELETE"}"#, 405),
+        (
+            "POST",
+            "/posts",
+            vec![json],
+            br#"{"_method":["DELETE"]}"#,
+            405,
+        ),
+        (
+            "POST",
+            "/posts",
+            vec![multipart_type],
+            refused_multipart.as_bytes(),
+            405,
+        ),
+        (
+            "POST",
+            "/api/alice/tasks",
+            vec![form],
+            b"_method=DELETE",
+            405,
+        ),
+        (
+            "POST",
+            "/api/alice/profile",
+            vec![json],
+            br#"{"user_id":"alice","_method":"DELETE"}"#,
+            405,
+        ),
     ];
     for protocol in BOTH {
         for (method, target, headers, body, status) in &cases {
@@ -547,10 +610,14 @@ async fn method_fields_in_queries_and_bodies_must_name_an_allowed_method() {
 
     // Overrides naming an allowed method pass, byte for byte.
     let allowed_multipart = multipart("_method", "POST");
-    let allowed: Vec<(&str, Vec<(&str, &str)>, &[u8])> = vec![
+    let allowed: Vec<(&str, Headers, &[u8])> = vec![
         ("/posts?_method=GET", vec![], b""),
         ("/posts", vec![form], b"title=x&_method=post"),
-        ("/posts", vec![json], br#"{"title":"x","_method":"GET","n":[1,{"_method":"DELETE"}]}"#),
+        (
+            "/posts",
+            vec![json],
+            br#"{"title":"x","_method":"GET","n":[1,{"_method":"DELETE"}]}"#,
+        ),
         ("/posts", vec![multipart_type], allowed_multipart.as_bytes()),
     ];
     for protocol in BOTH {
@@ -602,7 +669,10 @@ async fn tokens_living_longer_than_max_lifetime_or_with_odd_exp_are_refused() {
     assert_eq!(backend.count(), 0, "{:#?}", backend.received());
     // A day is allowed, and so is an exp written as an integral float.
     for claims in [
-        format!(r#"{{"sub":"alice","iat":{now},"exp":{}}}"#, now + 24 * 3600 - 60),
+        format!(
+            r#"{{"sub":"alice","iat":{now},"exp":{}}}"#,
+            now + 24 * 3600 - 60
+        ),
         format!(r#"{{"sub":"alice","exp":{}.0}}"#, now + 600),
     ] {
         let answer = send(
