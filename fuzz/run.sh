@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the authgate fuzz targets one after another and prints a summary per target.
 #
-#   bash fuzz/run.sh SECONDS [TARGET...]     (default: all five targets)
+#   bash fuzz/run.sh SECONDS [TARGET...]     (default: every target)
 #
 # Each target runs for SECONDS with libFuzzer, on fuzz/corpus/<target> (grown, git-ignored) plus
 # the committed seeds in fuzz/seeds/<target>. Crashing inputs land in fuzz/artifacts/<target>/,
@@ -15,7 +15,8 @@
 
 set -uo pipefail
 
-ALL_TARGETS=(target_validator authorization_parser jwt_parsing config_loader upstream_response)
+ALL_TARGETS=(target_validator authorization_parser jwt_parsing config_loader upstream_response
+             form_fields multipart_scan json_fields cors_origin)
 
 usage() {
     echo "usage: bash fuzz/run.sh SECONDS [TARGET...]" >&2

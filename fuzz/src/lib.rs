@@ -99,3 +99,84 @@ pub fn check_bearer_token(token: &str) {
         "token {token:?} has characters outside [A-Za-z0-9._-]"
     );
 }
+
+/// The method guard of a route that takes GET and POST only, as the pipeline builds it: what the
+/// body and query field targets check `_method` against.
+pub fn get_post_guard() -> authgate::method_override::OwnedMethodGuard {
+    use authgate::routes::RouteTable;
+    let toml = "[upstream]\nurl = \"http://127.0.0.1:1\"\n[auth]\nsecret_env = \"S\"\n\
+                [[route]]\npath = \"/x\"\nmethods = [\"GET\", \"POST\"]\n";
+    let config = authgate::config::Config::parse(toml, "fuzz.toml", &|_| {
+        Some("fuzz-secret-fuzz-secret-fuzz-sec".to_string())
+    })
+    .expect("the fuzz route config is valid");
+    let table = RouteTable::compile(&config.routes).expect("the fuzz routes compile");
+    let matched = table
+        .lookup(&http::Method::POST, "/x")
+        .expect("the fuzz route matches");
+    authgate::method_override::MethodGuard::new(matched.route, matched.allow).to_owned_guard()
+}
+
+/// How some lenient parser may read a decoded field name, as an over-simple model of PHP, qs
+/// and Rack written independently of the gateway: cut at NUL (PHP), leading spaces dropped
+/// (PHP), then leading brackets (qs, Rack), then cut at the next bracket, `.` and space read as
+/// `_` (PHP), case ignored (ASP.NET).
+pub fn lenient_name(name: &[u8]) -> Vec<u8> {
+    let name = name.split(|&b| b == 0).next().unwrap_or(&[]);
+    let name = &name[name.iter().take_while(|&&b| b == b' ').count()..];
+    let name = &name[name.iter().take_while(|&&b| b == b'[' || b == b']').count()..];
+    name.iter()
+        .take_while(|&&b| b != b'[' && b != b']')
+        .map(|&b| match b {
+            b'.' | b' ' => b'_',
+            other => other.to_ascii_lowercase(),
+        })
+        .collect()
+}
+
+/// An accepted field (name and value as a lenient parser decoded them) may not name another user
+/// under `user_id`, nor a method other than GET or POST under `_method`.
+pub fn check_accepted_field(name: &[u8], value: &[u8], context: &str) {
+    let read = lenient_name(name);
+    if read == b"user_id" {
+        assert_eq!(
+            value,
+            b"alice",
+            "{context}: accepted a field {:?} naming {:?}",
+            String::from_utf8_lossy(name),
+            String::from_utf8_lossy(value)
+        );
+    }
+    if read == b"_method" {
+        let method = value.trim_ascii().to_ascii_uppercase();
+        assert!(
+            method.is_empty() || method == b"GET" || method == b"POST",
+            "{context}: accepted an override {:?} = {:?}",
+            String::from_utf8_lossy(name),
+            String::from_utf8_lossy(value)
+        );
+    }
+}
+
+/// `+` as a space and every well-formed `%XX` decoded; anything else kept: the most a lenient
+/// form parser decodes.
+pub fn lenient_decode(raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut index = 0;
+    while index < raw.len() {
+        match raw[index] {
+            b'+' => out.push(b' '),
+            b'%' if index + 2 < raw.len()
+                && raw[index + 1].is_ascii_hexdigit()
+                && raw[index + 2].is_ascii_hexdigit() =>
+            {
+                let hex = std::str::from_utf8(&raw[index + 1..index + 3]).unwrap_or("00");
+                out.push(u8::from_str_radix(hex, 16).unwrap_or(0));
+                index += 2;
+            }
+            other => out.push(other),
+        }
+        index += 1;
+    }
+    out
+}
