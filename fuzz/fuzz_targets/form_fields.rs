@@ -46,7 +46,10 @@ fuzz_target!(|data: &[u8]| {
                 "alice",
             )
             .is_ok();
-            (owner_ok && check_query_override(query, guard().guard()).is_ok(), b"&")
+            (
+                owner_ok && check_query_override(query, guard().guard()).is_ok(),
+                b"&",
+            )
         }
         1 => (
             check_form_fields(FormBody::Declared, &form_headers(), input, &rules).is_ok(),

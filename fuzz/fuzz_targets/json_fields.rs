@@ -90,10 +90,18 @@ fuzz_target!(|data: &[u8]| {
     } else {
         let piece = usize::from((mode >> 1) % 64) + 1;
         let streamed = streamed(body, piece);
-        assert_eq!(streamed, self::streamed(body, body.len().max(1)), "whole and pieces disagree");
+        assert_eq!(
+            streamed,
+            self::streamed(body, body.len().max(1)),
+            "whole and pieces disagree"
+        );
         if valid {
             let whole = check_json_fields(&json_headers(), body, &[], "", Some(guard().guard()));
-            assert_eq!(streamed, whole.is_ok(), "stream scan and whole check disagree: {whole:?}");
+            assert_eq!(
+                streamed,
+                whole.is_ok(),
+                "stream scan and whole check disagree: {whole:?}"
+            );
         }
         streamed
     };

@@ -21,8 +21,8 @@ fn guard() -> &'static OwnedMethodGuard {
 }
 
 fn scan(body: &[u8], piece: usize) -> bool {
-    let mut scanner = OwnerScan::new(b"XyZ", &["user_id".into()], "alice")
-        .with_method_guard(guard().clone());
+    let mut scanner =
+        OwnerScan::new(b"XyZ", &["user_id".into()], "alice").with_method_guard(guard().clone());
     let mut fed = 0u64;
     let mut cleared = 0u64;
     for chunk in body.chunks(piece) {
@@ -45,7 +45,11 @@ fuzz_target!(|data: &[u8]| {
     };
     let piece = usize::from(piece % 64) + 1;
     let accepted = scan(body, piece);
-    assert_eq!(accepted, scan(body, body.len().max(1)), "whole and in pieces disagree");
+    assert_eq!(
+        accepted,
+        scan(body, body.len().max(1)),
+        "whole and in pieces disagree"
+    );
     if !accepted {
         return;
     }

@@ -24,7 +24,10 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     assert!(read.body.len() <= response.len());
-    assert!(read.leftover == 0 || !read.reusable, "bytes after the end, yet reusable");
+    assert!(
+        read.leftover == 0 || !read.reusable,
+        "bytes after the end, yet reusable"
+    );
     assert!(head_request || read.status >= 200, "a final status");
     let chunked = response
         .windows(b"transfer-encoding".len())
