@@ -1,34 +1,26 @@
 //! authgate: a strict reverse-proxy authorization gateway.
 //!
 //! The binary is a thin CLI over this library; the integration tests drive the same library over
-//! real sockets. `pipeline` is where to start reading.
+//! real sockets. `proxy::pipeline` is where to start reading.
+//!
+//! Layers, bottom up; each imports only itself and the layers below it (tests/integration/
+//! layering.rs keeps the rule):
+//! `core` -> `config` -> `request` -> `proxy` -> `runtime` -> `demo`, then `main.rs`.
 
-pub mod admin;
-pub mod auth;
-pub mod authz;
-pub mod body;
 pub mod config;
-pub mod cors;
-pub mod demo_backend;
-pub mod error;
-pub mod forwarded;
-pub mod headers;
-pub mod identity_text;
-pub mod json_scan;
-pub mod keepalive;
-pub mod live;
-pub mod memory;
-pub mod method_override;
-pub mod metrics;
-pub mod multipart;
-pub mod pipeline;
-pub mod placement;
-pub mod policy;
-pub mod ratelimit;
-pub mod routes;
-pub mod server;
-pub mod stream;
-pub mod target;
-pub mod tls;
-pub mod token;
-pub mod upstream;
+pub mod core;
+pub mod demo;
+pub mod proxy;
+pub mod request;
+pub mod runtime;
+
+// The module paths from before the layers, for the tests, benches and fuzz targets.
+pub use crate::core::jose::mint as token;
+pub use crate::core::{error, identity_text, metrics, policy};
+pub use crate::demo as demo_backend;
+pub use crate::proxy::{body, pipeline, stream, upstream};
+pub use crate::request::authz::{json_scan, multipart};
+pub use crate::request::{
+    auth, authz, cors, forwarded, headers, method_override, ratelimit, routes, target,
+};
+pub use crate::runtime::{admin, keepalive, live, memory, placement, server, tls};

@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 use tokio::net::TcpListener;
 
 use authgate::config::{parse_duration, Config, LogFormat};
-use authgate::live::Live;
+use authgate::runtime::live::Live;
 
 const EXIT_RUNTIME: u8 = 1;
 const EXIT_CONFIG: u8 = 2;
@@ -141,7 +141,7 @@ fn runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 /// The main thread's runtime: signals, reloads, JWKS refreshes, the admin and redirect listeners.
-/// Requests are served by the worker threads (`authgate::server::spawn_workers`), not here.
+/// Requests are served by the worker threads (`authgate::runtime::server::spawn_workers`), not here.
 fn control_runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -160,7 +160,8 @@ fn run_gateway(config: Config, config_path: PathBuf) -> ExitCode {
         let workers = config.server.workers.unwrap_or_else(|| {
             std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
         });
-        let listeners = match authgate::server::bind_workers(config.server.listen, workers) {
+        let listeners = match authgate::runtime::server::bind_workers(config.server.listen, workers)
+        {
             Ok(listeners) => listeners,
             Err(err) => {
                 eprintln!("authgate: cannot listen on {}: {err}", config.server.listen);
@@ -194,7 +195,7 @@ fn run_gateway(config: Config, config_path: PathBuf) -> ExitCode {
         };
         let tls = match config.server.tls.as_ref() {
             None => None,
-            Some(tls) => match authgate::tls::TlsListener::new(tls, live.metrics()) {
+            Some(tls) => match authgate::runtime::tls::TlsListener::new(tls, live.metrics()) {
                 Ok(tls) => Some(std::sync::Arc::new(tls)),
                 Err(err) => {
                     eprintln!("authgate: cannot set up TLS: {err}");
@@ -220,34 +221,34 @@ fn run_gateway(config: Config, config_path: PathBuf) -> ExitCode {
             let _ = stopped.wait_for(|stop| *stop).await;
         };
         if let Some(admin) = admin {
-            tokio::spawn(authgate::admin::serve(
+            tokio::spawn(authgate::runtime::admin::serve(
                 admin,
                 live.clone(),
                 until_stopped(stopped.clone()),
             ));
         }
-        let watcher = tokio::spawn(authgate::live::watch(
+        let watcher = tokio::spawn(authgate::runtime::live::watch(
             live.clone(),
             config_path,
             Duration::from_secs(2),
         ));
         if let Some(redirect) = redirect {
-            tokio::spawn(authgate::tls::serve_redirect(
+            tokio::spawn(authgate::runtime::redirect::serve_redirect(
                 redirect,
                 config.limits,
                 config.server.listen.port(),
                 until_stopped(stopped.clone()),
             ));
         }
-        let trimmer = tokio::spawn(authgate::memory::run());
+        let trimmer = tokio::spawn(authgate::runtime::memory::run());
         // Certificates reload on SIGHUP and when their files change, on their own.
         let certs = tls.as_ref().map(|tls| {
-            tokio::spawn(authgate::tls::watch_certs(
+            tokio::spawn(authgate::runtime::tls::watch_certs(
                 tls.store.clone(),
                 Duration::from_secs(2),
             ))
         });
-        let served = authgate::server::spawn_workers(
+        let served = authgate::runtime::server::spawn_workers(
             listeners,
             live,
             tls,
@@ -324,7 +325,7 @@ fn mint(config: &Config, sub: &str, ttl: &str, claims: &[String]) -> ExitCode {
         let value = serde_json::from_str(value).unwrap_or_else(|_| Value::from(value));
         extra.insert(key.to_string(), value);
     }
-    match authgate::token::mint_hmac(
+    match authgate::core::jose::mint::mint_hmac(
         &secret.0,
         algorithm,
         &config.auth.user_claim,
@@ -376,7 +377,7 @@ async fn run_demo() -> Result<(), String> {
         .await
         .map_err(|err| format!("cannot bind the task backend: {err}"))?;
     let backend_addr = backend.local_addr().map_err(|err| err.to_string())?;
-    tokio::spawn(authgate::demo_backend::serve(backend));
+    tokio::spawn(authgate::demo::serve(backend));
 
     let env = |name: &str| (name == "BETTER_AUTH_SECRET").then(|| secret.clone());
     let mut config =
@@ -398,7 +399,7 @@ async fn run_demo() -> Result<(), String> {
     let live = Live::new(config).map_err(|err| err.to_string())?;
 
     let mint = |sub: &str| {
-        authgate::token::mint_hmac(
+        authgate::core::jose::mint::mint_hmac(
             secret.as_bytes(),
             jsonwebtoken::Algorithm::HS256,
             "sub",
@@ -430,6 +431,6 @@ async fn run_demo() -> Result<(), String> {
          \x20 curl -i --path-as-is -H \"Authorization: Bearer $BOB\" {base}/api/bob/../alice/tasks\n\n\
          Ctrl-C to stop."
     );
-    authgate::server::serve(listener, live, shutdown_signal()).await;
+    authgate::runtime::server::serve(listener, live, shutdown_signal()).await;
     Ok(())
 }

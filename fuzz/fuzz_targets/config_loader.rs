@@ -4,7 +4,8 @@
 #![no_main]
 
 use authgate::config::Config;
-use authgate::routes::{parse_pattern, RouteTable};
+use authgate::config::parse_pattern;
+use authgate::routes::RouteTable;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -68,7 +68,7 @@ async fn main() -> ExitCode {
     tracing::info!("task-backend listening on {shown}");
 
     tokio::select! {
-        () = authgate::demo_backend::serve(listener) => {}
+        () = authgate::demo::serve(listener) => {}
         res = tokio::signal::ctrl_c() => {
             if let Err(err) = res {
                 eprintln!("task-backend: failed to listen for Ctrl-C: {err}");

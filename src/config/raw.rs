@@ -32,7 +32,7 @@ pub struct RawServer {
     pub trusted_proxies: Option<Vec<Spanned<String>>>,
     // TLS (src/config/tls.rs)
     pub redirect_http: Option<Spanned<String>>,
-    pub tls: Option<Spanned<super::tls::RawServerTls>>,
+    pub tls: Option<Spanned<RawServerTls>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -201,4 +201,23 @@ pub struct RawRoute {
     pub websocket_close_on_expiry: Option<bool>,
     pub stream_timeout: Option<Spanned<String>>,
     pub allow_method_override: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServerTls {
+    pub cert: Spanned<String>,
+    pub key: Spanned<String>,
+    pub hsts: Option<Spanned<String>>,
+    #[serde(default)]
+    pub sni: Vec<Spanned<RawSni>>,
+}
+
+/// One `[[server.tls.sni]]` table as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSni {
+    pub name: Spanned<String>,
+    pub cert: Spanned<String>,
+    pub key: Spanned<String>,
 }

@@ -10,33 +10,13 @@ use std::path::PathBuf;
 use http::header::HeaderValue;
 use http::uri::Scheme;
 use rustls::pki_types::DnsName;
-use serde::Deserialize;
 use toml::Spanned;
 
-use super::raw::RawUpstream;
+use super::raw::{RawServerTls, RawUpstream};
 use super::{ConfigError, Ctx};
-use crate::tls::{CertSource, LoadedCert, ServerTlsConfig, UpstreamTls, UpstreamTrust};
+use crate::core::tls::{CertSource, LoadedCert, ServerTlsConfig, UpstreamTls, UpstreamTrust};
 
 /// `[server.tls]` as written.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawServerTls {
-    pub cert: Spanned<String>,
-    pub key: Spanned<String>,
-    pub hsts: Option<Spanned<String>>,
-    #[serde(default)]
-    pub sni: Vec<Spanned<RawSni>>,
-}
-
-/// One `[[server.tls.sni]]` table as written.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawSni {
-    pub name: Spanned<String>,
-    pub cert: Spanned<String>,
-    pub key: Spanned<String>,
-}
-
 /// Loads a certificate chain and its key; errors are reported at `cert_key` or `key_key`.
 fn load_pair(
     ctx: &Ctx,
@@ -48,8 +28,8 @@ fn load_pair(
     let cert_path = ctx.base.join(cert.get_ref());
     let key_path = ctx.base.join(key.get_ref());
     // The chain alone first, so that its problems are reported at `cert`, the key's at `key`.
-    crate::tls::load_certs(&cert_path).map_err(|why| ctx.error(cert, cert_key, why))?;
-    let loaded = crate::tls::load_cert_pair(&cert_path, &key_path)
+    crate::core::tls::load_certs(&cert_path).map_err(|why| ctx.error(cert, cert_key, why))?;
+    let loaded = crate::core::tls::load_cert_pair(&cert_path, &key_path)
         .map_err(|why| ctx.error(key, key_key, why))?;
     for warning in &loaded.warnings {
         tracing::warn!("{warning}");
@@ -236,11 +216,12 @@ pub(super) fn validate_upstream_tls(
             ))
         }
     };
-    let client =
-        crate::tls::upstream_client_config(&trust, identity).map_err(|why| match &raw.ca_file {
+    let client = crate::core::tls::upstream_client_config(&trust, identity).map_err(|why| {
+        match &raw.ca_file {
             Some(ca_file) => ctx.error(ca_file, &key("ca_file"), why),
             None => ctx.error(&raw.url, &key("url"), why),
-        })?;
+        }
+    })?;
     let insecure = matches!(trust, UpstreamTrust::Insecure);
     if insecure {
         tracing::warn!(

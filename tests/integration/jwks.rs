@@ -179,17 +179,11 @@ async fn wait_for_first_fetch(gateway: &GatewayHandle) {
 }
 
 /// The gateway's only remote JWKS source (each test here configures one).
-fn remote_source(gateway: &GatewayHandle) -> Arc<authgate::auth::RemoteJwks> {
-    gateway
-        .gateway
-        .authenticator()
-        .remote_sources()
-        .next()
-        .unwrap()
-        .clone()
+fn remote_source(gateway: &GatewayHandle) -> Arc<authgate::proxy::jwks::RemoteJwks> {
+    gateway.gateway.jwks_sources()[0].clone()
 }
 
-fn failed_fetches(remote: &authgate::auth::RemoteJwks) -> u64 {
+fn failed_fetches(remote: &authgate::proxy::jwks::RemoteJwks) -> u64 {
     remote.fetches_failed.load(Ordering::Relaxed)
 }
 
@@ -575,7 +569,7 @@ async fn malformed_jwks_responses_are_survived() {
     let remote = remote_source(&gateway);
     let huge = format!(
         "{{\"keys\":[],\"pad\":\"{}\"}}",
-        "x".repeat(authgate::auth::MAX_JWKS_BYTES)
+        "x".repeat(authgate::proxy::jwks::MAX_JWKS_BYTES)
     );
     let bad_documents: [(u16, &str, Vec<u8>); 5] = [
         (200, "application/json", b"<html>not json</html>".to_vec()),

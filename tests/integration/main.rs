@@ -12,6 +12,7 @@ mod identity_headers;
 mod jwks;
 mod keepalive;
 mod keys;
+mod layering;
 mod lenient_backend;
 mod operations;
 mod owner_rule;

@@ -808,8 +808,12 @@ fn memory_a_burst_of_connections_freed_goes_back_to_the_os() {
     let port = free_port();
     let path = temp_path("trim");
     let config = two_worker_config(backend.addr, port);
-    let mut child =
-        start_binary_with_log(&path, &config, port, Some("info,authgate::memory=debug"));
+    let mut child = start_binary_with_log(
+        &path,
+        &config,
+        port,
+        Some("info,authgate::runtime::memory=debug"),
+    );
     let pid = child.id();
     // 5,000 access-log lines would fill the stderr pipe and queue up in the gateway's memory.
     let mut stderr = child.stderr.take().unwrap();

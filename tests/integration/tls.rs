@@ -218,7 +218,7 @@ fn client_config_versions(
 ) -> ClientConfig {
     let mut roots = RootCertStore::empty();
     roots.add(ca.clone()).unwrap();
-    let mut config = ClientConfig::builder_with_provider(authgate::tls::provider())
+    let mut config = ClientConfig::builder_with_provider(authgate::core::tls::provider())
         .with_protocol_versions(versions)
         .unwrap()
         .with_root_certificates(roots)
@@ -901,7 +901,7 @@ async fn the_redirect_listener_answers_308_and_forwards_nothing() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (_tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(authgate::tls::serve_redirect(
+    tokio::spawn(authgate::runtime::redirect::serve_redirect(
         listener,
         authgate::config::LimitsConfig::default(),
         443,
@@ -990,7 +990,7 @@ async fn start_tls_backend_logged(
 ) -> (SocketAddr, Arc<Mutex<Vec<String>>>, TlsSeen) {
     let chain = vec![leaf.der.clone()];
     let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
-    let builder = ServerConfig::builder_with_provider(authgate::tls::provider())
+    let builder = ServerConfig::builder_with_provider(authgate::core::tls::provider())
         .with_protocol_versions(&[&TLS12, &TLS13])
         .unwrap();
     let builder = match client_ca {
@@ -1000,7 +1000,7 @@ async fn start_tls_backend_logged(
             roots.add(ca.clone()).unwrap();
             let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
                 Arc::new(roots),
-                authgate::tls::provider(),
+                authgate::core::tls::provider(),
             )
             .build()
             .unwrap();
@@ -1346,7 +1346,7 @@ fn an_expired_certificate_loads_with_a_warning() {
         params.not_after = rcgen::date_time_ymd(2021, 1, 1);
     });
     let (cert, key) = dir.write_leaf("old", &expired);
-    let loaded = authgate::tls::load_cert_pair(&cert, &key).unwrap();
+    let loaded = authgate::core::tls::load_cert_pair(&cert, &key).unwrap();
     assert_eq!(loaded.warnings.len(), 1, "{:?}", loaded.warnings);
     assert!(
         loaded.warnings[0].contains("expired") && loaded.warnings[0].contains("2021-01-01"),
@@ -1360,7 +1360,7 @@ fn an_expired_certificate_loads_with_a_warning() {
 
     let fresh = ca.leaf("fresh", &["gw.test"]);
     let (cert, key) = dir.write_leaf("fresh", &fresh);
-    assert!(authgate::tls::load_cert_pair(&cert, &key)
+    assert!(authgate::core::tls::load_cert_pair(&cert, &key)
         .unwrap()
         .warnings
         .is_empty());
@@ -1390,12 +1390,7 @@ async fn https_jwks_with_an_untrusted_certificate_yields_no_keys() {
     )
     .await;
     assert_eq!(response.status, 503);
-    let remote = gateway
-        .gateway
-        .authenticator()
-        .remote_sources()
-        .next()
-        .unwrap();
+    let remote = &gateway.gateway.jwks_sources()[0];
     assert!(
         remote
             .fetches_failed

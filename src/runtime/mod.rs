@@ -1,0 +1,11 @@
+//! The runtime: worker threads, accepting connections (TCP and TLS), protocol detection,
+//! keep-alive and HTTP/2 rules, the redirect and admin listeners, reloads, placement and memory.
+
+pub mod admin;
+pub mod keepalive;
+pub mod live;
+pub mod memory;
+pub mod placement;
+pub mod redirect;
+pub mod server;
+pub mod tls;
