@@ -141,7 +141,7 @@ fn runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 /// The main thread's runtime: signals, reloads, JWKS refreshes, the admin and redirect listeners.
-/// Requests are served by the worker threads (`authgate::runtime::server::spawn_workers`), not here.
+/// Requests are served by the worker threads (`authgate::runtime::workers::spawn_workers`), not here.
 fn control_runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -160,14 +160,14 @@ fn run_gateway(config: Config, config_path: PathBuf) -> ExitCode {
         let workers = config.server.workers.unwrap_or_else(|| {
             std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
         });
-        let listeners = match authgate::runtime::server::bind_workers(config.server.listen, workers)
-        {
-            Ok(listeners) => listeners,
-            Err(err) => {
-                eprintln!("authgate: cannot listen on {}: {err}", config.server.listen);
-                return ExitCode::from(EXIT_RUNTIME);
-            }
-        };
+        let listeners =
+            match authgate::runtime::workers::bind_workers(config.server.listen, workers) {
+                Ok(listeners) => listeners,
+                Err(err) => {
+                    eprintln!("authgate: cannot listen on {}: {err}", config.server.listen);
+                    return ExitCode::from(EXIT_RUNTIME);
+                }
+            };
         let admin = match config.admin_listen {
             None => None,
             Some(address) => match TcpListener::bind(address).await {
@@ -248,7 +248,7 @@ fn run_gateway(config: Config, config_path: PathBuf) -> ExitCode {
                 Duration::from_secs(2),
             ))
         });
-        let served = authgate::runtime::server::spawn_workers(
+        let served = authgate::runtime::workers::spawn_workers(
             listeners,
             live,
             tls,

@@ -2,6 +2,9 @@
 //! keep-alive and HTTP/2 rules, the redirect and admin listeners, reloads, placement and memory.
 
 pub mod admin;
+pub mod detect;
+pub mod handoff;
+pub mod http2;
 pub mod keepalive;
 pub mod live;
 pub mod memory;
@@ -9,3 +12,4 @@ pub mod placement;
 pub mod redirect;
 pub mod server;
 pub mod tls;
+pub mod workers;

@@ -22,7 +22,6 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,14 +31,18 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tokio::time::Instant;
 
 use crate::config::LimitsConfig;
 use crate::core::io::IdleTimeout;
 use crate::request::headers::ClientInfo;
-use crate::runtime::keepalive::{self, drained, BodyGuard, ConnState, InFlight};
+use crate::runtime::detect::first_bytes;
+use crate::runtime::detect::FirstBytes;
+use crate::runtime::handoff::Balance;
+use crate::runtime::handoff::Peers;
+use crate::runtime::http2::serve_auto;
+use crate::runtime::http2::IdleStreams;
+use crate::runtime::keepalive::{self, BodyGuard, ConnState, InFlight};
 use crate::runtime::live::Live;
-use crate::runtime::placement::Placement;
 use crate::runtime::tls::ClientStream;
 use crate::runtime::tls::TlsListener;
 
@@ -120,224 +123,13 @@ pub async fn serve_tls(
 }
 
 /// `max_connections` is one budget for the whole process, shared by every worker.
-fn connection_slots(live: &Live) -> Arc<Semaphore> {
+pub(crate) fn connection_slots(live: &Live) -> Arc<Semaphore> {
     Arc::new(Semaphore::new(
         live.gateway().server_limits().max_connections,
     ))
 }
 
-/// The serving threads started by `spawn_workers`.
-pub struct Workers {
-    threads: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl Workers {
-    /// Waits until every worker has drained its connections and stopped.
-    pub fn join(self) {
-        for thread in self.threads {
-            if thread.join().is_err() {
-                tracing::error!("a worker thread panicked");
-            }
-        }
-    }
-}
-
-/// Spreads connections over the workers by how many each serves. `SO_REUSEPORT` picks a worker
-/// by a hash of the peer's address and port, so the split of a few dozen connections varies from
-/// run to run, and the busier worker's clients get the longer tail latency (p99 at 32
-/// connections went from 0.89-1.71x HAProxy's to 0.81-0.97x with this); so the worker that accepted a connection hands it to the least loaded worker when
-/// that one serves fewer, as HAProxy's listeners do. A handoff costs one channel message per
-/// connection, never per request.
-struct Peers {
-    load: Box<[std::sync::atomic::AtomicUsize]>,
-    inboxes: Box<[tokio::sync::mpsc::UnboundedSender<Handoff>]>,
-}
-
-struct Balance {
-    me: usize,
-    peers: Arc<Peers>,
-    inbox: tokio::sync::mpsc::UnboundedReceiver<Handoff>,
-}
-
-struct Handoff {
-    stream: std::net::TcpStream,
-    peer: std::net::SocketAddr,
-    slot: tokio::sync::OwnedSemaphorePermit,
-}
-
-type Accepted = (
-    tokio::net::TcpStream,
-    std::net::SocketAddr,
-    tokio::sync::OwnedSemaphorePermit,
-);
-
-impl Peers {
-    /// One entry and one inbox per worker; none for a single worker.
-    #[allow(clippy::type_complexity)]
-    fn new(
-        workers: usize,
-    ) -> (
-        Option<Arc<Peers>>,
-        Vec<tokio::sync::mpsc::UnboundedReceiver<Handoff>>,
-    ) {
-        if workers < 2 {
-            return (None, Vec::new());
-        }
-        let (senders, receivers): (Vec<_>, Vec<_>) = (0..workers)
-            .map(|_| tokio::sync::mpsc::unbounded_channel())
-            .unzip();
-        let peers = Peers {
-            load: (0..workers).map(|_| Default::default()).collect(),
-            inboxes: senders.into(),
-        };
-        (Some(Arc::new(peers)), receivers)
-    }
-
-    /// Counts the connection against the worker that will serve it, and returns it if that is
-    /// `me`; otherwise it is on its way to that worker.
-    fn dispatch(
-        &self,
-        me: usize,
-        stream: tokio::net::TcpStream,
-        peer: std::net::SocketAddr,
-        slot: tokio::sync::OwnedSemaphorePermit,
-    ) -> Option<Accepted> {
-        use std::sync::atomic::Ordering::Relaxed;
-        let mine = self.load[me].load(Relaxed);
-        let (target, least) = self
-            .load
-            .iter()
-            .map(|load| load.load(Relaxed))
-            .enumerate()
-            .min_by_key(|&(_, load)| load)
-            .unwrap_or((me, mine));
-        // Ties stay here: a handoff only pays when another worker serves fewer.
-        if least >= mine {
-            self.load[me].fetch_add(1, Relaxed);
-            return Some((stream, peer, slot));
-        }
-        let Ok(stream) = stream.into_std() else {
-            return None; // could not detach it: the connection is dropped (closed)
-        };
-        self.load[target].fetch_add(1, Relaxed);
-        let handoff = Handoff { stream, peer, slot };
-        match self.inboxes[target].send(handoff) {
-            Ok(()) => None,
-            Err(returned) => {
-                // That worker has stopped: serve it here after all.
-                self.load[target].fetch_sub(1, Relaxed);
-                let Handoff { stream, peer, slot } = returned.0;
-                let stream = tokio::net::TcpStream::from_std(stream).ok()?;
-                self.load[me].fetch_add(1, Relaxed);
-                Some((stream, peer, slot))
-            }
-        }
-    }
-
-    fn done(&self, worker: usize) {
-        self.load[worker].fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// A worker that stopped accepting gets no more handoffs: its load goes out of reach.
-    fn stop(&self, worker: usize) {
-        self.load[worker].fetch_add(usize::MAX / 2, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
-/// Binds `workers` listening sockets to `address`, one per worker, in one `SO_REUSEPORT` group:
-/// the kernel spreads new connections over them by a hash of the peer's address and port. (One
-/// shared socket would let whichever worker wakes first accept a whole burst of connections and
-/// leave the others idle.) A plain bind is tried first, so that an address already in use, by
-/// another authgate too, is an error rather than a silently shared port.
-pub fn bind_workers(
-    address: std::net::SocketAddr,
-    workers: usize,
-) -> io::Result<Vec<std::net::TcpListener>> {
-    let address = std::net::TcpListener::bind(address)?.local_addr()?;
-    let mut listeners = Vec::with_capacity(workers.max(1));
-    for _ in 0..workers.max(1) {
-        let socket = socket2::Socket::new(
-            socket2::Domain::for_address(address),
-            socket2::Type::STREAM,
-            Some(socket2::Protocol::TCP),
-        )?;
-        socket.set_reuse_address(true)?;
-        #[cfg(unix)]
-        socket.set_reuse_port(true)?;
-        socket.set_nonblocking(true)?;
-        socket.bind(&address.into())?;
-        socket.listen(1024)?;
-        listeners.push(socket.into());
-    }
-    Ok(listeners)
-}
-
-/// Serves `listeners` (plain, or TLS when `tls` is set; from `bind_workers`) on one thread each,
-/// each thread with its own single-threaded runtime. When `stop` turns true every worker stops
-/// accepting and drains as `serve` does.
-///
-/// Runtimes and listener registrations are made here, before any thread starts, so that a
-/// failure is returned to the caller instead of killing a thread.
-pub fn spawn_workers(
-    listeners: Vec<std::net::TcpListener>,
-    live: Arc<Live>,
-    tls: Option<Arc<TlsListener>>,
-    stop: tokio::sync::watch::Receiver<bool>,
-    pin_workers: bool,
-) -> io::Result<Workers> {
-    let slots = connection_slots(&live);
-    let placement = Placement::plan(pin_workers, listeners.len());
-    let mut prepared = Vec::with_capacity(listeners.len());
-    for listener in listeners {
-        listener.set_nonblocking(true)?;
-        let mut builder = tokio::runtime::Builder::new_current_thread();
-        builder.enable_all();
-        if let Some(unbind) = placement.unbind_started_threads() {
-            builder.on_thread_start(unbind);
-        }
-        let runtime = builder.build()?;
-        let own = {
-            let _entered = runtime.enter();
-            TcpListener::from_std(listener)?
-        };
-        prepared.push((runtime, own));
-    }
-    let (peers, inboxes) = Peers::new(prepared.len());
-    let mut inboxes = inboxes.into_iter();
-    let mut threads = Vec::with_capacity(prepared.len());
-    for (index, (runtime, own)) in prepared.into_iter().enumerate() {
-        let live = live.clone();
-        let tls = tls.clone();
-        let slots = slots.clone();
-        let balance = match (&peers, inboxes.next()) {
-            (Some(peers), Some(inbox)) => Some(Balance {
-                me: index,
-                peers: peers.clone(),
-                inbox,
-            }),
-            _ => None,
-        };
-        let mut stop = stop.clone();
-        let cpu = placement.cpu_for(index);
-        let thread = std::thread::Builder::new()
-            .name(format!("authgate-worker-{index}"))
-            .spawn(move || {
-                if let Some(cpu) = cpu {
-                    Placement::bind_current_thread(index, cpu);
-                }
-                runtime.block_on(async move {
-                    let stopped = async move {
-                        let _ = stop.wait_for(|stop| *stop).await;
-                    };
-                    serve_with(own, live, tls, slots, balance, stopped).await
-                })
-            })?;
-        threads.push(thread);
-    }
-    Ok(Workers { threads })
-}
-
-async fn serve_with(
+pub(crate) async fn serve_with(
     listener: TcpListener,
     live: Arc<Live>,
     tls: Option<Arc<TlsListener>>,
@@ -613,185 +405,4 @@ enum Protocol {
 struct Builders {
     auto: auto::Builder<TokioExecutor>,
     http1: http1::Builder,
-}
-
-/// The HTTP/2 connection preface; a plain connection that starts with it speaks h2c.
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-enum FirstBytes {
-    Http1,
-    /// Starts like the h2 preface (or is too short to tell): hyper-util's auto builder decides.
-    MaybeHttp2,
-    /// Closed, idle too long, or the gateway is draining: nothing to serve.
-    None,
-}
-
-/// Waits (without a buffer) for a new plain connection's first bytes and peeks at them to choose
-/// the protocol. A client that sends nothing within `wait` is closed, as an idle keep-alive one is.
-async fn first_bytes(
-    stream: &tokio::net::TcpStream,
-    wait: Duration,
-    draining: &mut tokio::sync::watch::Receiver<bool>,
-) -> FirstBytes {
-    let mut head = [0u8; H2_PREFACE.len()];
-    let peeked = tokio::select! {
-        biased;
-        () = drained(draining) => return FirstBytes::None,
-        peeked = tokio::time::timeout(wait, stream.peek(&mut head)) => peeked,
-    };
-    match peeked {
-        Ok(Ok(0)) | Ok(Err(_)) | Err(_) => FirstBytes::None,
-        Ok(Ok(n)) if H2_PREFACE.starts_with(&head[..n]) => FirstBytes::MaybeHttp2,
-        Ok(Ok(_)) => FirstBytes::Http1,
-    }
-}
-
-/// The idle rule of a connection served by the auto builder (HTTP/2): idle means, for `limit`,
-/// no request waiting for its response head, none started or finished, and no response moving
-/// (a response the client's flow control holds shut is as good as idle). Bytes are no measure
-/// here: HTTP/2 PINGs (the gateway's own keep-alive, or a client's) would keep an unused or
-/// stalled connection, its connection slot and its backend connection, forever.
-struct IdleStreams {
-    state: Arc<ConnState>,
-    limit: Duration,
-}
-
-impl IdleStreams {
-    /// Resolves once the connection has been idle for `limit` (checked every quarter of it, so
-    /// it is closed between `limit` and 1.25 x `limit` after it last moved). A request waiting
-    /// for its response head counts as moving: `request_timeout` bounds that wait.
-    async fn elapsed(&self) {
-        let step = self.limit / 4;
-        let mut seen = self.state.activity();
-        let mut quiet_since = Instant::now();
-        loop {
-            tokio::time::sleep(step).await;
-            let now = self.state.activity();
-            if now.waiting || now != seen {
-                quiet_since = Instant::now();
-                seen = now;
-            } else if quiet_since.elapsed() >= self.limit {
-                return;
-            }
-        }
-    }
-}
-
-/// One connection through hyper-util's auto builder (HTTP/1.1 or HTTP/2, with upgrades), closed
-/// gracefully (GOAWAY for HTTP/2) when `draining` turns true or it has been idle too long.
-async fn serve_auto<I, S, B>(
-    builder: &auto::Builder<TokioExecutor>,
-    io: I,
-    service: S,
-    idle: IdleStreams,
-    draining: &mut tokio::sync::watch::Receiver<bool>,
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
-where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    S: hyper::service::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let connection = builder.serve_connection_with_upgrades(io, service);
-    tokio::pin!(connection);
-    tokio::select! {
-        outcome = connection.as_mut() => outcome,
-        () = drained(draining) => {
-            connection.as_mut().graceful_shutdown();
-            connection.await
-        }
-        () = idle.elapsed() => {
-            tracing::debug!(stalled = idle.state.responding(), "closing an idle HTTP/2 connection");
-            connection.as_mut().graceful_shutdown();
-            // Streams the client opened before it saw the GOAWAY are still served for as long as
-            // they move; once nothing has moved for `limit` again (a stalled response, a peer
-            // that stopped reading), the socket is dropped.
-            tokio::select! {
-                outcome = connection => outcome,
-                () = idle.elapsed() => Ok(()),
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::sync::atomic::Ordering::Relaxed;
-
-    use super::*;
-
-    async fn accepted(
-        listener: &TcpListener,
-        slots: &Arc<Semaphore>,
-    ) -> (
-        tokio::net::TcpStream,
-        std::net::SocketAddr,
-        tokio::sync::OwnedSemaphorePermit,
-        tokio::net::TcpStream,
-    ) {
-        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (stream, peer) = listener.accept().await.unwrap();
-        let slot = slots.clone().acquire_owned().await.unwrap();
-        (stream, peer, slot, client)
-    }
-
-    #[tokio::test]
-    async fn new_connections_go_to_the_least_loaded_worker() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let slots = Arc::new(Semaphore::new(10));
-        let (peers, mut inboxes) = Peers::new(2);
-        let peers = peers.expect("two workers balance");
-        peers.load[0].store(2, Relaxed);
-
-        // Worker 0 serves 2, worker 1 none: worker 1 gets it, with its slot.
-        let (stream, peer, slot, _client) = accepted(&listener, &slots).await;
-        assert!(peers.dispatch(0, stream, peer, slot).is_none());
-        let handoff = inboxes[1]
-            .try_recv()
-            .expect("worker 1 received the connection");
-        assert_eq!(handoff.peer, peer);
-        assert_eq!(slots.available_permits(), 9, "the slot travels with it");
-        assert_eq!(
-            (peers.load[0].load(Relaxed), peers.load[1].load(Relaxed)),
-            (2, 1)
-        );
-
-        // 2 against 1: worker 1 again. Then level (2, 2): worker 0 keeps its own.
-        let (stream, peer, slot, _client2) = accepted(&listener, &slots).await;
-        assert!(peers.dispatch(0, stream, peer, slot).is_none());
-        assert!(inboxes[1].try_recv().is_ok());
-        let (stream, peer, slot, _client3) = accepted(&listener, &slots).await;
-        let here = peers.dispatch(0, stream, peer, slot).expect("served here");
-        assert_eq!(here.1, peer);
-        assert_eq!(
-            (peers.load[0].load(Relaxed), peers.load[1].load(Relaxed)),
-            (3, 2)
-        );
-
-        // A stopped worker's share comes back to the sender.
-        drop(inboxes.pop());
-        peers.load[1].store(0, Relaxed);
-        let (stream, peer, slot, _client4) = accepted(&listener, &slots).await;
-        assert!(peers.dispatch(0, stream, peer, slot).is_some());
-        assert_eq!(
-            (peers.load[0].load(Relaxed), peers.load[1].load(Relaxed)),
-            (4, 0)
-        );
-        peers.done(0);
-        assert_eq!(peers.load[0].load(Relaxed), 3);
-    }
-
-    #[test]
-    fn a_single_worker_does_not_balance() {
-        let (peers, inboxes) = Peers::new(1);
-        assert!(peers.is_none() && inboxes.is_empty());
-    }
 }

@@ -218,6 +218,16 @@ fn check(files: &[SourceFile]) -> Findings {
                     number + 1,
                     reference.join("::")
                 );
+                // A path through a `lib.rs` re-export hides which layer it reaches.
+                if !top
+                    && !reference.is_empty()
+                    && target.is_empty()
+                    && LAYERS.iter().all(|l| *l != reference[0])
+                {
+                    findings.upward.push(format!(
+                        "{place} (not a layer's path: import it from the layer that defines it)"
+                    ));
+                }
                 if let (false, Some(own), Some(theirs)) = (top, own_layer, layer_of(&target)) {
                     if theirs > own {
                         findings.upward.push(format!(
@@ -361,10 +371,15 @@ fn the_checker_finds_upward_imports_and_cycles() {
         file("request/b.rs", "fn f() { super::a::g() }\n"),
         file("request/c.rs", "// use crate::proxy::x; in a comment\n"),
         file("proxy/x.rs", "use crate::request::a;\n"),
+        file(
+            "proxy/y.rs",
+            "use crate::upstream::h1; // a lib.rs re-export\n",
+        ),
     ];
     let findings = check(&files);
-    assert_eq!(findings.upward.len(), 1, "{:?}", findings.upward);
+    assert_eq!(findings.upward.len(), 2, "{:?}", findings.upward);
     assert!(findings.upward[0].starts_with("core/error.rs:1: request::auth::TokenError"));
+    assert!(findings.upward[1].contains("not a layer's path"));
     let request = &findings.edges[&vec!["request".to_string()]];
     let cycle = find_cycle(request).expect("a <-> b is a cycle");
     assert_eq!(cycle.len(), 2, "{cycle:?}");
