@@ -15,12 +15,8 @@ pub mod request;
 pub mod runtime;
 
 // The module paths from before the layers, for the tests, benches and fuzz targets.
-pub use crate::core::jose::mint as token;
-pub use crate::core::{error, identity_text, metrics, policy};
 pub use crate::demo as demo_backend;
-pub use crate::proxy::{body, pipeline, stream, upstream};
+pub use crate::proxy::{pipeline, upstream};
 pub use crate::request::authz::{json_scan, multipart};
-pub use crate::request::{
-    auth, authz, cors, forwarded, headers, method_override, ratelimit, routes, target,
-};
-pub use crate::runtime::{admin, keepalive, live, memory, placement, server, tls};
+pub use crate::request::{auth, authz, cors, headers, method_override, ratelimit, routes, target};
+pub use crate::runtime::{admin, keepalive, live, server, tls};

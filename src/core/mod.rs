@@ -2,14 +2,14 @@
 //! and their one mapping to HTTP, metrics, durations, IO wrappers, JOSE algorithms and keys,
 //! certificates and TLS configurations, claim policies.
 
-pub mod allowance;
-pub mod duration;
-pub mod error;
-pub mod identity_text;
-pub mod io;
-pub mod ipnet;
+pub(crate) mod allowance;
+pub(crate) mod duration;
+pub(crate) mod error;
+pub(crate) mod identity_text;
+pub(crate) mod io;
+pub(crate) mod ipnet;
 pub mod jose;
-pub mod metrics;
-pub mod policy;
+pub(crate) mod metrics;
+pub(crate) mod policy;
 pub mod tls;
-pub mod token_error;
+pub(crate) mod token_error;

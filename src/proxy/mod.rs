@@ -1,9 +1,9 @@
 //! The proxy: the pipeline that runs the request decisions in order, the request and response
 //! bodies, the WebSocket splice, the upstream clients, and the JWKS fetcher.
 
-pub mod body;
+pub(crate) mod body;
 pub mod jwks;
-pub mod lifetime;
+pub(crate) mod lifetime;
 pub mod pipeline;
-pub mod stream;
+pub(crate) mod stream;
 pub mod upstream;

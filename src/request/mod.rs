@@ -5,10 +5,10 @@
 pub mod auth;
 pub mod authz;
 pub mod cors;
-pub mod forwarded;
+pub(crate) mod forwarded;
 pub mod headers;
 pub mod method_override;
-pub mod names;
+pub(crate) mod names;
 pub mod ratelimit;
 pub mod routes;
 pub mod target;

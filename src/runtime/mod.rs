@@ -2,13 +2,13 @@
 //! keep-alive and HTTP/2 rules, the redirect and admin listeners, reloads, placement and memory.
 
 pub mod admin;
-pub mod detect;
-pub mod handoff;
-pub mod http2;
+pub(crate) mod detect;
+pub(crate) mod handoff;
+pub(crate) mod http2;
 pub mod keepalive;
 pub mod live;
 pub mod memory;
-pub mod placement;
+pub(crate) mod placement;
 pub mod redirect;
 pub mod server;
 pub mod tls;

@@ -6,8 +6,10 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::header::{HeaderValue, HOST, LOCATION};
 use http::{Request, Response, StatusCode};
+use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -15,16 +17,13 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::config::LimitsConfig;
+use crate::core::error::GatewayError;
 use crate::core::io::IdleTimeout;
-
-// ---------------------------------------------------------------------------------------------
-// The plain-HTTP redirect listener
-// ---------------------------------------------------------------------------------------------
 
 /// The `308 Permanent Redirect` a plain-HTTP request gets: same host, the HTTPS port (omitted when
 /// 443), same path and query. Nothing is forwarded. A missing or malformed `Host` gets 400: the
 /// Location is built only from a host that parses as an authority without user info.
-pub fn redirect_response<B>(request: &Request<B>, https_port: u16) -> Response<String> {
+pub fn redirect_response<B>(request: &Request<B>, https_port: u16) -> Response<Full<Bytes>> {
     let host = request
         .headers()
         .get(HOST)
@@ -32,17 +31,9 @@ pub fn redirect_response<B>(request: &Request<B>, https_port: u16) -> Response<S
         .map(str::to_string)
         .or_else(|| request.uri().authority().map(|a| a.as_str().to_string()));
     let authority = host.and_then(|host| host.parse::<http::uri::Authority>().ok());
+    let no_host = || GatewayError::BadRequest("a valid Host header is required").into_response();
     let Some(authority) = authority.filter(|a| !a.as_str().contains('@')) else {
-        let mut response = Response::new(
-            "{\"error\":\"bad_request\",\"message\":\"a valid Host header is required\"}"
-                .to_string(),
-        );
-        *response.status_mut() = StatusCode::BAD_REQUEST;
-        response.headers_mut().insert(
-            http::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        return response;
+        return no_host();
     };
     let host = authority.host();
     // An IPv6 literal keeps its brackets in `host()`.
@@ -54,14 +45,12 @@ pub fn redirect_response<B>(request: &Request<B>, https_port: u16) -> Response<S
         Some(path) if path.as_str().starts_with('/') => location.push_str(path.as_str()),
         _ => location.push('/'),
     }
-    let mut response = Response::new(String::new());
+    let Ok(location) = HeaderValue::from_str(&location) else {
+        return no_host();
+    };
+    let mut response = Response::new(Full::new(Bytes::new()));
     *response.status_mut() = StatusCode::PERMANENT_REDIRECT;
-    match HeaderValue::from_str(&location) {
-        Ok(value) => {
-            response.headers_mut().insert(LOCATION, value);
-        }
-        Err(_) => *response.status_mut() = StatusCode::BAD_REQUEST,
-    }
+    response.headers_mut().insert(LOCATION, location);
     response
 }
 

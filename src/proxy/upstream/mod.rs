@@ -38,7 +38,7 @@ use crate::proxy::body::{BodyTooLarge, RequestBody};
 use crate::request::authz::multipart::ScanRefusal;
 
 pub mod h1;
-pub mod tls;
+pub(crate) mod tls;
 
 type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 type Sender = http1::SendRequest<RequestBody>;

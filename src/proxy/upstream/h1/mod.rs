@@ -30,10 +30,10 @@ use http::{Method, Response, Version};
 use http_body::Body;
 use tokio::io::AsyncWrite;
 
-pub mod body;
-pub mod conn;
-pub mod framing;
-pub mod head;
+pub(crate) mod body;
+pub(crate) mod conn;
+pub(crate) mod framing;
+pub(crate) mod head;
 
 pub use body::{BodyError, LeanBody};
 pub use conn::{Conn, Io, MAX_HEAD_BYTES};
