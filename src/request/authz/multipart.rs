@@ -434,8 +434,13 @@ fn disposition_name(value: &str) -> Result<String, GatewayError> {
             return malformed("a Content-Disposition parameter is not a plain quoted string");
         };
         match key {
-            "name" if name.is_none() => name = Some(inner),
-            "filename" if !filename => filename = true,
+            // A `;` or `=` in a name is a parameter boundary to a parser that splits the header
+            // without minding quotes (`name="_method;"` is `_method` to it): field names never
+            // need either, so they are refused.
+            "name" if name.is_none() && !inner.contains([';', '=']) => name = Some(inner),
+            // Rack 2 takes the last `\s+name=` anywhere in the header line for the part's name,
+            // so `filename="x name=user_id;y"` names the part `user_id` to it.
+            "filename" if !filename && !names_a_part(inner) => filename = true,
             _ => {
                 return malformed(
                     "a Content-Disposition parameter is not name or filename, or repeats",
@@ -447,6 +452,18 @@ fn disposition_name(value: &str) -> Result<String, GatewayError> {
         Some(name) if !name.is_empty() && !name.contains("=?") => Ok(name.to_string()),
         _ => malformed("a multipart part needs a plain, non-empty name"),
     }
+}
+
+/// Whether a quoted value holds whitespace followed by `name=` (any case): a part name to a
+/// parser that finds `name=` anywhere in the Content-Disposition line.
+fn names_a_part(value: &str) -> bool {
+    let lower = value.to_ascii_lowercase();
+    lower.match_indices("name=").any(|(at, _)| {
+        lower[..at]
+            .chars()
+            .next_back()
+            .is_some_and(|before| before == ' ' || before == '\t')
+    })
 }
 
 /// Splits on `;` outside double quotes (a browser sends `filename="a;b.txt"` as it is).
@@ -620,8 +637,23 @@ mod tests {
             &format!("Content-Disposition: form-data; name=\"{}\"\r\nContent-Type: user_id", "a".repeat(1600)),
             "Content-Disposition: attachment; name=\"user_id\"",
             "Content-Type: text/plain",
+            // Found by the multipart_scan fuzz target: `_method;` is `_method` to a parser that
+            // splits on `;` without minding quotes.
+            "Content-Disposition: form-data; name=\"_method;\"",
+            "Content-Disposition: form-data; name=\"user_id;\"",
+            "Content-Disposition: form-data; name=\"a=b\"",
+            // Rack 2 finds the last `\s+name=` in the line.
+            "Content-Disposition: form-data; name=\"f\"; filename=\"x name=user_id;y\"",
+            "Content-Disposition: form-data; name=\"f\"; filename=\"x\tNAME=user_id\"",
         ] {
             assert!(refused(&body(&[(headers, "alice")])), "{headers:?}");
+        }
+        // Ordinary file names keep passing, `;` and `=` included.
+        for headers in [
+            "Content-Disposition: form-data; name=\"f\"; filename=\"a;b=c.txt\"",
+            "Content-Disposition: form-data; name=\"f\"; filename=\"rename=1.txt\"",
+        ] {
+            assert!(scan(&body(&[(headers, "x")])).is_ok(), "{headers:?}");
         }
     }
 
