@@ -29,7 +29,7 @@ impl LimitsConfig {
     /// How long an HTTP/1 connection may wait for its (next) request before it is closed: the
     /// header-read timeout runs from the moment a keep-alive connection goes idle, and no silence
     /// outlasts `idle_timeout`.
-    pub fn keepalive(&self) -> Duration {
+    pub(crate) fn keepalive(&self) -> Duration {
         self.header_read_timeout.min(self.idle_timeout)
     }
 }

@@ -68,7 +68,7 @@ pub struct Location {
 }
 
 impl Location {
-    pub fn error(&self, message: impl Into<String>) -> ConfigError {
+    pub(crate) fn error(&self, message: impl Into<String>) -> ConfigError {
         ConfigError {
             file: self.file.clone(),
             line: self.line,
@@ -142,7 +142,7 @@ impl Config {
     }
 
     /// Like `parse`, resolving relative paths in the config (`jwks_file`) against `base`.
-    pub fn parse_in(
+    pub(crate) fn parse_in(
         source: &str,
         file: &str,
         base: &Path,

@@ -7,7 +7,7 @@ use toml::Spanned;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawConfig {
+pub(crate) struct RawConfig {
     pub server: Option<RawServer>,
     pub upstream: Option<Spanned<RawUpstream>>,
     /// `[upstreams.NAME]` tables, for routes that name one.
@@ -25,7 +25,7 @@ pub struct RawConfig {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawServer {
+pub(crate) struct RawServer {
     pub listen: Option<Spanned<String>>,
     pub workers: Option<Spanned<i64>>,
     pub pin_workers: Option<Spanned<bool>>,
@@ -37,13 +37,13 @@ pub struct RawServer {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawAdmin {
+pub(crate) struct RawAdmin {
     pub listen: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawCors {
+pub(crate) struct RawCors {
     pub allow_origins: Spanned<Vec<Spanned<String>>>,
     pub allow_headers: Option<Vec<Spanned<String>>>,
     pub expose_headers: Option<Vec<Spanned<String>>>,
@@ -53,14 +53,14 @@ pub struct RawCors {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawLog {
+pub(crate) struct RawLog {
     pub format: Option<Spanned<String>>,
     pub access: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawLimits {
+pub(crate) struct RawLimits {
     pub header_read_timeout: Option<Spanned<String>>,
     pub idle_timeout: Option<Spanned<String>>,
     pub request_timeout: Option<Spanned<String>>,
@@ -73,7 +73,7 @@ pub struct RawLimits {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawRateLimit {
+pub(crate) struct RawRateLimit {
     pub per_user: Option<Spanned<String>>,
     pub burst: Option<Spanned<i64>>,
     pub per_ip: Option<Spanned<String>>,
@@ -87,7 +87,7 @@ pub struct RawRateLimit {
 /// A route's `rate_limit = { ... }` override.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawRouteRateLimit {
+pub(crate) struct RawRouteRateLimit {
     pub per_user: Option<Spanned<String>>,
     pub burst: Option<Spanned<i64>>,
     pub per_ip: Option<Spanned<String>>,
@@ -96,7 +96,7 @@ pub struct RawRouteRateLimit {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawUpstream {
+pub(crate) struct RawUpstream {
     pub url: Spanned<String>,
     pub timeout: Option<Spanned<String>>,
     pub connect_timeout: Option<Spanned<String>>,
@@ -109,7 +109,7 @@ pub struct RawUpstream {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawAuth {
+pub(crate) struct RawAuth {
     /// Either the issuer URL of the single-issuer form, or `[[auth.issuer]]` tables.
     pub issuer: Option<Spanned<IssuerField>>,
     pub audience: Option<Spanned<String>>,
@@ -132,7 +132,7 @@ pub struct RawAuth {
 /// One `[[auth.issuer]]` table: the same key-source keys as the single-issuer `[auth]` form.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawIssuer {
+pub(crate) struct RawIssuer {
     pub issuer: Option<Spanned<String>>,
     pub audience: Option<Spanned<String>>,
     pub algorithms: Option<Spanned<Vec<Spanned<String>>>>,
@@ -146,7 +146,7 @@ pub struct RawIssuer {
 }
 
 #[derive(Debug)]
-pub enum IssuerField {
+pub(crate) enum IssuerField {
     Url(String),
     Tables(Vec<Spanned<RawIssuer>>),
 }
@@ -181,7 +181,7 @@ impl<'de> serde::Deserialize<'de> for IssuerField {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawRoute {
+pub(crate) struct RawRoute {
     pub path: Spanned<String>,
     pub methods: Option<Spanned<Vec<Spanned<String>>>>,
     pub auth: Option<Spanned<String>>,
@@ -205,7 +205,7 @@ pub struct RawRoute {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawServerTls {
+pub(crate) struct RawServerTls {
     pub cert: Spanned<String>,
     pub key: Spanned<String>,
     pub hsts: Option<Spanned<String>>,
@@ -216,7 +216,7 @@ pub struct RawServerTls {
 /// One `[[server.tls.sni]]` table as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawSni {
+pub(crate) struct RawSni {
     pub name: Spanned<String>,
     pub cert: Spanned<String>,
     pub key: Spanned<String>,

@@ -78,7 +78,7 @@ pub struct RouteConfig {
 }
 
 /// Methods a route may list. CONNECT and TRACE are never proxied.
-pub const SUPPORTED_METHODS: [Method; 7] = [
+pub(crate) const SUPPORTED_METHODS: [Method; 7] = [
     Method::GET,
     Method::HEAD,
     Method::POST,

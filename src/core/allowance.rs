@@ -17,7 +17,7 @@ pub struct Allowance {
 }
 
 impl Allowance {
-    pub fn write_headers(&self, headers: &mut HeaderMap) {
+    pub(crate) fn write_headers(&self, headers: &mut HeaderMap) {
         headers.insert(RATELIMIT_LIMIT.clone(), HeaderValue::from(self.limit));
         headers.insert(
             RATELIMIT_REMAINING.clone(),

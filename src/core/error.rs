@@ -71,7 +71,7 @@ pub enum GatewayError {
 }
 
 impl GatewayError {
-    pub fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         match self {
             GatewayError::BadTarget(_) | GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
             GatewayError::NoRoute => StatusCode::NOT_FOUND,
@@ -94,7 +94,7 @@ impl GatewayError {
     }
 
     /// Short machine-readable code: the `error` field of the body, and the refusal reason in logs.
-    pub fn code(&self) -> &'static str {
+    pub(crate) fn code(&self) -> &'static str {
         match self {
             GatewayError::BadTarget(_) => "bad_target",
             GatewayError::BadRequest(_) => "bad_request",
@@ -118,7 +118,7 @@ impl GatewayError {
         }
     }
 
-    pub fn message(&self) -> &str {
+    pub(crate) fn message(&self) -> &str {
         match self {
             GatewayError::BadTarget(why) | GatewayError::BadRequest(why) => why,
             GatewayError::NoRoute => "no route matches this path",
@@ -147,7 +147,7 @@ impl GatewayError {
     }
 
     /// Renders the refusal. This is the only place a refusal becomes bytes on the wire.
-    pub fn into_response<B: From<Bytes>>(self) -> Response<B> {
+    pub(crate) fn into_response<B: From<Bytes>>(self) -> Response<B> {
         let body = json_body(self.code(), self.message());
         let mut response = Response::new(B::from(body));
         *response.status_mut() = self.status();
@@ -193,7 +193,7 @@ impl GatewayError {
 }
 
 /// `{"error": code, "message": message}`; both are static ASCII chosen by us, escaped anyway.
-pub fn json_body(code: &str, message: &str) -> Bytes {
+pub(crate) fn json_body(code: &str, message: &str) -> Bytes {
     let body = serde_json::json!({ "error": code, "message": message });
     Bytes::from(body.to_string())
 }

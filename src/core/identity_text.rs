@@ -16,7 +16,7 @@
 /// backend takes the first or last element, so `alice,bob` is bob to some of them. `;` starts
 /// parameters for parsers that read the value as a parameterised field (`value; k=v`), which
 /// keep only what precedes it. Neither appears in the ids Better Auth or any common issuer mints.
-pub fn is_plain_user_id(user_id: &str) -> bool {
+pub(crate) fn is_plain_user_id(user_id: &str) -> bool {
     !user_id.is_empty()
         && user_id
             .bytes()
@@ -27,7 +27,7 @@ pub fn is_plain_user_id(user_id: &str) -> bool {
 /// joins with `,`) reaches the backend unchanged in a claim header: the user id rule, except that
 /// a single space may stand between visible characters, since a parser keeps inner spaces (a
 /// display name like `Ada Lovelace` survives) and only trims the ends.
-pub fn is_plain_claim_value(value: &str) -> bool {
+pub(crate) fn is_plain_claim_value(value: &str) -> bool {
     let bytes = value.as_bytes();
     !bytes.is_empty()
         && bytes[0] != b' '

@@ -25,23 +25,23 @@ pub struct IdleTimeout<T> {
 }
 
 impl<T> IdleTimeout<T> {
-    pub fn get_ref(&self) -> &T {
+    pub(crate) fn get_ref(&self) -> &T {
         &self.inner
     }
 
     /// When bytes last moved either way.
-    pub fn last_activity(&self) -> Instant {
+    pub(crate) fn last_activity(&self) -> Instant {
         self.last_activity
     }
 
     /// How many bytes have been read from the inner IO.
-    pub fn bytes_in(&self) -> u64 {
+    pub(crate) fn bytes_in(&self) -> u64 {
         self.bytes_in
     }
 
     /// Makes sure the task is woken by `deadline` (the idle timer fires early; firing early
     /// only re-arms it).
-    pub fn wake_by(&mut self, deadline: Instant, cx: &mut Context<'_>) {
+    pub(crate) fn wake_by(&mut self, deadline: Instant, cx: &mut Context<'_>) {
         if self.timer.deadline() > deadline {
             self.timer.as_mut().reset(deadline);
             let _ = self.timer.as_mut().poll(cx);

@@ -12,7 +12,7 @@ pub struct IpNet {
 }
 
 impl IpNet {
-    pub fn contains(&self, ip: IpAddr) -> bool {
+    pub(crate) fn contains(&self, ip: IpAddr) -> bool {
         let ip = canonical(ip);
         match (self.network, ip) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {

@@ -166,7 +166,7 @@ impl Metrics {
         out
     }
 
-    pub fn record_request(
+    pub(crate) fn record_request(
         &self,
         route: &'static str,
         method: &http::Method,
@@ -183,11 +183,11 @@ impl Metrics {
         self.request_duration.observe(took.as_secs_f64());
     }
 
-    pub fn record_refusal(&self, reason: &'static str) {
+    pub(crate) fn record_refusal(&self, reason: &'static str) {
         self.refusals.get_or_create(&ReasonLabels { reason }).inc();
     }
 
-    pub fn record_jwks_fetch(&self, url: &str, ok: bool) {
+    pub(crate) fn record_jwks_fetch(&self, url: &str, ok: bool) {
         self.jwks_fetches
             .get_or_create(&JwksLabels {
                 url: url.to_string(),
@@ -196,7 +196,7 @@ impl Metrics {
             .inc();
     }
 
-    pub fn record_reload(&self, ok: bool) {
+    pub(crate) fn record_reload(&self, ok: bool) {
         self.config_reloads
             .get_or_create(&OutcomeLabels {
                 outcome: if ok { "ok" } else { "failed" },

@@ -30,7 +30,7 @@ pub struct ClaimCondition {
 }
 
 impl ClaimCondition {
-    pub fn holds(&self, claims: &Map<String, Value>) -> bool {
+    pub(crate) fn holds(&self, claims: &Map<String, Value>) -> bool {
         let Some(value) = lookup(claims, &self.path) else {
             return false;
         };
@@ -48,7 +48,7 @@ impl ClaimCondition {
 }
 
 /// The first condition that does not hold, if any.
-pub fn first_unmet<'c>(
+pub(crate) fn first_unmet<'c>(
     conditions: &'c [ClaimCondition],
     claims: &Map<String, Value>,
 ) -> Option<&'c ClaimCondition> {
@@ -56,7 +56,7 @@ pub fn first_unmet<'c>(
 }
 
 /// True when every condition holds (and there is at least one).
-pub fn all_hold(conditions: &[ClaimCondition], claims: &Map<String, Value>) -> bool {
+pub(crate) fn all_hold(conditions: &[ClaimCondition], claims: &Map<String, Value>) -> bool {
     !conditions.is_empty() && first_unmet(conditions, claims).is_none()
 }
 
@@ -90,7 +90,7 @@ impl ClaimHeader {
     /// element) that a backend's header parser would not read back unchanged (see
     /// `identity_text::is_plain_claim_value`): it is omitted and logged, never sent trimmed or
     /// split differently from what the gateway checked.
-    pub fn value(&self, claims: &Map<String, Value>) -> Option<HeaderValue> {
+    pub(crate) fn value(&self, claims: &Map<String, Value>) -> Option<HeaderValue> {
         let parts: Vec<String> = match lookup(claims, &self.path)? {
             Value::Array(items) => items.iter().map(scalar_text).collect::<Option<_>>()?,
             other => vec![scalar_text(other)?],

@@ -35,7 +35,7 @@ pub fn provider() -> Arc<CryptoProvider> {
 }
 
 /// ALPN protocols offered to clients, in server preference order.
-pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
+pub(crate) const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 
 // ---------------------------------------------------------------------------------------------
 // Loading certificates and keys
@@ -76,7 +76,7 @@ fn pem_error(path: &Path, what: &str, err: pem::Error) -> String {
 
 /// Reads every certificate of a PEM file, in order. Other PEM blocks (a key in the same file)
 /// are skipped; no certificate at all is an error.
-pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+pub(crate) fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let certs = CertificateDer::pem_file_iter(path)
         .map_err(|err| pem_error(path, "certificate", err))?
         .collect::<Result<Vec<_>, _>>()
@@ -200,7 +200,7 @@ pub struct ServerTlsConfig {
 impl ServerTlsConfig {
     /// Whether two configs differ in what needs a restart (paths, names, HSTS). Certificate
     /// contents are not compared: they reload on their own.
-    pub fn same_settings(&self, other: &ServerTlsConfig) -> bool {
+    pub(crate) fn same_settings(&self, other: &ServerTlsConfig) -> bool {
         let same =
             |a: &CertSource, b: &CertSource| a.name == b.name && a.cert == b.cert && a.key == b.key;
         self.hsts == other.hsts
@@ -231,7 +231,7 @@ impl fmt::Debug for UpstreamTls {
 }
 
 /// How the upstream's certificate is verified.
-pub enum UpstreamTrust {
+pub(crate) enum UpstreamTrust {
     /// The built-in Mozilla root set (webpki-roots).
     WebPkiRoots,
     /// Only the CAs in this file.
@@ -241,7 +241,7 @@ pub enum UpstreamTrust {
 }
 
 /// Builds the client side TLS config for the upstream. `client` is the mTLS identity.
-pub fn upstream_client_config(
+pub(crate) fn upstream_client_config(
     trust: &UpstreamTrust,
     client: Option<LoadedCert>,
 ) -> Result<ClientConfig, String> {
@@ -281,7 +281,7 @@ pub fn upstream_client_config(
 
 /// The TLS config of the connector of an `http://` upstream: never used, but the connector type
 /// needs one. It trusts nothing.
-pub fn unused_client_config() -> ClientConfig {
+pub(crate) fn unused_client_config() -> ClientConfig {
     match ClientConfig::builder_with_provider(provider()).with_protocol_versions(&[&TLS12, &TLS13])
     {
         Ok(builder) => builder

@@ -57,7 +57,7 @@ pub enum InvalidClaim {
 }
 
 impl InvalidClaim {
-    pub fn description(self) -> &'static str {
+    pub(crate) fn description(self) -> &'static str {
         match self {
             InvalidClaim::UserId => {
                 "the user id claim must be visible ASCII without spaces, commas or semicolons"
@@ -77,7 +77,7 @@ impl From<InvalidClaim> for TokenError {
 }
 
 impl TokenError {
-    pub fn description(self) -> &'static str {
+    pub(crate) fn description(self) -> &'static str {
         match self {
             TokenError::Missing => "no bearer token",
             TokenError::MultipleAuthorization => "more than one Authorization header",

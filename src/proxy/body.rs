@@ -18,7 +18,7 @@ use crate::request::headers::TrailerPolicy;
 
 /// A check of a body's fields as it streams: each frame is scanned before it is forwarded, and
 /// only what the scan cleared goes.
-pub enum BodyScan {
+pub(crate) enum BodyScan {
     /// Owner fields (and `_method`) in a `multipart/form-data` body (src/multipart.rs).
     Multipart(OwnerScan),
     /// `_method` in a JSON body (src/json_scan.rs).
@@ -45,11 +45,11 @@ impl BodyScan {
 /// The body went past `max_body_bytes`; found in the upstream error's source chain, becomes 413.
 #[derive(Debug, thiserror::Error)]
 #[error("the request body is larger than the configured limit")]
-pub struct BodyTooLarge;
+pub(crate) struct BodyTooLarge;
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-pub struct RequestBody {
+pub(crate) struct RequestBody {
     inner: Option<Incoming>,
     remaining: u64,
     /// Applied to trailers: the same names are dropped as from headers.
@@ -67,7 +67,7 @@ pub struct RequestBody {
 }
 
 impl RequestBody {
-    pub fn limited(
+    pub(crate) fn limited(
         inner: Incoming,
         limit: u64,
         trailers: TrailerPolicy,
@@ -86,13 +86,13 @@ impl RequestBody {
     }
 
     /// Checks the body's fields as it streams.
-    pub fn with_owner_scan(mut self, scan: BodyScan) -> RequestBody {
+    pub(crate) fn with_owner_scan(mut self, scan: BodyScan) -> RequestBody {
         self.owner_scan = Some(scan);
         self
     }
 
     /// No body: what a retried GET/HEAD carries.
-    pub fn empty() -> RequestBody {
+    pub(crate) fn empty() -> RequestBody {
         RequestBody {
             inner: None,
             remaining: 0,
@@ -106,7 +106,7 @@ impl RequestBody {
     }
 
     /// The exact bytes received, already checked.
-    pub fn buffered(bytes: Bytes) -> RequestBody {
+    pub(crate) fn buffered(bytes: Bytes) -> RequestBody {
         RequestBody {
             inner: None,
             remaining: 0,
@@ -141,7 +141,7 @@ fn inner_ended(inner: &Option<Incoming>) -> bool {
 
 /// Reads a whole body, refusing more than `max` bytes (413) without holding more than that, and
 /// tells `guard` the body was read to its end.
-pub async fn read_to_limit(
+pub(crate) async fn read_to_limit(
     body: Incoming,
     max: usize,
     guard: Option<BodyGuard>,

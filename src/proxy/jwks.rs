@@ -95,24 +95,24 @@ impl RemoteJwks {
     }
 
     /// True when a new config asks for exactly this source, so a reload can keep it (and its keys).
-    pub fn same_settings(&self, url: &Uri, issuer: &IssuerConfig) -> bool {
+    pub(crate) fn same_settings(&self, url: &Uri, issuer: &IssuerConfig) -> bool {
         self.url == *url
             && self.timeout == issuer.jwks_timeout
             && self.refresh == issuer.jwks_refresh
             && self.cooldown == issuer.jwks_cooldown
     }
 
-    pub fn generation(&self) -> u64 {
+    pub(crate) fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
     }
 
-    pub fn url(&self) -> &Uri {
+    pub(crate) fn url(&self) -> &Uri {
         &self.url
     }
 
     /// Starts the background refresh. The task holds only a weak reference: it ends by itself once
     /// no gateway uses this source any more (after a reload that dropped it, or at shutdown).
-    pub fn spawn_refresher(self: &Arc<Self>, runtime: &tokio::runtime::Handle) {
+    pub(crate) fn spawn_refresher(self: &Arc<Self>, runtime: &tokio::runtime::Handle) {
         let weak = Arc::downgrade(self);
         runtime.spawn(refresh_while_used(weak));
     }
@@ -124,7 +124,7 @@ impl RemoteJwks {
 
     /// Refetches unless a fetch was attempted within the cooldown; concurrent callers share one
     /// fetch. Returns the set in force afterwards.
-    pub async fn refetch_throttled(&self) -> Option<Arc<KeySet>> {
+    pub(crate) async fn refetch_throttled(&self) -> Option<Arc<KeySet>> {
         let seen = self.attempts.load(Ordering::Acquire);
         let _guard = self.fetch_lock.lock().await;
         if self.attempts.load(Ordering::Acquire) != seen {

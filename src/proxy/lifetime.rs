@@ -67,7 +67,7 @@ impl ConnState {
     }
 
     /// A snapshot for the HTTP/2 idle rule (src/server.rs, `IdleStreams`).
-    pub fn activity(&self) -> Activity {
+    pub(crate) fn activity(&self) -> Activity {
         Activity {
             waiting: self.requests.load(Ordering::Relaxed)
                 > self.responding.load(Ordering::Relaxed),
@@ -77,7 +77,7 @@ impl ConnState {
     }
 
     /// Whether responses are still being sent (their bodies not all handed to hyper).
-    pub fn responding(&self) -> bool {
+    pub(crate) fn responding(&self) -> bool {
         self.responding.load(Ordering::Relaxed) > 0
     }
 
@@ -95,7 +95,7 @@ impl ConnState {
 pub struct InFlight(Arc<ConnState>);
 
 impl InFlight {
-    pub fn start(state: &Arc<ConnState>) -> InFlight {
+    pub(crate) fn start(state: &Arc<ConnState>) -> InFlight {
         state.in_flight.fetch_add(1, Ordering::Relaxed);
         state.requests.fetch_add(1, Ordering::Relaxed);
         // hyper parses a request head only once the previous body has been read to its end.
@@ -106,7 +106,7 @@ impl InFlight {
 
 impl InFlight {
     /// Whether this request's body was dropped before its end: a refusal never reads it.
-    pub fn body_abandoned(&self) -> bool {
+    pub(crate) fn body_abandoned(&self) -> bool {
         self.0.unfinished_body.load(Ordering::Relaxed)
     }
 }
@@ -129,7 +129,7 @@ pub struct BodyGuard {
 }
 
 impl BodyGuard {
-    pub fn start(state: &Arc<ConnState>) -> BodyGuard {
+    pub(crate) fn start(state: &Arc<ConnState>) -> BodyGuard {
         state.in_flight.fetch_add(1, Ordering::Relaxed);
         BodyGuard {
             state: state.clone(),
@@ -138,7 +138,7 @@ impl BodyGuard {
     }
 
     /// A frame of the body was read.
-    pub fn moved(&self) {
+    pub(crate) fn moved(&self) {
         self.state.progress.fetch_add(1, Ordering::Relaxed);
     }
 

@@ -36,9 +36,9 @@ use crate::request::routes::RouteTable;
 use crate::request::target;
 
 /// What the gateway answers with: the backend's streamed body, or our own small JSON refusal.
-pub type ResponseBody = Either<UpstreamBody, Full<Bytes>>;
+pub(crate) type ResponseBody = Either<UpstreamBody, Full<Bytes>>;
 
-pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Everything compiled from one config: the hot path only looks things up in here. A reload builds
 /// a new `Gateway` and swaps it in; requests in flight keep the one they started with.
@@ -88,13 +88,8 @@ impl Gateway {
     }
 
     /// Connection-level limits, for the server.
-    pub fn server_limits(&self) -> &LimitsConfig {
+    pub(crate) fn server_limits(&self) -> &LimitsConfig {
         &self.server_limits
-    }
-
-    /// The rate limiters, for metrics and memory checks.
-    pub fn limits(&self) -> &RateLimits {
-        &self.limits
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -107,7 +102,7 @@ impl Gateway {
 
     /// Builds a gateway that reports into `metrics`. With `previous`, remote JWKS sources whose
     /// settings did not change are carried over, keys and all, so a reload never answers 503.
-    pub fn with_metrics(
+    pub(crate) fn with_metrics(
         config: &Config,
         metrics: Arc<Metrics>,
         previous: Option<&Gateway>,
@@ -143,7 +138,7 @@ impl Gateway {
         })
     }
 
-    pub async fn handle(
+    pub(crate) async fn handle(
         &self,
         mut request: Request<Incoming>,
         client: &ClientInfo,

@@ -46,7 +46,7 @@ fn clean_trailers(trailers: &mut HeaderMap) {
 /// trailers are cleaned, and a route's `stream_timeout` ends the body when it expires. Once the
 /// body has ended, its connection goes back to the pool (src/upstream/): a hyper body's through
 /// its `Lease`, a lean body's by itself.
-pub struct UpstreamBody {
+pub(crate) struct UpstreamBody {
     inner: Source,
     deadline: Option<Pin<Box<Sleep>>>,
 }
@@ -54,7 +54,7 @@ pub struct UpstreamBody {
 /// The body ran past its route's `stream_timeout`.
 #[derive(Debug, thiserror::Error)]
 #[error("the response stream exceeded the route's stream_timeout")]
-pub struct StreamTimedOut;
+pub(crate) struct StreamTimedOut;
 
 impl UpstreamBody {
     pub fn new(inner: Source, stream_timeout: Option<Duration>) -> UpstreamBody {
@@ -158,7 +158,7 @@ impl Body for UpstreamBody {
 }
 
 /// `Upgrade: websocket` with `Connection: upgrade` (RFC 6455 section 4.1).
-pub fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
+pub(crate) fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
     let has_token = |name, token: &str| {
         headers.get_all(name).iter().any(|value| {
             value
@@ -175,16 +175,16 @@ pub fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
 
 /// Whether the request was marked as a WebSocket handshake before the header rewrite; the
 /// pipeline records it in the extensions because the rewrite removes the upgrade headers.
-pub fn is_websocket_upgrade_requested(extensions: &http::Extensions) -> bool {
+pub(crate) fn is_websocket_upgrade_requested(extensions: &http::Extensions) -> bool {
     extensions.get::<WebSocketRequested>().is_some()
 }
 
 /// Marker put in the request extensions when the client asked for a WebSocket upgrade.
 #[derive(Clone, Copy, Debug)]
-pub struct WebSocketRequested;
+pub(crate) struct WebSocketRequested;
 
 /// The upgrade headers the backend needs, put back after the hop-by-hop strip.
-pub fn request_upgrade_headers(headers: &mut HeaderMap) {
+pub(crate) fn request_upgrade_headers(headers: &mut HeaderMap) {
     headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
     headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
 }
@@ -192,7 +192,7 @@ pub fn request_upgrade_headers(headers: &mut HeaderMap) {
 /// Splices the client and backend connections once both upgrades complete, within the route's
 /// limits: `idle` with no bytes either way, `max_lifetime` in total, and the token's expiry when
 /// `close_on_expiry` is set (`expires_in`).
-pub fn splice(
+pub(crate) fn splice(
     client: OnUpgrade,
     backend: OnUpgrade,
     limits: WebSocketConfig,

@@ -84,7 +84,10 @@ impl Cors {
     /// The method a CORS preflight asks about, when `method` and `headers` make one: `OPTIONS`
     /// with an `Origin` and an `Access-Control-Request-Method`. A requested method that is not a
     /// method token is a bad request.
-    pub fn preflight(method: &Method, headers: &HeaderMap) -> Option<Result<Method, GatewayError>> {
+    pub(crate) fn preflight(
+        method: &Method,
+        headers: &HeaderMap,
+    ) -> Option<Result<Method, GatewayError>> {
         if method != Method::OPTIONS || !headers.contains_key(ORIGIN) {
             return None;
         }
@@ -98,7 +101,7 @@ impl Cors {
 
     /// 204 for an allowed origin's preflight of `method` on a route that takes it (`label` adds
     /// the origin).
-    pub fn preflight_response(&self, method: &Method) -> Response<Full<Bytes>> {
+    pub(crate) fn preflight_response(&self, method: &Method) -> Response<Full<Bytes>> {
         let mut response = Response::new(Full::new(Bytes::new()));
         *response.status_mut() = StatusCode::NO_CONTENT;
         let headers = response.headers_mut();
@@ -113,7 +116,7 @@ impl Cors {
     }
 
     /// Drops every `Access-Control-*` field a backend response carries: the labels are ours.
-    pub fn strip_backend_labels(headers: &mut HeaderMap) {
+    pub(crate) fn strip_backend_labels(headers: &mut HeaderMap) {
         let from_backend: Vec<HeaderName> = headers
             .keys()
             .filter(|name| name.as_str().starts_with("access-control-"))
@@ -126,7 +129,7 @@ impl Cors {
 
     /// Labels a response for `origin` (from `allowed_origin`; `None` when there was no allowed
     /// one): every answer, forwarded, refused or a preflight's, gets this once.
-    pub fn label(&self, origin: Option<HeaderValue>, headers: &mut HeaderMap) {
+    pub(crate) fn label(&self, origin: Option<HeaderValue>, headers: &mut HeaderMap) {
         let origin = match (&self.origins, origin) {
             // Any origin: the same label on every answer, so a shared cache may hand any of them
             // to any page.

@@ -13,12 +13,12 @@ use http::header::{HeaderMap, HeaderValue};
 pub use crate::core::ipnet::IpNet;
 
 #[derive(Debug, Clone, Default)]
-pub struct TrustedProxies {
+pub(crate) struct TrustedProxies {
     nets: Vec<IpNet>,
 }
 
 /// The client as the gateway decided it, and the `X-Forwarded-For` value to send on.
-pub struct ClientAddress {
+pub(crate) struct ClientAddress {
     pub ip: IpAddr,
     pub forwarded_for: HeaderValue,
 }
@@ -28,13 +28,13 @@ impl TrustedProxies {
         TrustedProxies { nets }
     }
 
-    pub fn is_trusted(&self, ip: IpAddr) -> bool {
+    pub(crate) fn is_trusted(&self, ip: IpAddr) -> bool {
         self.nets.iter().any(|net| net.contains(ip))
     }
 
     /// Decides the client address. `peer_value` is the peer IP as a header value, computed once per
     /// connection; for an untrusted peer (the common case) nothing is allocated.
-    pub fn client(
+    pub(crate) fn client(
         &self,
         peer: IpAddr,
         peer_value: &HeaderValue,

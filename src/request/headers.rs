@@ -272,7 +272,7 @@ impl HeaderPolicy {
     }
 
     /// Removes hop-by-hop headers from an upstream response before it goes to the client.
-    pub fn rewrite_response(&self, headers: &mut HeaderMap) {
+    pub(crate) fn rewrite_response(&self, headers: &mut HeaderMap) {
         // One pass over the (few) response names against the parsed constants; only what is
         // there gets removed, and nothing is parsed unless `Connection` nominates a name.
         let mut present = 0u16;
@@ -308,7 +308,7 @@ impl HeaderPolicy {
     }
 
     /// The same rule, for the trailers of the request body.
-    pub fn trailer_policy(&self) -> TrailerPolicy {
+    pub(crate) fn trailer_policy(&self) -> TrailerPolicy {
         self.dropped.clone()
     }
 
@@ -340,18 +340,18 @@ impl HeaderPolicy {
 
 /// The names a client may not send, as headers or as trailers. Cheap to clone (shared).
 #[derive(Debug, Clone)]
-pub struct TrailerPolicy(std::sync::Arc<[Box<[u8]>]>);
+pub(crate) struct TrailerPolicy(std::sync::Arc<[Box<[u8]>]>);
 
 impl TrailerPolicy {
     /// True for names with `_`, and for names that normalize to a dropped one.
-    pub fn drops(&self, name: &[u8]) -> bool {
+    pub(crate) fn drops(&self, name: &[u8]) -> bool {
         name.contains(&b'_') || self.0.iter().any(|dropped| normalized_eq(name, dropped))
     }
 
     /// Whether a trailer field of this name is dropped: the names dropped from headers, and what
     /// RFC 9110 (6.5.1) keeps out of trailers, since a backend that merges trailers into headers
     /// would otherwise get a second Authorization, Content-Type or Content-Length.
-    pub fn drops_trailer(&self, name: &[u8]) -> bool {
+    pub(crate) fn drops_trailer(&self, name: &[u8]) -> bool {
         self.drops(name)
             || name.len() >= 3 && name[..3].eq_ignore_ascii_case(b"if-")
             || NOT_IN_TRAILERS
@@ -360,7 +360,7 @@ impl TrailerPolicy {
     }
 
     /// Removes the dropped names from a trailer section.
-    pub fn clean(&self, trailers: &mut HeaderMap) {
+    pub(crate) fn clean(&self, trailers: &mut HeaderMap) {
         let dropped: Vec<HeaderName> = trailers
             .keys()
             .filter(|name| self.drops_trailer(name.as_str().as_bytes()))

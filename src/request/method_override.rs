@@ -35,11 +35,11 @@ const OVERRIDE_HEADERS: [(&str, &str); 3] = [
 ];
 
 /// The query parameter and body field (Rails, Laravel, Symfony, Express).
-pub const OVERRIDE_FIELD: &str = "_method";
+pub(crate) const OVERRIDE_FIELD: &str = "_method";
 
 /// Where an override was found, for the 405's message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Place {
+pub(crate) enum Place {
     Query,
     Body,
 }
@@ -89,14 +89,14 @@ impl<'r> MethodGuard<'r> {
     /// Whether this request's body must be looked into for `_method`: every framework above
     /// honours a body override only on a POST, and only a route that refuses some method can be
     /// bypassed by one.
-    pub fn watches_body(&self, method: &Method) -> bool {
+    pub(crate) fn watches_body(&self, method: &Method) -> bool {
         method == Method::POST && !self.allowed.is_all()
     }
 
     /// Checks the override headers (any method: stricter than the frameworks, and cheap), and
     /// strips them unless the route opts in. Each comma-separated element counts: Express takes
     /// the first, other code the last.
-    pub fn check_headers(&self, headers: &mut HeaderMap) -> Result<(), GatewayError> {
+    pub(crate) fn check_headers(&self, headers: &mut HeaderMap) -> Result<(), GatewayError> {
         let mut found: Vec<HeaderName> = Vec::new();
         for (name, value) in headers.iter() {
             let Some((_, shown)) = OVERRIDE_HEADERS.iter().find(|(normalized, _)| {
@@ -123,7 +123,7 @@ impl<'r> MethodGuard<'r> {
 
     /// Checks one field of a query or body: `_method` must name an allowed method, and a name
     /// a lenient parser reads as `_method` is refused. Other names pass.
-    pub fn check_field(
+    pub(crate) fn check_field(
         &self,
         name: &str,
         value: Option<&[u8]>,
@@ -152,7 +152,7 @@ impl<'r> MethodGuard<'r> {
 
     /// Whether an override value names a method this route allows. Frameworks upper-case it and
     /// trim it; so does this. An empty value overrides nothing.
-    pub fn allows(&self, value: &[u8]) -> bool {
+    pub(crate) fn allows(&self, value: &[u8]) -> bool {
         let value = value.trim_ascii();
         if value.is_empty() {
             return true;

@@ -40,7 +40,7 @@ pub fn fold_eq(a: &str, b: &str) -> bool {
     fold_eq_by(a, b, |c| c)
 }
 
-pub fn fold_eq_by(a: &str, b: &str, also: impl Fn(char) -> char) -> bool {
+pub(crate) fn fold_eq_by(a: &str, b: &str, also: impl Fn(char) -> char) -> bool {
     let fold = |c: char| fold_char(also(c));
     if a.is_ascii() && b.is_ascii() {
         // The common case, without Unicode tables. `also` only ever maps ASCII to ASCII.
@@ -49,7 +49,7 @@ pub fn fold_eq_by(a: &str, b: &str, also: impl Fn(char) -> char) -> bool {
     a.chars().map(fold).eq(b.chars().map(fold))
 }
 
-pub fn fold_char(c: char) -> char {
+pub(crate) fn fold_char(c: char) -> char {
     if c.is_ascii() {
         return c.to_ascii_lowercase();
     }
@@ -65,6 +65,6 @@ pub fn fold_char(c: char) -> char {
 }
 
 /// An RFC 9110 tchar.
-pub fn is_tchar(byte: u8) -> bool {
+pub(crate) fn is_tchar(byte: u8) -> bool {
     byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte)
 }

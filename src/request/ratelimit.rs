@@ -186,7 +186,7 @@ impl RateLimits {
     }
 
     /// Counts a request by an authenticated user against its route's (or the global) quota.
-    pub fn check_user(
+    pub(crate) fn check_user(
         &self,
         route: usize,
         user: &String,
@@ -207,7 +207,7 @@ impl RateLimits {
 
     /// The brute-force guard: an IP that used up its failed-authentication quota gets 429 before any
     /// token is parsed or verified, so guessing costs it nothing but time, and us nothing at all.
-    pub fn auth_guard(&self, ip: IpAddr) -> Result<(), GatewayError> {
+    pub(crate) fn auth_guard(&self, ip: IpAddr) -> Result<(), GatewayError> {
         if self.limiters.auth_failures.is_none() {
             return Ok(());
         }
@@ -234,7 +234,7 @@ impl RateLimits {
     /// Records a failed authentication from `ip`. When that leaves its bucket empty, the IP is
     /// blocked until the next cell is due, so exactly `burst` failures are let through, not
     /// `burst + 1`.
-    pub fn record_auth_failure(&self, ip: IpAddr) {
+    pub(crate) fn record_auth_failure(&self, ip: IpAddr) {
         let Some(limiter) = &self.limiters.auth_failures else {
             return;
         };

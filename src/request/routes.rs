@@ -19,7 +19,7 @@ use crate::core::policy::{ClaimCondition, ClaimHeader};
 /// A route pattern as a `'static` label. Each distinct pattern is kept once for the life of the
 /// process (a reload reuses what it finds), so this grows only with the distinct patterns ever
 /// configured, not with reloads or requests.
-pub fn intern_label(pattern: &str) -> &'static str {
+pub(crate) fn intern_label(pattern: &str) -> &'static str {
     static LABELS: std::sync::Mutex<std::collections::BTreeSet<&'static str>> =
         std::sync::Mutex::new(std::collections::BTreeSet::new());
     let mut labels = LABELS

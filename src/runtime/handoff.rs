@@ -34,7 +34,7 @@ pub(crate) type Accepted = (
 impl Peers {
     /// One entry and one inbox per worker; none for a single worker.
     #[allow(clippy::type_complexity)]
-    pub(crate) fn new(
+    pub fn new(
         workers: usize,
     ) -> (
         Option<Arc<Peers>>,

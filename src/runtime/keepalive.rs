@@ -57,7 +57,7 @@ use crate::runtime::tls::ClientStream;
 
 /// A client connection as the keep-alive loop holds it: plain or TLS (HTTP/1.1 by ALPN), the
 /// idle timer under either.
-pub type Stream = ClientStream<IdleTimeout<TcpStream>>;
+pub(crate) type Stream = ClientStream<IdleTimeout<TcpStream>>;
 
 pub use crate::proxy::lifetime::{track, Activity, BodyGuard, ConnState, InFlight, TrackedBody};
 
@@ -69,7 +69,7 @@ pub const PARK_AFTER: Duration = Duration::from_millis(50);
 
 /// The IO hyper reads from and writes to on a parkable connection: first the bytes left over from
 /// the previous hyper connection, then the socket; end-of-stream when the connection is quiet.
-pub struct Parkable {
+pub(crate) struct Parkable {
     inner: Stream,
     leftover: Bytes,
     state: Arc<ConnState>,
@@ -96,11 +96,11 @@ impl Parkable {
     }
 
     /// Whether this IO told hyper end-of-stream because the connection went quiet.
-    pub fn parked(&self) -> bool {
+    pub(crate) fn parked(&self) -> bool {
         self.parked
     }
 
-    pub fn into_inner(self) -> Stream {
+    pub(crate) fn into_inner(self) -> Stream {
         self.inner
     }
 
@@ -328,6 +328,6 @@ where
 
 /// Resolves once `draining` is true. The watch guard is dropped here, before the caller's handler
 /// runs (it must not be held across an await: it is not `Send`).
-pub async fn drained(draining: &mut watch::Receiver<bool>) {
+pub(crate) async fn drained(draining: &mut watch::Receiver<bool>) {
     let _ = draining.wait_for(|drain| *drain).await;
 }

@@ -43,7 +43,7 @@ impl Live {
     }
 
     /// Swaps in a gateway built from `config`, keeping what can be kept (JWKS sources and keys).
-    pub fn apply(&self, config: &Config) -> Result<(), ConfigError> {
+    pub(crate) fn apply(&self, config: &Config) -> Result<(), ConfigError> {
         for setting in restart_only_changes(&self.started_with, config) {
             tracing::warn!(
                 setting,
@@ -141,7 +141,7 @@ pub async fn watch(live: Arc<Live>, path: PathBuf, poll: Duration) {
 
 /// Calls `changed` on SIGHUP, and whenever any of `files` changes modification time or size
 /// (checked every `poll`). Shared by the config and the certificate reloads. Runs until dropped.
-pub async fn watch_files(files: Vec<PathBuf>, poll: Duration, mut changed: impl FnMut()) {
+pub(crate) async fn watch_files(files: Vec<PathBuf>, poll: Duration, mut changed: impl FnMut()) {
     let stamp = |files: &[PathBuf]| -> Vec<Option<(SystemTime, u64)>> {
         files
             .iter()

@@ -22,18 +22,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// How often the free memory held by malloc is looked at.
-pub const CHECK_EVERY: Duration = Duration::from_secs(2);
+pub(crate) const CHECK_EVERY: Duration = Duration::from_secs(2);
 /// New free memory, in bytes, worth a trim.
-pub const TRIM_AFTER_GROWTH: usize = 8 << 20;
+pub(crate) const TRIM_AFTER_GROWTH: usize = 8 << 20;
 /// Closed connections that make a burst worth a look at malloc.
-pub const BURST: u64 = 256;
+pub(crate) const BURST: u64 = 256;
 /// Fewer closes than this in one `CHECK_EVERY`: the burst is over.
-pub const QUIET: u64 = 64;
+pub(crate) const QUIET: u64 = 64;
 
 static CLOSED: AtomicU64 = AtomicU64::new(0);
 
 /// Counts a client connection that has ended (src/server.rs).
-pub fn connection_closed() {
+pub(crate) fn connection_closed() {
     CLOSED.fetch_add(1, Ordering::Relaxed);
 }
 
@@ -78,16 +78,16 @@ pub async fn run() {
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[allow(unsafe_code)]
 mod imp {
-    pub const SUPPORTED: bool = true;
+    pub(crate) const SUPPORTED: bool = true;
 
     /// Bytes malloc holds free: in its bins and at the top of each arena.
-    pub fn free_bytes() -> usize {
+    pub(crate) fn free_bytes() -> usize {
         // SAFETY: mallinfo2 takes no arguments and returns a plain struct by value. glibc has it
         // since 2.33; the binary needs 2.34 anyway (Rust's std), so it narrows nothing.
         unsafe { libc::mallinfo2() }.fordblks
     }
 
-    pub fn trim() {
+    pub(crate) fn trim() {
         // SAFETY: malloc_trim takes a byte count (0: keep no slack at the top) and only gives free
         // pages back; it is thread-safe (each arena is walked under its lock).
         unsafe {
@@ -98,11 +98,11 @@ mod imp {
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 mod imp {
-    pub const SUPPORTED: bool = false;
+    pub(crate) const SUPPORTED: bool = false;
 
-    pub fn free_bytes() -> usize {
+    pub(crate) fn free_bytes() -> usize {
         0
     }
 
-    pub fn trim() {}
+    pub(crate) fn trim() {}
 }

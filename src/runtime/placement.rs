@@ -20,7 +20,7 @@ use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
 use nix::unistd::Pid;
 
 /// The plan for the worker threads, made once at start-up.
-pub struct Placement {
+pub(crate) struct Placement {
     /// The process's affinity mask when workers are bound, for the threads they start.
     mask: Option<CpuSet>,
     /// Worker `i` runs on `cpus[i]`; empty when the workers are not bound.
@@ -29,7 +29,7 @@ pub struct Placement {
 
 impl Placement {
     /// Decides whether `workers` threads are bound, and to which CPUs; logs the decision.
-    pub fn plan(pin_workers: bool, workers: usize) -> Placement {
+    pub(crate) fn plan(pin_workers: bool, workers: usize) -> Placement {
         let unbound = Placement {
             mask: None,
             cpus: Vec::new(),
@@ -67,12 +67,12 @@ impl Placement {
     }
 
     /// The CPU worker `index` is bound to, if any.
-    pub fn cpu_for(&self, index: usize) -> Option<usize> {
+    pub(crate) fn cpu_for(&self, index: usize) -> Option<usize> {
         self.cpus.get(index).copied()
     }
 
     /// Binds the calling thread to `cpu`; on failure it stays unbound, with a warning.
-    pub fn bind_current_thread(index: usize, cpu: usize) {
+    pub(crate) fn bind_current_thread(index: usize, cpu: usize) {
         let mut only = CpuSet::new();
         let bound = only
             .set(cpu)
@@ -84,7 +84,7 @@ impl Placement {
 
     /// For a bound worker's runtime (`on_thread_start`): gives each thread it starts the whole
     /// process mask back instead of the worker's one CPU.
-    pub fn unbind_started_threads(&self) -> Option<impl Fn() + Send + Sync + 'static> {
+    pub(crate) fn unbind_started_threads(&self) -> Option<impl Fn() + Send + Sync + 'static> {
         let mask = self.mask?;
         Some(move || {
             let _ = sched_setaffinity(Pid::from_raw(0), &mask);

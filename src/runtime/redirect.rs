@@ -23,7 +23,7 @@ use crate::core::io::IdleTimeout;
 /// The `308 Permanent Redirect` a plain-HTTP request gets: same host, the HTTPS port (omitted when
 /// 443), same path and query. Nothing is forwarded. A missing or malformed `Host` gets 400: the
 /// Location is built only from a host that parses as an authority without user info.
-pub fn redirect_response<B>(request: &Request<B>, https_port: u16) -> Response<Full<Bytes>> {
+pub(crate) fn redirect_response<B>(request: &Request<B>, https_port: u16) -> Response<Full<Bytes>> {
     let host = request
         .headers()
         .get(HOST)

@@ -96,7 +96,7 @@ impl CertStore {
     }
 
     /// The files watched for changes.
-    pub fn files(&self) -> Vec<PathBuf> {
+    pub(crate) fn files(&self) -> Vec<PathBuf> {
         self.sources
             .iter()
             .flat_map(|(_, cert, key)| [cert.clone(), key.clone()])
@@ -153,11 +153,6 @@ impl CertStore {
         }
     }
 
-    /// Reloads that loaded every certificate.
-    pub fn reload_count(&self) -> u64 {
-        self.reloads.load(Ordering::Relaxed)
-    }
-
     /// Reloads in which at least one certificate was refused (and kept its previous one).
     pub fn failure_count(&self) -> u64 {
         self.failures.load(Ordering::Relaxed)
@@ -165,7 +160,7 @@ impl CertStore {
 
     /// The certificate for an SNI name: exact match, then a `*.` wildcard for the first label,
     /// then the default.
-    pub fn select(&self, server_name: Option<&str>) -> Arc<CertifiedKey> {
+    pub(crate) fn select(&self, server_name: Option<&str>) -> Arc<CertifiedKey> {
         let current = self.current.load();
         server_name
             .and_then(|name| {
@@ -272,7 +267,7 @@ pub enum ClientStream<S> {
 
 impl<S> ClientStream<S> {
     /// Whether ALPN chose HTTP/2 in the TLS handshake.
-    pub fn negotiated_h2(&self) -> bool {
+    pub(crate) fn negotiated_h2(&self) -> bool {
         match self {
             ClientStream::Plain(_) => false,
             ClientStream::Tls(tls) => tls.get_ref().1.alpn_protocol() == Some(b"h2"),
@@ -280,14 +275,14 @@ impl<S> ClientStream<S> {
     }
 
     /// The transport under TLS, if any: what a parked connection waits on (src/keepalive.rs).
-    pub fn transport(&self) -> &S {
+    pub(crate) fn transport(&self) -> &S {
         match self {
             ClientStream::Plain(stream) => stream,
             ClientStream::Tls(tls) => tls.get_ref().0,
         }
     }
 
-    pub fn transport_mut(&mut self) -> &mut S {
+    pub(crate) fn transport_mut(&mut self) -> &mut S {
         match self {
             ClientStream::Plain(stream) => stream,
             ClientStream::Tls(tls) => tls.get_mut().0,
@@ -299,7 +294,7 @@ impl<S> ClientStream<S> {
 /// within `timeout` (a client that stalls it would otherwise hold a connection slot forever).
 /// `None` when the handshake failed or timed out (logged at debug: scanners and old clients do
 /// this all day).
-pub async fn accept<S>(
+pub(crate) async fn accept<S>(
     tls: Option<&TlsListener>,
     stream: S,
     timeout: Duration,
@@ -327,7 +322,7 @@ where
 }
 
 /// Adds the configured `Strict-Transport-Security` (TLS listeners only), replacing the backend's.
-pub fn add_hsts<B>(response: &mut Response<B>, hsts: Option<HeaderValue>) {
+pub(crate) fn add_hsts<B>(response: &mut Response<B>, hsts: Option<HeaderValue>) {
     if let Some(hsts) = hsts {
         response
             .headers_mut()

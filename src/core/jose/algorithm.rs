@@ -25,7 +25,7 @@ pub enum JwsAlgorithm {
 impl JwsAlgorithm {
     /// Maps a JOSE `alg` name; `none` and anything unknown map to nothing. Case-sensitive, as
     /// RFC 7515 requires.
-    pub fn from_name(name: &str) -> Option<JwsAlgorithm> {
+    pub(crate) fn from_name(name: &str) -> Option<JwsAlgorithm> {
         use JwsAlgorithm::*;
         Some(match name {
             "HS256" => HS256,
@@ -45,7 +45,7 @@ impl JwsAlgorithm {
         })
     }
 
-    pub fn is_hmac(self) -> bool {
+    pub(crate) fn is_hmac(self) -> bool {
         matches!(
             self,
             JwsAlgorithm::HS256 | JwsAlgorithm::HS384 | JwsAlgorithm::HS512

@@ -137,7 +137,7 @@ impl KeySet {
         self.keys.len()
     }
 
-    pub fn fingerprint(&self) -> u64 {
+    pub(crate) fn fingerprint(&self) -> u64 {
         self.fingerprint
     }
 
@@ -150,7 +150,7 @@ impl KeySet {
 
     /// The key for a token's `kid` and algorithm. Without a `kid`, a key is chosen only when it is
     /// the only one that could verify the algorithm.
-    pub fn find(&self, kid: Option<&str>, algorithm: JwsAlgorithm) -> Lookup<'_> {
+    pub(crate) fn find(&self, kid: Option<&str>, algorithm: JwsAlgorithm) -> Lookup<'_> {
         let mut candidates = self
             .keys
             .iter()

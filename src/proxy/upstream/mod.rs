@@ -49,7 +49,7 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Idle connections kept per thread; more are closed.
 const POOL_MAX_IDLE: usize = 1024;
 
-pub struct Upstream {
+pub(crate) struct Upstream {
     connector: Connector,
     /// `scheme://authority/`, what the connector dials.
     address: Uri,
@@ -67,7 +67,7 @@ pub struct Upstream {
 }
 
 /// A backend response body, from whichever client carried it.
-pub enum Source {
+pub(crate) enum Source {
     Hyper {
         body: Incoming,
         lease: Option<Lease>,
@@ -77,7 +77,7 @@ pub enum Source {
 
 impl Source {
     /// The body without its connection's lease: for a connection that now carries a WebSocket.
-    pub fn detached(self) -> Source {
+    pub(crate) fn detached(self) -> Source {
         match self {
             Source::Hyper { body, .. } => Source::Hyper { body, lease: None },
             Source::Lean(mut body) => {
@@ -91,7 +91,7 @@ impl Source {
 /// Idle connections, per thread: the lean client's (src/upstream/h1.rs, every request but
 /// WebSocket upgrades) and hyper's (upgrades answered with something other than 101).
 #[derive(Default)]
-pub struct Pools {
+pub(crate) struct Pools {
     per_thread: ThreadLocal<RefCell<ThreadPools>>,
 }
 
@@ -214,20 +214,20 @@ impl Pools {
         self.local().borrow_mut().lean.checkout(now)
     }
 
-    pub fn put_lean(&self, conn: h1::Conn, now: Instant) {
+    pub(crate) fn put_lean(&self, conn: h1::Conn, now: Instant) {
         self.local().borrow_mut().lean.put(conn, now);
     }
 }
 
 /// The connection a response came on. Released to the pool once the response body has ended;
 /// dropped otherwise (hyper then closes the connection, whose framing is unknown).
-pub struct Lease {
+pub(crate) struct Lease {
     sender: Sender,
     pools: Arc<Pools>,
 }
 
 impl Lease {
-    pub fn release(self) {
+    pub(crate) fn release(self) {
         self.pools.put(self.sender);
     }
 }
@@ -302,7 +302,7 @@ impl Upstream {
     ///
     /// Everything but WebSocket upgrades takes the lean path (src/upstream/h1.rs); upgrades go
     /// through hyper's client.
-    pub fn forward(
+    pub(crate) fn forward(
         &self,
         mut parts: Parts,
         body: RequestBody,

@@ -8,7 +8,7 @@ use crate::core::tls::{unused_client_config, UpstreamTls};
 
 /// The connector of the upstream client: plain TCP for `http://`, TLS for `https://` (never
 /// falling back to plain for an https upstream).
-pub fn upstream_connector(
+pub(crate) fn upstream_connector(
     mut http: HttpConnector,
     tls: Option<&UpstreamTls>,
 ) -> hyper_rustls::HttpsConnector<HttpConnector> {

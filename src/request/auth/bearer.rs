@@ -57,7 +57,7 @@ pub fn bearer_bytes(headers: &HeaderMap) -> Result<&[u8], TokenError> {
 }
 
 /// The token as text, if every byte is a base64url character or a dot.
-pub fn token_text(token: &[u8]) -> Result<&str, TokenError> {
+pub(crate) fn token_text(token: &[u8]) -> Result<&str, TokenError> {
     if !token.iter().all(|&b| TOKEN_BYTE[usize::from(b)]) {
         return Err(TokenError::Malformed);
     }

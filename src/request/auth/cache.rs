@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use super::Identity;
 
 /// Longer tokens are verified every time rather than cached, which caps the cache's memory.
-pub const MAX_CACHED_TOKEN: usize = 4096;
+pub(crate) const MAX_CACHED_TOKEN: usize = 4096;
 const SHARDS: usize = 16;
 /// Entries each thread keeps in front of the shared cache (direct-mapped).
 const LOCAL_SLOTS: usize = 64;
@@ -42,7 +42,7 @@ struct Entry {
 
 type Shard = HashMap<u64, Entry, BuildHasherDefault<PassThroughHasher>>;
 
-pub struct TokenCache {
+pub(crate) struct TokenCache {
     shards: Box<[Mutex<Shard>]>,
     per_shard: usize,
     hasher: RandomState,
@@ -99,7 +99,7 @@ impl TokenCache {
 
     /// The identity a token was verified as, if it is cached and still usable. `token` is the raw
     /// header bytes: only verified tokens are ever cached, so a hit needs no other check.
-    pub fn get(&self, token: &[u8], now: u64, generation: u64) -> Option<Arc<Identity>> {
+    pub(crate) fn get(&self, token: &[u8], now: u64, generation: u64) -> Option<Arc<Identity>> {
         if self.per_shard == 0 {
             return None;
         }
@@ -151,7 +151,13 @@ impl TokenCache {
         own
     }
 
-    pub fn insert(&self, token: &[u8], identity: Arc<Identity>, expires_at: u64, generation: u64) {
+    pub(crate) fn insert(
+        &self,
+        token: &[u8],
+        identity: Arc<Identity>,
+        expires_at: u64,
+        generation: u64,
+    ) {
         if self.per_shard == 0 || token.len() > MAX_CACHED_TOKEN {
             return;
         }

@@ -189,7 +189,7 @@ impl Authenticator {
 
     /// Builds the authenticator for a config, `remote` giving each issuer its remote key source
     /// (for a `jwks_url`).
-    pub fn with_sources(
+    pub(crate) fn with_sources(
         auth: &AuthConfig,
         mut remote: impl FnMut(&IssuerConfig) -> Option<Arc<dyn RemoteKeys>>,
     ) -> Authenticator {
@@ -246,7 +246,11 @@ impl Authenticator {
 
     /// `verify` for the raw bytes of a bearer token: a cached token is recognised before its
     /// characters are checked (only verified tokens are cached); any other is checked first.
-    pub async fn verify_bearer(&self, raw: &[u8], now: u64) -> Result<Arc<Identity>, VerifyError> {
+    pub(crate) async fn verify_bearer(
+        &self,
+        raw: &[u8],
+        now: u64,
+    ) -> Result<Arc<Identity>, VerifyError> {
         let generation = self.generation();
         if let Some(identity) = self.cache.get(raw, now, generation) {
             return Ok(identity);

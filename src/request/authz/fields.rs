@@ -17,7 +17,7 @@ pub struct FieldRules<'a> {
 }
 
 impl FieldRules<'_> {
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.owner_names.is_empty() && self.methods.is_none()
     }
 

@@ -46,7 +46,7 @@ fn malformed<T>(why: &'static str) -> Result<T, GatewayError> {
 
 /// The boundary of a `multipart/form-data` body: `None` for any other type. A multipart type
 /// the backends could read with another boundary is 415 (400 for two Content-Type fields).
-pub fn boundary(headers: &HeaderMap) -> Result<Option<Vec<u8>>, GatewayError> {
+pub(crate) fn boundary(headers: &HeaderMap) -> Result<Option<Vec<u8>>, GatewayError> {
     if !super::media_type::content_type_mentions(headers, b"multipart") {
         return Ok(None);
     }

@@ -25,7 +25,7 @@ pub struct LeanBody {
 }
 
 impl LeanBody {
-    pub(crate) fn finish(&mut self) {
+    pub fn finish(&mut self) {
         self.framing = Framing::Done;
         if let Some(mut conn) = self.conn.take() {
             if self.keep_alive && conn.buffer.is_empty() && conn.has_nothing_buffered() {
@@ -40,7 +40,7 @@ impl LeanBody {
     }
 
     /// Drops the connection: the body will not be read to its end.
-    pub fn forfeit(&mut self) {
+    pub(crate) fn forfeit(&mut self) {
         self.framing = Framing::Done;
         self.conn = None;
     }

@@ -44,7 +44,7 @@ impl Conn {
     /// Whether an idle connection can take a request: nothing has arrived on its socket since
     /// its last response (no EOF, no reset, no stray bytes). Costs a syscall only when the reactor
     /// saw the socket become readable.
-    pub fn is_reusable(&self) -> bool {
+    pub(crate) fn is_reusable(&self) -> bool {
         if !self.buffer.is_empty() {
             return false;
         }
@@ -65,7 +65,7 @@ impl Conn {
     /// For TLS, what the socket check cannot see: plaintext the TLS layer already decrypted and
     /// holds, or a close_notify. Reads with a no-op waker: anything but `Pending` means the
     /// connection has something it should not, or has ended.
-    pub fn has_nothing_buffered(&mut self) -> bool {
+    pub(crate) fn has_nothing_buffered(&mut self) -> bool {
         match &mut self.stream {
             Either::Left(_) => true,
             Either::Right(tls) => {

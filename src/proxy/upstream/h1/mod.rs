@@ -51,7 +51,7 @@ use crate::proxy::upstream::h1::head::Head;
 /// has answered.
 const UPLOAD_LINGER: std::time::Duration = std::time::Duration::from_secs(60);
 /// Why an exchange failed.
-pub enum ExchangeError {
+pub(crate) enum ExchangeError {
     /// Not a byte of the request was written: it may go on another connection, whatever it is,
     /// with its body (untouched) given back.
     Unsent(Option<Box<Upload>>),
@@ -66,7 +66,7 @@ pub enum ExchangeError {
 
 /// How the request body is delimited on the wire to the backend.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub enum RequestFraming {
+pub(crate) enum RequestFraming {
     /// No body.
     Empty,
     Length(u64),
@@ -76,7 +76,7 @@ pub enum RequestFraming {
 impl RequestFraming {
     /// From the body's size: exact sizes (a client's `Content-Length`, a buffered body) keep
     /// their length; streams of unknown size are chunked.
-    pub fn of(body: &RequestBody) -> RequestFraming {
+    pub(crate) fn of(body: &RequestBody) -> RequestFraming {
         if body.is_end_stream() {
             return RequestFraming::Empty;
         }
@@ -91,7 +91,7 @@ impl RequestFraming {
 /// framing. Framing fields the client sent are not copied, so this is the only framing the backend
 /// sees. A body-less request whose method normally carries a body gets `Content-Length: 0`, so the
 /// backend does not wait for one.
-pub fn encode_request(
+pub(crate) fn encode_request(
     method: &Method,
     target: &str,
     headers: &HeaderMap,
@@ -138,7 +138,7 @@ pub fn encode_request(
 }
 
 /// The request body on its way to the backend, framed as the head said.
-pub struct Upload {
+pub(crate) struct Upload {
     body: RequestBody,
     chunked: bool,
     /// With `Content-Length` framing, the bytes still owed: a body that runs over or stops short
@@ -300,7 +300,7 @@ impl Upload {
 /// and returns once the final response head is in. The response body is left on the connection,
 /// for [`LeanBody`] to read. If the backend answered before the body was all sent, the rest is
 /// read from the client and dropped (`Upload::discard_rest`), and the connection is not reused.
-pub async fn exchange(
+pub(crate) async fn exchange(
     mut conn: Conn,
     head: &[u8],
     mut upload: Option<Box<Upload>>,
