@@ -263,6 +263,7 @@ impl Gateway {
             // the headers are stripped here unless the route opts in.
             let methods = MethodGuard::new(route, matched.allow);
             methods.check_headers(&mut parts.headers)?;
+            crate::request::headers::refuse_body_metadata_lookalikes(&parts.headers)?;
             if stream::is_websocket_upgrade(&parts.headers) {
                 if route.websocket.is_none() {
                     return Err(GatewayError::BadRequest(
@@ -320,6 +321,19 @@ impl Gateway {
             methods: methods.watches_body(&parts.method).then_some(methods),
         };
         let scan_fields = has_body && !fields.is_empty();
+        // Which of two Content-Types a backend takes is anyone's guess (joined, first, last).
+        if scan_fields
+            && parts
+                .headers
+                .get_all(http::header::CONTENT_TYPE)
+                .iter()
+                .nth(1)
+                .is_some()
+        {
+            return Err(GatewayError::BadRequest(
+                "more than one Content-Type header",
+            ));
+        }
         let form = scan_fields
             .then(|| authz::form_body(&parts.method, &parts.headers))
             .flatten();
@@ -372,6 +386,7 @@ impl Gateway {
                 .with_owner_scan(BodyScan::Multipart(scan))
         } else if let (true, Some(methods)) = (json_override, fields.methods) {
             // Laravel reads a JSON body's `_method`: scanned as it streams (src/json_scan.rs).
+            authz::check_scanned_json_type(&parts.headers)?;
             let scan = JsonMethodScan::new(methods.to_owned_guard());
             RequestBody::limited(body, max_body, self.headers.trailer_policy(), body_guard)
                 .with_owner_scan(BodyScan::Json(scan))

@@ -54,6 +54,34 @@ const NOT_IN_TRAILERS: &[&str] = &[
     "x-method-override",
 ];
 
+/// Names whose punctuation-folded look-alikes are refused (400): a PHP backend reads
+/// `Content.Type` as `HTTP_CONTENT_TYPE`, which Symfony takes for the body's type when there is
+/// no real one, so the gateway and the backend would read the body as different kinds.
+const BODY_METADATA: [&str; 4] = [
+    "content-type",
+    "content-length",
+    "content-encoding",
+    "transfer-encoding",
+];
+
+/// Refuses a header whose name folds (every character but a letter or digit read as `-`) to a
+/// body metadata name without being that name (`Content.Type`, `content_length`). Runs before any
+/// body decision.
+pub fn refuse_body_metadata_lookalikes(headers: &HeaderMap) -> Result<(), GatewayError> {
+    for name in headers.keys() {
+        let name = name.as_str().as_bytes();
+        if BODY_METADATA
+            .iter()
+            .any(|metadata| normalized_eq(name, metadata.as_bytes()) && name != metadata.as_bytes())
+        {
+            return Err(GatewayError::BadRequest(
+                "a header name could be read as Content-Type, Content-Length, Content-Encoding or Transfer-Encoding",
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Names a client's `Connection` may not nominate (400): dropping them on the way would change
 /// what the gateway checked (the credentials, the type and framing of a body it read for owner
 /// fields) or lose what it added (the request id).

@@ -717,3 +717,106 @@ async fn max_lifetime_is_configurable() {
     assert_eq!(send_with(now + 901).await, 401);
     assert_eq!(backend.count(), 1);
 }
+
+// Found by a second review: ways to make a lenient backend read the body as another kind than
+// the one the gateway checked.
+
+#[tokio::test]
+async fn body_type_look_alikes_empty_types_and_transformed_json_are_refused() {
+    let (backend, gateway) = gateway().await;
+    let auth = bearer(&token_for("alice"));
+    let bom_json = b"\xef\xbb\xbf{\"_method\":\"DELETE\"}";
+    let cases: Vec<Case> = vec![
+        // PHP reads `Content.Type` as HTTP_CONTENT_TYPE, which Symfony takes for the type.
+        (
+            "PUT",
+            "/api/alice/notes",
+            vec![("Content.Type", "application/x-www-form-urlencoded")],
+            b"user_id=bob",
+            400,
+        ),
+        (
+            "POST",
+            "/posts",
+            vec![("content~type", "application/json")],
+            br#"{"_method":"DELETE"}"#,
+            400,
+        ),
+        (
+            "POST",
+            "/posts",
+            vec![("Content.Length", "4")],
+            b"abcd",
+            400,
+        ),
+        // Rack reads an empty Content-Type as none, and a POST body then as a form.
+        (
+            "POST",
+            "/posts",
+            vec![("Content-Type", "")],
+            b"_method=DELETE&user_id=bob",
+            405,
+        ),
+        (
+            "POST",
+            "/api/alice/tasks",
+            vec![("Content-Type", " ")],
+            b"title=x&user_id=bob",
+            403,
+        ),
+        // body-parser inflates, transcodes and strips a BOM before JSON.parse.
+        (
+            "POST",
+            "/posts",
+            vec![
+                ("Content-Type", "application/json"),
+                ("Content-Encoding", "gzip"),
+            ],
+            b"\x1f\x8b\x08\x00",
+            415,
+        ),
+        (
+            "POST",
+            "/posts",
+            vec![("Content-Type", "application/json; charset=utf-16le")],
+            b"{\0}\0",
+            415,
+        ),
+        (
+            "POST",
+            "/posts",
+            vec![("Content-Type", "application/json")],
+            bom_json,
+            400,
+        ),
+        (
+            "POST",
+            "/posts",
+            vec![
+                ("Content-Type", "application/json"),
+                ("Content-Type", "text/plain"),
+            ],
+            br#"{"_method":"DELETE"}"#,
+            400,
+        ),
+    ];
+    for protocol in BOTH {
+        for (method, target, headers, body, status) in &cases {
+            let mut headers = headers.clone();
+            headers.push(("Authorization", &auth));
+            let answer = send(protocol, gateway.addr, method, target, &headers, body).await;
+            assert_eq!(
+                answer.status, *status,
+                "{protocol:?} {method} {target} {headers:?}: {answer:?}"
+            );
+        }
+    }
+    // Only the streamed JSON reached the backend, and cut before its first byte (the scan
+    // refused the byte order mark): every other case was refused before anything was forwarded.
+    let received = backend.received();
+    assert_eq!(received.len(), 2, "{received:#?}");
+    for cut in received {
+        assert_eq!(cut.target, "/posts");
+        assert!(cut.body.is_empty(), "{cut:#?}");
+    }
+}

@@ -103,6 +103,14 @@ impl JsonMethodScan {
             State::Passed => State::Passed,
             State::Start if is_json_space(byte) => State::Start,
             State::Start if byte == b'{' => State::BeforeKey,
+            // A byte order mark: body-parser (Express) strips it and reads the document, which
+            // this scan would otherwise pass over as not an object.
+            State::Start if byte == 0xef => {
+                return Err(GatewayError::BadRequest(
+                    "a JSON body may not start with a byte order mark",
+                ))
+            }
+            // Another value, or not JSON: no framework reads an override from it.
             State::Start => State::Passed,
             State::BeforeKey if is_json_space(byte) => State::BeforeKey,
             State::BeforeKey if byte == b'"' => {
@@ -323,10 +331,24 @@ mod tests {
             r#"[{"_method":"DELETE"}]"#,
             r#""_method""#,
             r#"{"title":"_method","n":1,"t":true,"z":null}"#,
+            " \n{}",
             r#"{"a_method":"DELETE","_methods":"DELETE"}"#,
             "",
         ] {
             assert!(verdict(allowed).is_ok(), "{allowed}");
+        }
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_refused() {
+        for body in [
+            &b"\xef\xbb\xbf{\"_method\":\"DELETE\"}"[..],
+            b"\xef\xbb\xbf[]",
+        ] {
+            assert!(
+                matches!(scan_in(body, 1), Err(GatewayError::BadRequest(_))),
+                "{body:?}"
+            );
         }
     }
 

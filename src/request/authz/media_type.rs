@@ -17,7 +17,13 @@ pub enum FormBody {
 /// `request.values` and Spring's `@RequestParam` read form fields and query parameters as one,
 /// so such a body gets the owner query rule too.
 pub fn form_body(method: &http::Method, headers: &http::HeaderMap) -> Option<FormBody> {
-    if !headers.contains_key(http::header::CONTENT_TYPE) {
+    // An empty `Content-Type` is none at all to Rack (`""` becomes `nil`), which then parses a
+    // POST body as a form.
+    let typed = headers
+        .get_all(http::header::CONTENT_TYPE)
+        .iter()
+        .any(|value| !value.as_bytes().trim_ascii().is_empty());
+    if !typed {
         return (method == http::Method::POST).then_some(FormBody::Untyped);
     }
     content_type_mentions(headers, b"form-urlencoded").then_some(FormBody::Declared)
@@ -92,4 +98,17 @@ pub(crate) fn application_subtype(content_type: Option<&http::HeaderValue>) -> O
 /// An RFC 9110 token: one or more tchars.
 pub(crate) fn is_token(text: &str) -> bool {
     !text.is_empty() && text.bytes().all(is_tchar)
+}
+
+/// The type of a JSON body scanned as it streams for `_method` (`json_scan.rs`): the same rules
+/// as for a body read whole, `application/json` or `application/*+json`, one `Content-Type`, a
+/// UTF-8 charset if any, no `Content-Encoding` but `identity`. Otherwise a backend could inflate
+/// or transcode the body (Express's body-parser does both) into a document the scan never saw.
+pub fn check_scanned_json_type(headers: &http::HeaderMap) -> Result<(), GatewayError> {
+    let subtype = checked_media_type(headers)?;
+    if subtype == "json" || (subtype.len() > 5 && subtype.ends_with("+json")) {
+        Ok(())
+    } else {
+        Err(GatewayError::UnsupportedMediaType)
+    }
 }

@@ -14,7 +14,7 @@ pub use crate::request::names::{fold_eq, read_as};
 use fields::check_owner_query;
 pub use fields::{check_form_fields, check_form_owner, check_query_override, FieldRules};
 pub use json::{check_body_owner, check_json_fields};
-pub use media_type::{content_type_mentions, form_body, FormBody};
+pub use media_type::{check_scanned_json_type, content_type_mentions, form_body, FormBody};
 
 use crate::core::error::GatewayError;
 use crate::core::policy;
