@@ -297,12 +297,26 @@ impl Gateway {
                 ),
                 Some(identity) => {
                     let allowance = self.limits.check_user(route.index, &identity.user_id)?;
-                    let ownership = authz::authorize(&matched, &identity, target.query)?;
+                    // The query is checked below, in one walk with the `_method` rule.
+                    let ownership = authz::authorize(&matched, &identity, None)?;
                     (route, Some(identity), ownership, allowance)
                 }
             };
             if let Some(query) = target.query {
-                authz::check_query_override(query, methods)?;
+                let (owner_names, user_id): (&[Box<str>], &str) = match (&decided.1, decided.2) {
+                    (Some(identity), Ownership::Enforced) => {
+                        (&route.owner_query_params, &identity.user_id)
+                    }
+                    _ => (&[], ""),
+                };
+                authz::check_query(
+                    query,
+                    &authz::FieldRules {
+                        owner_names,
+                        user_id,
+                        methods: Some(methods),
+                    },
+                )?;
             }
             (decided, methods)
         };

@@ -91,6 +91,11 @@ pub(crate) fn check_owner_query(
     check_query_fields(query, &rules, Source::Query)
 }
 
+/// The field rules on a query: owner parameters and `_method` in one walk.
+pub fn check_query(query: &str, rules: &FieldRules<'_>) -> Result<(), GatewayError> {
+    check_query_fields(query, rules, Source::Query)
+}
+
 /// A `_method` query parameter must name a method the route allows (`src/method_override.rs`).
 pub fn check_query_override(query: &str, guard: MethodGuard<'_>) -> Result<(), GatewayError> {
     let rules = FieldRules {
@@ -98,7 +103,7 @@ pub fn check_query_override(query: &str, guard: MethodGuard<'_>) -> Result<(), G
         user_id: "",
         methods: Some(guard),
     };
-    check_query_fields(query, &rules, Source::Query)
+    check_query(query, &rules)
 }
 
 pub(crate) fn check_query_fields(

@@ -12,7 +12,9 @@ pub mod multipart;
 
 pub use crate::request::names::{fold_eq, read_as};
 use fields::check_owner_query;
-pub use fields::{check_form_fields, check_form_owner, check_query_override, FieldRules};
+pub use fields::{
+    check_form_fields, check_form_owner, check_query, check_query_override, FieldRules,
+};
 pub use json::{check_body_owner, check_json_fields};
 pub use media_type::{check_scanned_json_type, content_type_mentions, form_body, FormBody};
 
