@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # server.pin_workers on and off, side by side with HAProxy, at 32 keep-alive connections: the
 # setting that decides where the 32-connection p99 tail comes from (see worker_cpus in
-# src/server.rs). Each round runs HAProxy, then starts a fresh authgate with pin_workers = false
+# src/runtime/server.rs). Each round runs HAProxy, then starts a fresh authgate with pin_workers = false
 # and one with pin_workers = true: where the kernel first puts unbound workers is decided at
 # start-up, so only fresh processes sample it.
 # For fairness it also runs HAProxy with its two threads bound the same way (`cpu-map`, on :18088),

@@ -2,7 +2,7 @@
 # authgate's resident memory with N idle keep-alive connections.
 # Starts the nginx backend (:18080) and authgate (:18083), opens N connections, sends one
 # GET /api/alice/tasks on each (read fully, 200 expected), keeps them all open and idle, and reports
-# authgate's VmRSS before, while holding them, and 0.5 s and 5 s after closing them (src/memory.rs
+# authgate's VmRSS before, while holding them, and 0.5 s and 5 s after closing them (src/runtime/memory.rs
 # gives freed memory back within about 2 s).
 # env: N (10000)  CONCURRENCY (256 connects in flight)  HOLD (2 s idle before measuring)
 #      REQUEST (1: one request per connection first; 0: connect only)
@@ -145,7 +145,7 @@ async def main():
     await asyncio.gather(*(w.wait_closed() for _, w in held), return_exceptions=True)
     await asyncio.sleep(0.5)
     after, fds_after = rss_kib(), fds()
-    # src/memory.rs looks every 2 s and gives back what a burst freed.
+    # src/runtime/memory.rs looks every 2 s and gives back what a burst freed.
     await asyncio.sleep(4.5)
     settled = rss_kib()
 

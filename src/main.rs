@@ -178,7 +178,7 @@ fn run_gateway(config: Config, config_path: PathBuf) -> ExitCode {
                 }
             },
         };
-        // TLS (src/tls.rs): the plain listener that redirects to HTTPS, and the acceptor.
+        // TLS (src/runtime/tls.rs): the plain listener that redirects to HTTPS, and the acceptor.
         let redirect = match config.server.redirect_http {
             None => None,
             Some(address) => match TcpListener::bind(address).await {

@@ -1,4 +1,4 @@
-//! The lean upstream client's response reader (src/upstream/h1.rs): heads, framing and the
+//! The lean upstream client's response reader (src/proxy/upstream/h1/): heads, framing and the
 //! chunked decoder, on whatever a backend might send. The first byte picks the piece size the
 //! bytes arrive in and whether the request was HEAD; the rest is the response.
 //!

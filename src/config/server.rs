@@ -14,7 +14,7 @@ pub struct ServerConfig {
     pub pin_workers: bool,
     /// Peers whose X-Forwarded-For we believe. Empty: we believe nobody.
     pub trusted_proxies: Vec<IpNet>,
-    /// `[server.tls]`: TLS on `listen` (see src/tls.rs).
+    /// `[server.tls]`: TLS on `listen` (see src/runtime/tls.rs).
     pub tls: Option<crate::core::tls::ServerTlsConfig>,
     /// A plain-HTTP listener answering 308 redirects to HTTPS.
     pub redirect_http: Option<SocketAddr>,

@@ -14,7 +14,7 @@ pub struct UpstreamConfig {
     pub authority: Authority,
     pub timeout: Duration,
     pub connect_timeout: Duration,
-    /// Set for an https upstream (see src/tls.rs).
+    /// Set for an https upstream (see src/runtime/tls.rs).
     pub tls: Option<crate::core::tls::UpstreamTls>,
 }
 

@@ -51,10 +51,10 @@ pub struct Metrics {
     pub upstream_errors: Family<ReasonLabels, Counter>,
     pub jwks_fetches: Family<JwksLabels, Counter>,
     pub open_connections: Gauge,
-    /// HTTP/1.1 keep-alive connections parked without buffers (src/keepalive.rs).
+    /// HTTP/1.1 keep-alive connections parked without buffers (src/runtime/keepalive.rs).
     pub parked_connections: Gauge,
     pub config_reloads: Family<OutcomeLabels, Counter>,
-    // TLS (src/tls.rs)
+    // TLS (src/runtime/tls.rs)
     pub tls_certificate_expiry: Family<CertificateLabels, Gauge>,
     pub tls_certificate_reloads: Family<OutcomeLabels, Counter>,
     pub tls_handshake_failures: Family<ReasonLabels, Counter>,

@@ -19,9 +19,9 @@ use crate::request::headers::TrailerPolicy;
 /// A check of a body's fields as it streams: each frame is scanned before it is forwarded, and
 /// only what the scan cleared goes.
 pub(crate) enum BodyScan {
-    /// Owner fields (and `_method`) in a `multipart/form-data` body (src/multipart.rs).
+    /// Owner fields (and `_method`) in a `multipart/form-data` body (src/request/authz/multipart.rs).
     Multipart(OwnerScan),
-    /// `_method` in a JSON body (src/json_scan.rs).
+    /// `_method` in a JSON body (src/request/authz/json_scan.rs).
     Json(JsonMethodScan),
 }
 

@@ -66,7 +66,7 @@ impl ConnState {
         })
     }
 
-    /// A snapshot for the HTTP/2 idle rule (src/server.rs, `IdleStreams`).
+    /// A snapshot for the HTTP/2 idle rule (src/runtime/server.rs, `IdleStreams`).
     pub(crate) fn activity(&self) -> Activity {
         Activity {
             waiting: self.requests.load(Ordering::Relaxed)

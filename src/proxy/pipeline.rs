@@ -244,7 +244,7 @@ impl Gateway {
             let target = target::validate(&parts.uri, parts.version)?;
             exchange.path_validated = true;
             // A CORS preflight: the route must take the method it asks about; answered here,
-            // never forwarded (src/cors.rs).
+            // never forwarded (src/request/cors.rs).
             if let Some(cors) = &self.cors {
                 if let Some(requested) = Cors::preflight(&parts.method, &parts.headers) {
                     let requested = requested?;
@@ -259,7 +259,7 @@ impl Gateway {
             let matched = self.routes.lookup(&parts.method, &target.path)?;
             let route = matched.route;
             exchange.route = Some(route.label);
-            // Method overrides may only name what this route allows (src/method_override.rs);
+            // Method overrides may only name what this route allows (src/request/method_override.rs);
             // the headers are stripped here unless the route opts in.
             let methods = MethodGuard::new(route, matched.allow);
             methods.check_headers(&mut parts.headers)?;
@@ -399,7 +399,7 @@ impl Gateway {
             RequestBody::limited(body, max_body, self.headers.trailer_policy(), body_guard)
                 .with_owner_scan(BodyScan::Multipart(scan))
         } else if let (true, Some(methods)) = (json_override, fields.methods) {
-            // Laravel reads a JSON body's `_method`: scanned as it streams (src/json_scan.rs).
+            // Laravel reads a JSON body's `_method`: scanned as it streams (src/request/authz/json_scan.rs).
             authz::check_scanned_json_type(&parts.headers)?;
             let scan = JsonMethodScan::new(methods.to_owned_guard());
             RequestBody::limited(body, max_body, self.headers.trailer_policy(), body_guard)

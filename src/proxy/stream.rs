@@ -44,7 +44,7 @@ fn clean_trailers(trailers: &mut HeaderMap) {
 
 /// The backend's response body on its way to the client: frames pass through as they arrive,
 /// trailers are cleaned, and a route's `stream_timeout` ends the body when it expires. Once the
-/// body has ended, its connection goes back to the pool (src/upstream/): a hyper body's through
+/// body has ended, its connection goes back to the pool (src/proxy/upstream/): a hyper body's through
 /// its `Lease`, a lean body's by itself.
 pub(crate) struct UpstreamBody {
     inner: Source,

@@ -55,7 +55,7 @@ pub struct Route {
     pub strip_prefix: Option<StripPrefix>,
     pub websocket: Option<WebSocketConfig>,
     pub stream_timeout: Option<std::time::Duration>,
-    /// Forward override headers that name an allowed method (`src/method_override.rs`).
+    /// Forward override headers that name an allowed method (`src/request/method_override.rs`).
     pub allow_method_override: bool,
     methods: MethodSet,
 }

@@ -88,7 +88,7 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     };
     let checks: [(&'static str, bool); 12] = [
         ("server.listen", old.server.listen != new.server.listen),
-        // Certificate *contents* reload on their own (src/tls.rs); paths, names, HSTS do not.
+        // Certificate *contents* reload on their own (src/runtime/tls.rs); paths, names, HSTS do not.
         ("server.tls", tls_changed),
         (
             "server.redirect_http",

@@ -32,7 +32,7 @@ pub(crate) const QUIET: u64 = 64;
 
 static CLOSED: AtomicU64 = AtomicU64::new(0);
 
-/// Counts a client connection that has ended (src/server.rs).
+/// Counts a client connection that has ended (src/runtime/server.rs).
 pub(crate) fn connection_closed() {
     CLOSED.fetch_add(1, Ordering::Relaxed);
 }

@@ -1,4 +1,4 @@
-//! Listeners and connections: accept TCP, optionally terminate TLS (src/tls.rs), speak HTTP/1.1
+//! Listeners and connections: accept TCP, optionally terminate TLS (src/runtime/tls.rs), speak HTTP/1.1
 //! or HTTP/2 (ALPN on TLS; h2c prior knowledge detected per connection on plain listeners), hand
 //! each request to the pipeline, and shut down gracefully.
 //!
@@ -16,7 +16,7 @@
 //! Threading (`spawn_workers`): one OS thread per worker, each running a single-threaded tokio
 //! runtime that accepts from its own socket of an `SO_REUSEPORT` group and runs every
 //! connection it accepted to the end on that thread: the request, the upstream exchange (the
-//! upstream pool is per thread, src/upstream/) and the response. No task migrates and no wake-up
+//! upstream pool is per thread, src/proxy/upstream/) and the response. No task migrates and no wake-up
 //! crosses threads on the request path, which is what a work-stealing runtime spends its time on
 //! when every request is two short socket exchanges.
 
@@ -73,7 +73,7 @@ async fn serve_request(
 }
 
 /// The HTTP/1.1-only builder for connections that park between requests
-/// (src/keepalive.rs); the same settings as `connection_builder`'s HTTP/1 half.
+/// (src/runtime/keepalive.rs); the same settings as `connection_builder`'s HTTP/1 half.
 pub(crate) fn http1_builder(limits: &LimitsConfig) -> http1::Builder {
     let mut builder = http1::Builder::new();
     builder
@@ -109,7 +109,7 @@ pub async fn serve(listener: TcpListener, live: Arc<Live>, shutdown: impl Future
     serve_with(listener, live, None, slots, None, shutdown).await
 }
 
-/// `serve` with TLS on every connection (src/tls.rs): the handshake must finish within
+/// `serve` with TLS on every connection (src/runtime/tls.rs): the handshake must finish within
 /// `header_read_timeout`, ALPN picks `h2` or `http/1.1`, `X-Forwarded-Proto` is `https`, and the
 /// configured `Strict-Transport-Security` is added to every response.
 pub async fn serve_tls(
@@ -308,7 +308,7 @@ impl Worker {
             let parked = live.metrics().parked_connections.clone();
             open.inc();
             let hsts = tls.as_ref().and_then(|tls| tls.hsts.clone());
-            // HTTP/1.1 connections, plain or TLS, park between requests (src/keepalive.rs);
+            // HTTP/1.1 connections, plain or TLS, park between requests (src/runtime/keepalive.rs);
             // HTTP/2 ones (h2c, or h2 by ALPN) keep hyper's state for their lifetime.
             let state = ConnState::new();
             let service = {
@@ -341,7 +341,7 @@ impl Worker {
                 },
                 Some(tls) => {
                     let stream = IdleTimeout::new(stream, limits.idle_timeout);
-                    // The TLS handshake (src/tls.rs); a failed one ends here. Boxed: its state
+                    // The TLS handshake (src/runtime/tls.rs); a failed one ends here. Boxed: its state
                     // is large and gone once it is done. Then ALPN decides.
                     let timeout = limits.header_read_timeout;
                     match Box::pin(crate::runtime::tls::accept(

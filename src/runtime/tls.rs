@@ -274,7 +274,7 @@ impl<S> ClientStream<S> {
         }
     }
 
-    /// The transport under TLS, if any: what a parked connection waits on (src/keepalive.rs).
+    /// The transport under TLS, if any: what a parked connection waits on (src/runtime/keepalive.rs).
     pub(crate) fn transport(&self) -> &S {
         match self {
             ClientStream::Plain(stream) => stream,

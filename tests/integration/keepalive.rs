@@ -1,4 +1,4 @@
-//! HTTP/1.1 keep-alive connections that park between requests (src/keepalive.rs): after
+//! HTTP/1.1 keep-alive connections that park between requests (src/runtime/keepalive.rs): after
 //! `PARK_AFTER` of quiet, hyper's state is dropped and only the socket remains. Every test checks
 //! that nothing is lost or reordered across a park, and what the backend received.
 

@@ -796,7 +796,7 @@ async fn open_idle_connections(
 }
 
 /// glibc keeps memory a burst of connections freed unless it is asked to give it back
-/// (src/memory.rs): after 5,000 idle keep-alive connections close, the gateway's RSS must fall
+/// (src/runtime/memory.rs): after 5,000 idle keep-alive connections close, the gateway's RSS must fall
 /// at least halfway back to where it was before them, within seconds. Without the trim it stays
 /// where it was while they were open.
 #[test]

@@ -1588,7 +1588,7 @@ fn client_chosen_sni_does_not_write_a_log_line_per_handshake_by_default() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Parking idle HTTP/1.1 connections over TLS (src/keepalive.rs)
+// Parking idle HTTP/1.1 connections over TLS (src/runtime/keepalive.rs)
 // ---------------------------------------------------------------------------------------------
 
 /// Comfortably longer than `PARK_AFTER`.

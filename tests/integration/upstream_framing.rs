@@ -1,4 +1,4 @@
-//! The lean upstream HTTP/1.1 path (src/upstream/h1.rs) against a backend that writes raw bytes:
+//! The lean upstream HTTP/1.1 path (src/proxy/upstream/h1/) against a backend that writes raw bytes:
 //! every response framing is relayed exactly or refused with a 502, a connection is reused only
 //! after a response read exactly to its end, and the backend receives exactly one framing for
 //! each request body. The backend records each request's head and body as they arrived.

@@ -1,4 +1,4 @@
-//! The upstream connection pool (src/upstream.rs): connections are reused once a response body has
+//! The upstream connection pool (src/proxy/upstream/): connections are reused once a response body has
 //! ended, never while one is unfinished, and a body abandoned half-way never lends its connection
 //! to the next request. The backend counts its TCP connections and records what it received.
 
@@ -128,7 +128,7 @@ async fn sequential_requests_reuse_one_upstream_connection() {
     assert_eq!(requests.len(), 20);
     // One pooled connection serves them all in turn, except that an answer to HEAD declaring a
     // body it does not carry (hyper's backend sends Content-Length: 11) is never followed on its
-    // connection (src/upstream/h1.rs): the request after it opens the next one.
+    // connection (src/proxy/upstream/h1/): the request after it opens the next one.
     for pair in requests.windows(2) {
         let (before, after) = (&pair[0], &pair[1]);
         let declared_unsent_body = before.1 == "HEAD" && !before.2.ends_with("empty");

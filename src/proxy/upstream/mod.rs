@@ -2,11 +2,11 @@
 //! directions; nothing is buffered here.
 //!
 //! Two clients share the work. Every request but a WebSocket upgrade takes the lean path of
-//! src/upstream/h1.rs, over plain TCP or TLS: the request task itself writes the request and reads
+//! src/proxy/upstream/h1/, over plain TCP or TLS: the request task itself writes the request and reads
 //! the response. WebSocket upgrades go through hyper's HTTP/1 client (its upgrade hand-off feeds
-//! the splice in src/stream.rs), whose connections are each driven by a task of their own.
+//! the splice in src/proxy/stream.rs), whose connections are each driven by a task of their own.
 //!
-//! The pools are per thread and lock-free: a worker (src/server.rs) only reuses connections made on
+//! The pools are per thread and lock-free: a worker (src/runtime/server.rs) only reuses connections made on
 //! its own thread, so an exchange with the backend never wakes another thread. A connection goes
 //! back to its thread's pool when the response body has been read to the end (carried by the
 //! response body: [`Lease`], or the lean body itself). At checkout, one the backend closed is
@@ -57,7 +57,7 @@ pub(crate) struct Upstream {
     host: HeaderValue,
     pools: Arc<Pools>,
     timeout: Duration,
-    /// `host:port` that the lean path (src/upstream/h1.rs) dials.
+    /// `host:port` that the lean path (src/proxy/upstream/h1/) dials.
     lean_address: (String, u16),
     /// For an `https://` backend: the TLS client the lean path wraps its connections in, and the
     /// name the backend's certificate must carry.
@@ -88,7 +88,7 @@ impl Source {
     }
 }
 
-/// Idle connections, per thread: the lean client's (src/upstream/h1.rs, every request but
+/// Idle connections, per thread: the lean client's (src/proxy/upstream/h1/, every request but
 /// WebSocket upgrades) and hyper's (upgrades answered with something other than 101).
 #[derive(Default)]
 pub(crate) struct Pools {
@@ -237,7 +237,7 @@ impl Upstream {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(config.connect_timeout));
-        // http:// stays plain TCP; https:// gets TLS, never falling back to plain (src/tls.rs).
+        // http:// stays plain TCP; https:// gets TLS, never falling back to plain (src/runtime/tls.rs).
         let connector =
             crate::proxy::upstream::tls::upstream_connector(connector, config.tls.as_ref());
         let address = Uri::builder()
@@ -300,7 +300,7 @@ impl Upstream {
     /// new connection): those requests are idempotent. Nothing else is retried. The lean client's
     /// `connect_timeout` covers the TCP connect and, for TLS, the handshake.
     ///
-    /// Everything but WebSocket upgrades takes the lean path (src/upstream/h1.rs); upgrades go
+    /// Everything but WebSocket upgrades takes the lean path (src/proxy/upstream/h1/); upgrades go
     /// through hyper's client.
     pub(crate) fn forward(
         &self,

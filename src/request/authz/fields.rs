@@ -96,7 +96,7 @@ pub fn check_query(query: &str, rules: &FieldRules<'_>) -> Result<(), GatewayErr
     check_query_fields(query, rules, Source::Query)
 }
 
-/// A `_method` query parameter must name a method the route allows (`src/method_override.rs`).
+/// A `_method` query parameter must name a method the route allows (`src/request/method_override.rs`).
 pub fn check_query_override(query: &str, guard: MethodGuard<'_>) -> Result<(), GatewayError> {
     let rules = FieldRules {
         owner_names: &[],

@@ -1,7 +1,7 @@
 //! `_method` in a JSON body, checked as the body streams.
 //!
 //! Threat: Laravel reads a JSON body's top-level `_method` as a method override, exactly as it
-//! reads a form's (`src/method_override.rs`). A JSON POST to a route that refuses some method is
+//! reads a form's (`src/request/method_override.rs`). A JSON POST to a route that refuses some method is
 //! therefore scanned, frame by frame and without buffering the body, for top-level keys that fold
 //! to `_method`: such a key's value must be a string naming a method the route allows (else 405),
 //! and it is held back until checked, so a refused value never reaches the backend. A refusal

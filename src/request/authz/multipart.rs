@@ -160,7 +160,7 @@ impl OwnerScan {
         }
     }
 
-    /// Also holds `_method` parts to the route's methods (`src/method_override.rs`).
+    /// Also holds `_method` parts to the route's methods (`src/request/method_override.rs`).
     pub fn with_method_guard(mut self, guard: OwnedMethodGuard) -> OwnerScan {
         self.methods = Some(guard);
         self

@@ -6,7 +6,7 @@
 //! instructions per request (callgrind, bench/callgrind.sh). Here the request task writes the
 //! head in one write (and the body after it), and parses the response head in place; the body is
 //! read from the socket by whoever polls it. WebSocket upgrades still go through hyper
-//! (src/upstream/mod.rs).
+//! (src/proxy/upstream/mod.rs).
 //!
 //! Strict, since the response is relayed to a client over another connection: a head that is not
 //! well-formed HTTP/1.1 (bare LF line ends included), a `Transfer-Encoding` other than `chunked`,
