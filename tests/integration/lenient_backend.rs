@@ -469,38 +469,25 @@ async fn override_headers_naming_an_allowed_method_are_stripped_unless_the_route
     let (backend, gateway) = gateway().await;
     let auth = bearer(&token_for("alice"));
     for protocol in BOTH {
-        let stripped = send(
-            protocol,
-            gateway.addr,
-            "POST",
-            "/api/alice/tasks",
-            &[("Authorization", &auth), ("X-HTTP-Method-Override", "GET")],
-            b"{}",
-        )
-        .await;
+        let post_override = |target: &'static str, method: &'static str| {
+            let auth = auth.clone();
+            async move {
+                send(
+                    protocol,
+                    gateway.addr,
+                    "POST",
+                    target,
+                    &[("Authorization", &auth), ("X-HTTP-Method-Override", method)],
+                    b"{}",
+                )
+                .await
+            }
+        };
+        let stripped = post_override("/api/alice/tasks", "GET").await;
         assert_eq!(stripped.status, 200, "{stripped:?}");
-        let opted_in = send(
-            protocol,
-            gateway.addr,
-            "POST",
-            "/api/alice/notes",
-            &[("Authorization", &auth), ("X-HTTP-Method-Override", "PUT")],
-            b"{}",
-        )
-        .await;
+        let opted_in = post_override("/api/alice/notes", "PUT").await;
         assert_eq!(opted_in.status, 200, "{opted_in:?}");
-        let refused = send(
-            protocol,
-            gateway.addr,
-            "POST",
-            "/api/alice/notes",
-            &[
-                ("Authorization", &auth),
-                ("X-HTTP-Method-Override", "DELETE"),
-            ],
-            b"{}",
-        )
-        .await;
+        let refused = post_override("/api/alice/notes", "DELETE").await;
         assert_eq!(refused.status, 405, "{refused:?}");
     }
     let received = backend.received();

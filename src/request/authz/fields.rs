@@ -16,7 +16,16 @@ pub struct FieldRules<'a> {
     pub methods: Option<MethodGuard<'a>>,
 }
 
-impl FieldRules<'_> {
+impl<'a> FieldRules<'a> {
+    /// Owner fields only, for the owner rule's own checks.
+    pub fn owners_only(owner_names: &'a [Box<str>], user_id: &'a str) -> FieldRules<'a> {
+        FieldRules {
+            owner_names,
+            user_id,
+            methods: None,
+        }
+    }
+
     pub(crate) fn is_empty(&self) -> bool {
         self.owner_names.is_empty() && self.methods.is_none()
     }
@@ -83,12 +92,11 @@ pub(crate) fn check_owner_query(
     names: &[Box<str>],
     user_id: &str,
 ) -> Result<(), GatewayError> {
-    let rules = FieldRules {
-        owner_names: names,
-        user_id,
-        methods: None,
-    };
-    check_query_fields(query, &rules, Source::Query)
+    check_query_fields(
+        query,
+        &FieldRules::owners_only(names, user_id),
+        Source::Query,
+    )
 }
 
 /// The field rules on a query: owner parameters and `_method` in one walk.
@@ -136,12 +144,12 @@ pub fn check_form_owner(
     names: &[Box<str>],
     user_id: &str,
 ) -> Result<(), GatewayError> {
-    let rules = FieldRules {
-        owner_names: names,
-        user_id,
-        methods: None,
-    };
-    check_form_fields(kind, headers, body, &rules)
+    check_form_fields(
+        kind,
+        headers,
+        body,
+        &FieldRules::owners_only(names, user_id),
+    )
 }
 
 /// The field rules on a form body. A declared one must be one unambiguous
