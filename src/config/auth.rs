@@ -10,8 +10,8 @@ use toml::Spanned;
 
 use super::*;
 
-/// An HMAC secret. Debug never prints it.
-#[derive(Clone)]
+/// A secret (an HMAC key, a password). Debug never prints it.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Secret(pub Vec<u8>);
 
 impl fmt::Debug for Secret {

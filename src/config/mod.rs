@@ -10,6 +10,7 @@ mod rate_limit;
 mod raw;
 mod routes;
 mod server;
+mod store;
 mod tls;
 mod upstream;
 
@@ -20,6 +21,7 @@ pub use log::*;
 pub use rate_limit::*;
 pub use routes::*;
 pub use server::*;
+pub use store::*;
 pub use upstream::*;
 
 use std::fmt;
@@ -93,6 +95,8 @@ pub struct Config {
     pub log: LogConfig,
     /// `[cors]`: the gateway answers CORS preflights and labels responses; off when unset.
     pub cors: Option<CorsConfig>,
+    /// `[store]`: limits shared through Redis across replicas; in process when unset.
+    pub store: Option<StoreConfig>,
     pub routes: Vec<RouteConfig>,
 }
 
@@ -179,6 +183,7 @@ impl Config {
         let admin_listen = validate_admin(&ctx, raw.admin.as_ref())?;
         let log = validate_log(&ctx, raw.log.as_ref())?;
         let cors = validate_cors(&ctx, raw.cors.as_ref())?;
+        let store = validate_store(&ctx, raw.store.as_ref(), env)?;
         let routes = raw
             .routes
             .iter()
@@ -205,6 +210,7 @@ impl Config {
             admin_listen,
             log,
             cors,
+            store,
             routes,
         };
         routes::check_table(&config.routes)?;

@@ -19,6 +19,7 @@ pub(crate) struct RawConfig {
     pub admin: Option<Spanned<RawAdmin>>,
     pub log: Option<Spanned<RawLog>>,
     pub cors: Option<Spanned<RawCors>>,
+    pub store: Option<Spanned<RawStore>>,
     #[serde(default, rename = "route")]
     pub routes: Vec<Spanned<RawRoute>>,
 }
@@ -49,6 +50,19 @@ pub(crate) struct RawCors {
     pub expose_headers: Option<Vec<Spanned<String>>>,
     pub max_age: Option<Spanned<String>>,
     pub allow_credentials: Option<Spanned<bool>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawStore {
+    pub redis_url: Spanned<String>,
+    pub password_env: Option<Spanned<String>>,
+    pub op_timeout: Option<Spanned<String>>,
+    pub on_error: Option<Spanned<String>>,
+    pub key_prefix: Option<Spanned<String>>,
+    pub breaker_failures: Option<Spanned<i64>>,
+    pub breaker_open: Option<Spanned<String>>,
+    pub ca_file: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

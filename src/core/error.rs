@@ -56,6 +56,10 @@ pub enum GatewayError {
     /// fault: 503 with Retry-After, rather than a 401 that would log users out.
     #[error("signing keys unavailable")]
     KeysUnavailable,
+    /// The shared store (Redis) did not answer and `[store] on_error = "deny"`: 503 with
+    /// Retry-After, since nothing can be counted.
+    #[error("rate-limit store unavailable")]
+    StoreUnavailable { retry_after: u64 },
     /// The upstream refused, reset, or spoke garbage.
     #[error("upstream unavailable")]
     UpstreamUnavailable,
@@ -84,7 +88,9 @@ impl GatewayError {
             | GatewayError::OriginNotAllowed => StatusCode::FORBIDDEN,
             GatewayError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            GatewayError::KeysUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::KeysUnavailable | GatewayError::StoreUnavailable { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             GatewayError::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout | GatewayError::RequestTimeout => {
                 StatusCode::GATEWAY_TIMEOUT
@@ -111,6 +117,7 @@ impl GatewayError {
             GatewayError::UnsupportedMediaType => "unsupported_media_type",
             GatewayError::RateLimited { .. } => "rate_limited",
             GatewayError::KeysUnavailable => "keys_unavailable",
+            GatewayError::StoreUnavailable { .. } => "store_unavailable",
             GatewayError::UpstreamUnavailable => "upstream_unavailable",
             GatewayError::UpstreamTimeout => "upstream_timeout",
             GatewayError::RequestTimeout => "request_timeout",
@@ -139,6 +146,9 @@ impl GatewayError {
             GatewayError::KeysUnavailable => {
                 "the signing keys are not available yet; retry shortly"
             }
+            GatewayError::StoreUnavailable { .. } => {
+                "the rate-limit store is unavailable; retry after the time in Retry-After"
+            }
             GatewayError::UpstreamUnavailable => "the upstream service is unavailable",
             GatewayError::UpstreamTimeout => "the upstream service did not answer in time",
             GatewayError::RequestTimeout => "the request took longer than the gateway allows",
@@ -159,6 +169,9 @@ impl GatewayError {
             }
             GatewayError::KeysUnavailable => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("5"));
+            }
+            GatewayError::StoreUnavailable { retry_after } => {
+                headers.insert(RETRY_AFTER, HeaderValue::from(retry_after));
             }
             GatewayError::RateLimited { limit, retry_after } => {
                 headers.insert(RETRY_AFTER, HeaderValue::from(retry_after));

@@ -36,6 +36,16 @@ pub struct OutcomeLabels {
     pub outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyLabels {
+    pub policy: &'static str,
+}
+
 /// A TLS certificate: `default`, or the SNI name of its `[[server.tls.sni]]` table.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CertificateLabels {
@@ -58,6 +68,12 @@ pub struct Metrics {
     pub tls_certificate_expiry: Family<CertificateLabels, Gauge>,
     pub tls_certificate_reloads: Family<OutcomeLabels, Counter>,
     pub tls_handshake_failures: Family<ReasonLabels, Counter>,
+    // The shared store (src/proxy/store.rs, src/request/ratelimit.rs)
+    pub store_operations: Family<ResultLabels, Counter>,
+    pub store_duration: Histogram,
+    pub store_fallbacks: Family<PolicyLabels, Counter>,
+    pub store_local_refusals: Counter,
+    pub store_up: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -80,6 +96,12 @@ impl Metrics {
         let tls_certificate_expiry = Family::<CertificateLabels, Gauge>::default();
         let tls_certificate_reloads = Family::<OutcomeLabels, Counter>::default();
         let tls_handshake_failures = Family::<ReasonLabels, Counter>::default();
+        let store_operations = Family::<ResultLabels, Counter>::default();
+        // 50 µs .. ~1.6 s: a store operation is bounded by `op_timeout` (at most 5 s).
+        let store_duration = Histogram::new(exponential_buckets(0.00005, 2.0, 16));
+        let store_fallbacks = Family::<PolicyLabels, Counter>::default();
+        let store_local_refusals = Counter::default();
+        let store_up = Gauge::default();
         registry.register(
             "requests",
             "Requests answered, by route, method and status class",
@@ -140,6 +162,32 @@ impl Metrics {
             "TLS handshakes that failed or timed out, by reason",
             tls_handshake_failures.clone(),
         );
+        registry.register(
+            "store_operations",
+            "Shared-store (Redis) operations, by result: allowed, limited, timeout, error, \
+             circuit_open (skipped while the breaker is open)",
+            store_operations.clone(),
+        );
+        registry.register(
+            "store_operation_duration_seconds",
+            "Time a request waited for one shared-store operation",
+            store_duration.clone(),
+        );
+        registry.register(
+            "store_fallbacks",
+            "Limit decisions made by the [store] on_error policy because the store did not answer",
+            store_fallbacks.clone(),
+        );
+        registry.register(
+            "store_local_refusals",
+            "Requests refused from a key remembered over its limit, without asking the store",
+            store_local_refusals.clone(),
+        );
+        registry.register(
+            "store_up",
+            "1 while the shared store answers, 0 while its circuit breaker is open",
+            store_up.clone(),
+        );
         Arc::new(Metrics {
             registry,
             requests,
@@ -154,6 +202,11 @@ impl Metrics {
             tls_certificate_expiry,
             tls_certificate_reloads,
             tls_handshake_failures,
+            store_operations,
+            store_duration,
+            store_fallbacks,
+            store_local_refusals,
+            store_up,
         })
     }
 
@@ -193,6 +246,18 @@ impl Metrics {
                 url: url.to_string(),
                 outcome: if ok { "ok" } else { "failed" },
             })
+            .inc();
+    }
+
+    pub(crate) fn record_store_operation(&self, result: &'static str) {
+        self.store_operations
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
+    pub(crate) fn record_store_fallback(&self, policy: &'static str) {
+        self.store_fallbacks
+            .get_or_create(&PolicyLabels { policy })
             .inc();
     }
 

@@ -34,6 +34,22 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// Makes `provider()` the process default too, for clients that build their rustls config from
+/// the default (the Redis client does). Idempotent.
+pub fn install_default_provider() {
+    if CryptoProvider::get_default().is_none() {
+        // Fails only when another thread installed one first, which is as good.
+        let _ = CryptoProvider::install_default(rustls::crypto::ring::default_provider());
+    }
+}
+
+/// How many PEM certificates `pem` holds (0 when it holds none or is not PEM).
+pub fn count_pem_certificates(pem: &[u8]) -> usize {
+    CertificateDer::pem_slice_iter(pem)
+        .take_while(Result::is_ok)
+        .count()
+}
+
 /// ALPN protocols offered to clients, in server preference order.
 pub(crate) const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 

@@ -5,5 +5,6 @@ pub(crate) mod body;
 pub mod jwks;
 pub(crate) mod lifetime;
 pub mod pipeline;
+pub mod store;
 pub(crate) mod stream;
 pub mod upstream;

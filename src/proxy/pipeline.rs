@@ -22,6 +22,7 @@ use crate::core::metrics::Metrics;
 use crate::proxy::body::{BodyScan, RequestBody};
 use crate::proxy::jwks::RemoteJwks;
 use crate::proxy::lifetime::BodyGuard;
+use crate::proxy::store::RedisStore;
 use crate::proxy::stream::{self, UpstreamBody};
 use crate::proxy::upstream::Upstream;
 use crate::request::auth::{self, Authenticator, Identity, VerifyError};
@@ -31,7 +32,7 @@ use crate::request::cors::Cors;
 use crate::request::forwarded::TrustedProxies;
 use crate::request::headers::{ClientInfo, Forwarding, HeaderPolicy};
 use crate::request::method_override::MethodGuard;
-use crate::request::ratelimit::RateLimits;
+use crate::request::ratelimit::{RateLimits, SharedStore};
 use crate::request::routes::RouteTable;
 use crate::request::target;
 
@@ -49,6 +50,8 @@ pub struct Gateway {
     authenticator: Authenticator,
     /// The remote JWKS sources the authenticator asks, for readiness and reuse across reloads.
     jwks: Vec<Arc<RemoteJwks>>,
+    /// The shared store of `[store]`, for readiness and reuse across reloads.
+    store: Option<Arc<RedisStore>>,
     headers: HeaderPolicy,
     default_upstream: Option<Upstream>,
     named_upstreams: Vec<Upstream>,
@@ -87,6 +90,11 @@ impl Gateway {
         &self.jwks
     }
 
+    /// The shared store, when `[store]` is set.
+    pub fn store(&self) -> Option<&Arc<RedisStore>> {
+        self.store.as_ref()
+    }
+
     /// Connection-level limits, for the server.
     pub(crate) fn server_limits(&self) -> &LimitsConfig {
         &self.server_limits
@@ -101,7 +109,8 @@ impl Gateway {
     }
 
     /// Builds a gateway that reports into `metrics`. With `previous`, remote JWKS sources whose
-    /// settings did not change are carried over, keys and all, so a reload never answers 503.
+    /// settings did not change are carried over, keys and all, so a reload never answers 503; so
+    /// is the shared store, connection and all.
     pub(crate) fn with_metrics(
         config: &Config,
         metrics: Arc<Metrics>,
@@ -112,12 +121,35 @@ impl Gateway {
             &metrics,
             previous.map_or(&[], |gateway| &gateway.jwks),
         );
+        let store = match &config.store {
+            None => None,
+            Some(settings) => match previous.and_then(|gateway| gateway.store.as_ref()) {
+                Some(kept) if kept.settings() == settings => Some(kept.clone()),
+                _ => Some(RedisStore::new(settings, metrics.clone()).map_err(|why| {
+                    crate::config::ConfigError {
+                        file: String::new(),
+                        line: 0,
+                        key: "store.redis_url".into(),
+                        message: why,
+                    }
+                })?),
+            },
+        };
+        let shared = match (&store, &config.store) {
+            (Some(store), Some(settings)) => Some(SharedStore {
+                store: store.clone(),
+                on_error: settings.on_error,
+                metrics: metrics.clone(),
+            }),
+            _ => None,
+        };
         Ok(Gateway {
             routes: RouteTable::compile(&config.routes)?,
             trusted_proxies: TrustedProxies::new(config.server.trusted_proxies.clone()),
-            limits: RateLimits::new(&config.rate_limit, &config.routes),
+            limits: RateLimits::with_store(&config.rate_limit, &config.routes, shared),
             authenticator,
             jwks,
+            store,
             headers: HeaderPolicy::new(
                 &config.auth,
                 config
@@ -252,7 +284,9 @@ impl Gateway {
                     exchange.route = Some(matched.route.label);
                     cors.allowed_origin(&parts.headers)
                         .ok_or(GatewayError::OriginNotAllowed)?;
-                    self.limits.check_ip(matched.route.index, address.ip)?;
+                    self.limits
+                        .check_ip(matched.route.index, address.ip)
+                        .await?;
                     return Ok(cors.preflight_response(&requested).map(Either::Right));
                 }
             }
@@ -279,11 +313,7 @@ impl Gateway {
                 AuthMode::Optional if !presented => None,
                 AuthMode::Required | AuthMode::Optional => {
                     self.limits.auth_guard(address.ip)?;
-                    let identity = self.authenticate(&parts.headers).await.inspect_err(|err| {
-                        if matches!(err, GatewayError::Unauthorized(_)) {
-                            self.limits.record_auth_failure(address.ip);
-                        }
-                    })?;
+                    let identity = self.authenticate(&parts.headers, address.ip).await?;
                     exchange.user = Some(identity.clone());
                     Some(identity)
                 }
@@ -293,10 +323,13 @@ impl Gateway {
                     route,
                     None,
                     Ownership::Enforced,
-                    self.limits.check_ip(route.index, address.ip)?,
+                    self.limits.check_ip(route.index, address.ip).await?,
                 ),
                 Some(identity) => {
-                    let allowance = self.limits.check_user(route.index, &identity.user_id)?;
+                    let allowance = self
+                        .limits
+                        .check_user(route.index, &identity.user_id)
+                        .await?;
                     // The query is checked below, in one walk with the `_method` rule.
                     let ownership = authz::authorize(&matched, &identity, None)?;
                     (route, Some(identity), ownership, allowance)
@@ -492,15 +525,35 @@ impl Gateway {
         Ok(response.map(|source| Either::Left(UpstreamBody::new(source, route.stream_timeout))))
     }
 
-    async fn authenticate(&self, headers: &http::HeaderMap) -> Result<Arc<Identity>, GatewayError> {
-        let token = auth::bearer_bytes(headers).map_err(GatewayError::Unauthorized)?;
-        self.authenticator
-            .verify_bearer(token, unix_now())
-            .await
-            .map_err(|err| match err {
-                VerifyError::Invalid(err) => GatewayError::Unauthorized(err),
-                VerifyError::KeysUnavailable => GatewayError::KeysUnavailable,
-            })
+    /// The caller's identity from its bearer token. A token verified before is taken from the
+    /// cache; any other is looked at only after the shared brute-force guard lets its IP through,
+    /// and a failure counts against that IP.
+    async fn authenticate(
+        &self,
+        headers: &http::HeaderMap,
+        ip: IpAddr,
+    ) -> Result<Arc<Identity>, GatewayError> {
+        let now = unix_now();
+        let outcome = match auth::bearer_bytes(headers) {
+            Err(missing_or_malformed) => Err(GatewayError::Unauthorized(missing_or_malformed)),
+            Ok(token) => {
+                if let Some(identity) = self.authenticator.cached(token, now) {
+                    return Ok(identity);
+                }
+                self.limits.shared_auth_guard(ip).await?;
+                self.authenticator
+                    .verify_bearer(token, now)
+                    .await
+                    .map_err(|err| match err {
+                        VerifyError::Invalid(err) => GatewayError::Unauthorized(err),
+                        VerifyError::KeysUnavailable => GatewayError::KeysUnavailable,
+                    })
+            }
+        };
+        if let Err(GatewayError::Unauthorized(_)) = &outcome {
+            self.limits.record_auth_failure(ip).await?;
+        }
+        outcome
     }
 }
 

@@ -1,16 +1,24 @@
-//! Rate limits (GCRA, from governor): per user, per client IP, per route, and the brute-force guard
-//! on failed authentications.
+//! Rate limits (GCRA): per user, per client IP, per route, and the brute-force guard on failed
+//! authentications.
 //!
-//! Limits are per process. With several replicas, divide each quota by the replica count.
+//! Without `[store]` every limit is this process's own (governor). With it, each decision is one
+//! GCRA step in the shared store (`SharedLimits`, implemented over Redis in src/proxy/store.rs),
+//! so a quota holds across every replica. A key the store found over its limit is remembered here
+//! until its retry time, so a flood of refused requests costs the store nothing. When the store
+//! does not answer, `[store] on_error` decides: this process's own limiter (`local`), let through
+//! (`allow`), or 503 (`deny`); each such decision is counted in `authgate_store_fallbacks`.
 //!
 //! Memory: a keyed limiter keeps one entry per key it has seen, forever, unless told otherwise. A
 //! background task calls `retain_recent()` (which drops keys whose bucket is full again, i.e. that
 //! are indistinguishable from a key never seen) and `shrink_to_fit()` every `cleanup_interval`.
 
 use std::collections::HashMap;
+use std::fmt::Display;
+use std::future::Future;
 use std::hash::Hash;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,15 +28,71 @@ use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
 use tokio::task::JoinHandle;
 
-use crate::config::{QuotaConfig, RateLimitConfig, RouteConfig};
+use crate::config::{QuotaConfig, RateLimitConfig, RouteConfig, StoreFailurePolicy};
 use crate::core::error::GatewayError;
+use crate::core::metrics::Metrics;
 
 pub use crate::core::allowance::{
     Allowance, RATELIMIT_LIMIT, RATELIMIT_REMAINING, RATELIMIT_RESET,
 };
 
-/// The blocked-IP table of the brute-force guard never grows past this.
+/// The blocked-IP table of the brute-force guard, and each limiter's table of keys the store found
+/// over their limit, never grow past this.
 const MAX_BLOCKED: usize = 100_000;
+
+/// One GCRA step in the shared store: `burst` cells, one freed every `interval`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GcraStep {
+    pub burst: u32,
+    pub interval: Duration,
+    /// False to ask whether one more would be allowed without counting it (the guard's look).
+    pub consume: bool,
+}
+
+/// What the store decided for one key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SharedAnswer {
+    /// `remaining` cells are left; the bucket is full again after `reset`.
+    Allowed { remaining: u32, reset: Duration },
+    /// Over the limit: the next cell is due after `retry_after`.
+    Limited { retry_after: Duration },
+}
+
+/// Why the store gave no answer. Each is counted by the store; the caller applies `on_error`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreFailure {
+    /// No answer within `op_timeout`.
+    Timeout,
+    /// Refused, disconnected, or an answer that was not a GCRA reply.
+    Error,
+    /// The circuit breaker is open: the store was not asked.
+    CircuitOpen,
+}
+
+pub type StoreFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<SharedAnswer, StoreFailure>> + Send + 'a>>;
+
+/// The shared store's side of a limit decision. Implemented over Redis in src/proxy/store.rs; the
+/// decisions here stay free of I/O.
+pub trait SharedLimits: Send + Sync {
+    /// One GCRA step for the key `namespace:id`, bounded in time by the store.
+    fn gcra<'a>(
+        &'a self,
+        namespace: &'a str,
+        id: &'a (dyn Display + Sync),
+        step: GcraStep,
+    ) -> StoreFuture<'a>;
+
+    /// Seconds a client refused under `on_error = "deny"` should wait before retrying.
+    fn retry_after(&self) -> u64;
+}
+
+/// The shared store and what to do when it does not answer.
+pub struct SharedStore {
+    pub store: Arc<dyn SharedLimits>,
+    pub on_error: StoreFailurePolicy,
+    pub metrics: Arc<Metrics>,
+}
 
 type KeyedLimiter<K> =
     RateLimiter<K, DefaultKeyedStateStore<K>, DefaultClock, StateInformationMiddleware>;
@@ -37,10 +101,14 @@ struct Limiter<K: Hash + Eq + Clone> {
     limiter: KeyedLimiter<K>,
     burst: u32,
     replenish: Duration,
+    /// This limiter's keys in the shared store: `user:*`, `ip:/tasks/{id}`, `auth_failures`.
+    namespace: Box<str>,
+    /// Keys the shared store found over the limit, and until when: refused without asking it.
+    over_limit: Mutex<HashMap<K, Instant>>,
 }
 
 impl<K: Hash + Eq + Clone> Limiter<K> {
-    fn new(quota: &QuotaConfig) -> Limiter<K> {
+    fn new(quota: &QuotaConfig, namespace: String) -> Limiter<K> {
         let replenish = quota.period / quota.count;
         let burst = NonZeroU32::new(quota.burst).unwrap_or(NonZeroU32::MIN);
         let governor_quota = Quota::with_period(replenish.max(Duration::from_nanos(1)))
@@ -51,6 +119,45 @@ impl<K: Hash + Eq + Clone> Limiter<K> {
                 .with_middleware::<StateInformationMiddleware>(),
             burst: burst.get(),
             replenish,
+            namespace: namespace.into_boxed_str(),
+            over_limit: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn step(&self, consume: bool) -> GcraStep {
+        GcraStep {
+            burst: self.burst,
+            interval: self.replenish,
+            consume,
+        }
+    }
+
+    /// When the store last found `key` over its limit and that still holds, the refusal.
+    fn remembered_refusal(&self, key: &K) -> Option<GatewayError> {
+        let over_limit = self.over_limit.lock().unwrap_or_else(|p| p.into_inner());
+        let until = *over_limit.get(key)?;
+        let now = Instant::now();
+        (until > now).then(|| GatewayError::RateLimited {
+            limit: self.burst,
+            retry_after: ceil_secs(until - now).max(1),
+        })
+    }
+
+    fn remember_refusal(&self, key: &K, retry_after: Duration) {
+        let now = Instant::now();
+        let mut over_limit = self.over_limit.lock().unwrap_or_else(|p| p.into_inner());
+        if over_limit.len() >= MAX_BLOCKED {
+            over_limit.retain(|_, until| *until > now);
+        }
+        if over_limit.len() < MAX_BLOCKED {
+            over_limit.insert(key.clone(), now + retry_after);
+        }
+    }
+
+    fn refused(&self, retry_after: Duration) -> GatewayError {
+        GatewayError::RateLimited {
+            limit: self.burst,
+            retry_after: ceil_secs(retry_after).max(1),
         }
     }
 
@@ -78,6 +185,10 @@ impl<K: Hash + Eq + Clone> Limiter<K> {
     fn cleanup(&self) {
         self.limiter.retain_recent();
         self.limiter.shrink_to_fit();
+        let now = Instant::now();
+        let mut over_limit = self.over_limit.lock().unwrap_or_else(|p| p.into_inner());
+        over_limit.retain(|_, until| *until > now);
+        over_limit.shrink_to_fit();
     }
 
     fn len(&self) -> usize {
@@ -137,6 +248,7 @@ impl Limiters {
 pub struct RateLimits {
     limiters: Arc<Limiters>,
     pub headers: bool,
+    shared: Option<SharedStore>,
     cleanup_task: Option<JoinHandle<()>>,
 }
 
@@ -148,24 +260,64 @@ impl Drop for RateLimits {
     }
 }
 
+/// A route's store namespace: its methods and pattern, which the route table keeps unique.
+fn route_scope(route: &RouteConfig) -> String {
+    let methods = match &route.methods {
+        Some(methods) => methods
+            .iter()
+            .map(http::Method::as_str)
+            .collect::<Vec<_>>()
+            .join(","),
+        None => "*".to_string(),
+    };
+    format!("{methods} {}", route.path)
+}
+
 impl RateLimits {
-    /// Builds the limiters; inside a tokio runtime it also starts the cleanup task.
+    /// Builds in-process limiters; inside a tokio runtime it also starts the cleanup task.
     pub fn new(config: &RateLimitConfig, routes: &[RouteConfig]) -> RateLimits {
+        RateLimits::with_store(config, routes, None)
+    }
+
+    /// Builds the limiters, deciding through `shared` when it is set.
+    pub fn with_store(
+        config: &RateLimitConfig,
+        routes: &[RouteConfig],
+        shared: Option<SharedStore>,
+    ) -> RateLimits {
         let limiters = Arc::new(Limiters {
             global: RouteLimiters {
-                per_user: config.per_user.as_ref().map(Limiter::new),
-                per_ip: config.per_ip.as_ref().map(Limiter::new),
+                per_user: config
+                    .per_user
+                    .as_ref()
+                    .map(|quota| Limiter::new(quota, "user:*".into())),
+                per_ip: config
+                    .per_ip
+                    .as_ref()
+                    .map(|quota| Limiter::new(quota, "ip:*".into())),
             },
             routes: routes
                 .iter()
                 .map(|route| {
-                    route.rate_limit.map(|limits| RouteLimiters {
-                        per_user: limits.per_user.as_ref().map(Limiter::new),
-                        per_ip: limits.per_ip.as_ref().map(Limiter::new),
+                    route.rate_limit.map(|limits| {
+                        let scope = route_scope(route);
+                        RouteLimiters {
+                            per_user: limits
+                                .per_user
+                                .as_ref()
+                                .map(|quota| Limiter::new(quota, format!("user:{scope}"))),
+                            per_ip: limits
+                                .per_ip
+                                .as_ref()
+                                .map(|quota| Limiter::new(quota, format!("ip:{scope}"))),
+                        }
                     })
                 })
                 .collect(),
-            auth_failures: config.auth_failures.as_ref().map(Limiter::new),
+            auth_failures: config
+                .auth_failures
+                .as_ref()
+                .map(|quota| Limiter::new(quota, "auth_failures".into())),
             blocked: Mutex::new(HashMap::new()),
         });
         let cleanup_task = tokio::runtime::Handle::try_current().ok().map(|runtime| {
@@ -181,32 +333,83 @@ impl RateLimits {
         RateLimits {
             limiters,
             headers: config.headers,
+            shared,
             cleanup_task,
         }
     }
 
     /// Counts a request by an authenticated user against its route's (or the global) quota.
-    pub(crate) fn check_user(
+    pub(crate) async fn check_user(
         &self,
         route: usize,
         user: &String,
     ) -> Result<Option<Allowance>, GatewayError> {
         match &self.limiters.for_route(route).per_user {
-            Some(limiter) => limiter.check(user).map(Some),
+            Some(limiter) => self.check(limiter, user).await.map(Some),
             None => Ok(None),
         }
     }
 
     /// Counts a request without a valid identity against its client IP.
-    pub fn check_ip(&self, route: usize, ip: IpAddr) -> Result<Option<Allowance>, GatewayError> {
+    pub async fn check_ip(
+        &self,
+        route: usize,
+        ip: IpAddr,
+    ) -> Result<Option<Allowance>, GatewayError> {
         match &self.limiters.for_route(route).per_ip {
-            Some(limiter) => limiter.check(&ip).map(Some),
+            Some(limiter) => self.check(limiter, &ip).await.map(Some),
             None => Ok(None),
+        }
+    }
+
+    /// One request against `limiter`: in the shared store when there is one, else here.
+    async fn check<K: Hash + Eq + Clone + Display + Sync>(
+        &self,
+        limiter: &Limiter<K>,
+        key: &K,
+    ) -> Result<Allowance, GatewayError> {
+        let Some(shared) = &self.shared else {
+            return limiter.check(key);
+        };
+        if let Some(refusal) = limiter.remembered_refusal(key) {
+            shared.metrics.store_local_refusals.inc();
+            return Err(refusal);
+        }
+        match shared
+            .store
+            .gcra(&limiter.namespace, key, limiter.step(true))
+            .await
+        {
+            Ok(SharedAnswer::Allowed { remaining, reset }) => Ok(Allowance {
+                limit: limiter.burst,
+                remaining,
+                reset: ceil_secs(reset),
+            }),
+            Ok(SharedAnswer::Limited { retry_after }) => {
+                limiter.remember_refusal(key, retry_after);
+                Err(limiter.refused(retry_after))
+            }
+            Err(_) => {
+                shared.metrics.record_store_fallback(shared.on_error.name());
+                match shared.on_error {
+                    StoreFailurePolicy::Local => limiter.check(key),
+                    // Allowed and uncounted: the headers still tell the quota.
+                    StoreFailurePolicy::Allow => Ok(Allowance {
+                        limit: limiter.burst,
+                        remaining: limiter.burst,
+                        reset: 0,
+                    }),
+                    StoreFailurePolicy::Deny => Err(GatewayError::StoreUnavailable {
+                        retry_after: shared.store.retry_after(),
+                    }),
+                }
+            }
         }
     }
 
     /// The brute-force guard: an IP that used up its failed-authentication quota gets 429 before any
     /// token is parsed or verified, so guessing costs it nothing but time, and us nothing at all.
+    /// This is the replica's own memory; `shared_auth_guard` asks the store.
     pub(crate) fn auth_guard(&self, ip: IpAddr) -> Result<(), GatewayError> {
         if self.limiters.auth_failures.is_none() {
             return Ok(());
@@ -231,19 +434,90 @@ impl RateLimits {
         }
     }
 
+    /// With a shared store, the guard as every replica sees it: asked before a token this replica
+    /// has not verified yet is looked at, without counting anything.
+    pub(crate) async fn shared_auth_guard(&self, ip: IpAddr) -> Result<(), GatewayError> {
+        let (Some(shared), Some(limiter)) = (&self.shared, &self.limiters.auth_failures) else {
+            return Ok(());
+        };
+        match shared
+            .store
+            .gcra(&limiter.namespace, &ip, limiter.step(false))
+            .await
+        {
+            Ok(SharedAnswer::Allowed { .. }) => Ok(()),
+            Ok(SharedAnswer::Limited { retry_after }) => {
+                self.block(ip, retry_after, limiter.burst);
+                Err(limiter.refused(retry_after))
+            }
+            // `local`: the replica's own guard (`auth_guard`) already ran.
+            Err(_) => match shared.on_error {
+                StoreFailurePolicy::Local | StoreFailurePolicy::Allow => Ok(()),
+                StoreFailurePolicy::Deny => {
+                    shared.metrics.record_store_fallback(shared.on_error.name());
+                    Err(GatewayError::StoreUnavailable {
+                        retry_after: shared.store.retry_after(),
+                    })
+                }
+            },
+        }
+    }
+
     /// Records a failed authentication from `ip`. When that leaves its bucket empty, the IP is
     /// blocked until the next cell is due, so exactly `burst` failures are let through, not
-    /// `burst + 1`.
-    pub(crate) fn record_auth_failure(&self, ip: IpAddr) {
+    /// `burst + 1`. With a shared store, a failure the store finds already over the quota (other
+    /// replicas used it up) is answered 429 instead of 401.
+    pub(crate) async fn record_auth_failure(&self, ip: IpAddr) -> Result<(), GatewayError> {
         let Some(limiter) = &self.limiters.auth_failures else {
-            return;
+            return Ok(());
         };
-        let block_for = match limiter.check(&ip) {
-            Ok(allowance) if allowance.remaining == 0 => limiter.replenish,
-            Ok(_) => return,
-            Err(GatewayError::RateLimited { retry_after, .. }) => Duration::from_secs(retry_after),
-            Err(_) => return,
+        let answer = match &self.shared {
+            None => None,
+            Some(shared) => match shared
+                .store
+                .gcra(&limiter.namespace, &ip, limiter.step(true))
+                .await
+            {
+                Ok(answer) => Some(answer),
+                Err(_) => {
+                    shared.metrics.record_store_fallback(shared.on_error.name());
+                    match shared.on_error {
+                        StoreFailurePolicy::Local => None,
+                        StoreFailurePolicy::Allow | StoreFailurePolicy::Deny => return Ok(()),
+                    }
+                }
+            },
         };
+        let answer = match answer {
+            Some(answer) => answer,
+            None => match limiter.check(&ip) {
+                Ok(allowance) => SharedAnswer::Allowed {
+                    remaining: allowance.remaining,
+                    reset: Duration::ZERO,
+                },
+                Err(GatewayError::RateLimited { retry_after, .. }) => SharedAnswer::Limited {
+                    retry_after: Duration::from_secs(retry_after),
+                },
+                Err(_) => return Ok(()),
+            },
+        };
+        match answer {
+            SharedAnswer::Allowed { remaining: 0, .. } => {
+                self.block(ip, limiter.replenish, limiter.burst);
+                Ok(())
+            }
+            SharedAnswer::Allowed { .. } => Ok(()),
+            SharedAnswer::Limited { retry_after } => {
+                self.block(ip, retry_after, limiter.burst);
+                match self.shared {
+                    Some(_) => Err(limiter.refused(retry_after)),
+                    None => Ok(()),
+                }
+            }
+        }
+    }
+
+    fn block(&self, ip: IpAddr, block_for: Duration, limit: u32) {
         let now = Instant::now();
         let mut blocked = self
             .limiters
@@ -254,7 +528,7 @@ impl RateLimits {
             blocked.retain(|_, (until, _)| *until > now);
         }
         if blocked.len() < MAX_BLOCKED {
-            blocked.insert(ip, (now + block_for, limiter.burst));
+            blocked.insert(ip, (now + block_for, limit));
         } else {
             tracing::warn!(%ip, "auth-failure guard table full; not blocking");
         }

@@ -1,5 +1,7 @@
 //! The admin listener, off the public port: `/healthz` (the process runs), `/readyz` (the config is
-//! loaded and every key source has keys) and `/metrics` (Prometheus text).
+//! loaded and every key source has keys; it reports the shared store's state, and is unready for
+//! the store only under `on_error = "deny"`, where a store that does not answer refuses every
+//! limited request) and `/metrics` (Prometheus text).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -14,6 +16,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
+use crate::config::StoreFailurePolicy;
+use crate::proxy::store::StoreState;
 use crate::runtime::live::Live;
 
 pub async fn serve(listener: TcpListener, live: Arc<Live>, shutdown: impl Future<Output = ()>) {
@@ -61,18 +65,39 @@ fn answer(live: &Live, request: Request<Incoming>) -> Response<Full<Bytes>> {
                 .filter(|remote| remote.keys().is_none())
                 .map(|remote| remote.url().to_string())
                 .collect();
-            if waiting.is_empty() {
-                json(StatusCode::OK, serde_json::json!({"status": "ready"}))
-            } else {
-                json(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    serde_json::json!({
-                        "status": "not_ready",
-                        "reason": "no signing keys fetched yet",
-                        "jwks_waiting": waiting,
-                    }),
+            let store = gateway.store().map(|store| {
+                let on_error = store.settings().on_error;
+                let state = store.state();
+                let refusing = on_error == StoreFailurePolicy::Deny && state != StoreState::Up;
+                (
+                    serde_json::json!({"state": state.name(), "on_error": on_error.name()}),
+                    refusing,
                 )
+            });
+            let store_refusing = store.as_ref().is_some_and(|(_, refusing)| *refusing);
+            let mut body = if !waiting.is_empty() {
+                serde_json::json!({
+                    "status": "not_ready",
+                    "reason": "no signing keys fetched yet",
+                    "jwks_waiting": waiting,
+                })
+            } else if store_refusing {
+                serde_json::json!({
+                    "status": "not_ready",
+                    "reason": "the shared store is not answering and on_error is \"deny\"",
+                })
+            } else {
+                serde_json::json!({"status": "ready"})
+            };
+            if let Some((store, _)) = store {
+                body["store"] = store;
             }
+            let status = if waiting.is_empty() && !store_refusing {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            json(status, body)
         }
         "/metrics" => {
             let mut response = Response::new(Full::new(Bytes::from(live.metrics().render())));

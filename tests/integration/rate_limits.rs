@@ -290,7 +290,7 @@ async fn a_million_idle_keys_are_released() {
     let before = rss_kib();
     for i in 0..1_000_000u32 {
         let ip = IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i));
-        assert!(limits.check_ip(0, ip).is_ok());
+        assert!(limits.check_ip(0, ip).await.is_ok());
     }
     assert_eq!(limits.tracked_keys(), 1_000_000);
     let full = rss_kib();
