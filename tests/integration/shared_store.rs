@@ -247,7 +247,7 @@ async fn a_key_over_its_limit_is_refused_without_asking_the_store_again() {
 #[tokio::test]
 async fn a_flushed_script_is_loaded_again() {
     let redis = RedisServer::start();
-    let (backend, gateway) = start_shared(&redis, "per_user = \"3/m\"", "").await;
+    let (_backend, gateway) = start_shared(&redis, "per_user = \"3/m\"", "").await;
     assert_eq!(get_tasks(gateway.addr, "alice").await.status, 200);
     assert_eq!(redis.command(&["SCRIPT", "FLUSH"]), "+OK");
     assert_eq!(get_tasks(gateway.addr, "alice").await.status, 200);
@@ -287,7 +287,7 @@ async fn load(addr: SocketAddr, count: usize, concurrency: usize) -> Vec<(u16, D
 #[tokio::test]
 async fn redis_killed_mid_run_with_local_policy_gives_no_5xx_and_no_slow_answers() {
     let mut redis = RedisServer::start();
-    let (backend, gateway) =
+    let (_backend, gateway) =
         start_shared(&redis, "per_user = \"3/m\"", "on_error = \"local\"").await;
     wait_for_state(&gateway, "up").await;
     let addr = gateway.addr;
@@ -404,7 +404,7 @@ async fn limits_are_shared_again_after_redis_restarts() {
 #[tokio::test]
 async fn a_slow_redis_takes_the_timeout_path() {
     let redis = RedisServer::start();
-    let (backend, gateway) = start_shared(&redis, "per_user = \"3/m\"", "").await;
+    let (_backend, gateway) = start_shared(&redis, "per_user = \"3/m\"", "").await;
     wait_for_state(&gateway, "up").await;
     let port = redis.port;
     let sleeper = std::thread::spawn(move || {
