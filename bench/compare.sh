@@ -4,6 +4,9 @@
 #   nginx           nginx plain reverse proxy, no auth, :18082 (what a proxy hop costs at best)
 #   haproxy         HAProxy doing authgate's work (HS256 jwt_verify, exp, X-User-Id, owner 403), :18081
 #   authgate-hs256  authgate with an HS256 token, :18083
+#   authgate-limit-local  authgate-hs256 plus a per-user limit decided in process, :18087
+#   authgate-limit-redis  the same limit decided in a redis-server on this machine ([store]), :18088
+#                   (Redis on :18089; its CPU per request goes into the report)
 # Load: wrk -t1, keep-alive, GET /api/alice/tasks with alice's token, for each connection count in
 # CONNS, ROUNDS rounds that alternate between the targets, SECS seconds per run.
 # Writes bench/results/<date>-compare.md and prints it. See bench/README.md.
@@ -51,6 +54,8 @@ ALL_TARGETS=(
   "haproxy         http://127.0.0.1:18081  TOKEN_HS256  start_haproxy         yes"
   "authgate-hs256  http://127.0.0.1:18083  TOKEN_HS256  start_authgate_hs256  yes"
   "authgate-eddsa  http://127.0.0.1:18085  TOKEN_EDDSA  start_authgate_eddsa  yes"
+  "authgate-limit-local  http://127.0.0.1:18087  TOKEN_HS256  start_authgate_limit_local  yes"
+  "authgate-limit-redis  http://127.0.0.1:18088  TOKEN_HS256  start_authgate_limit_redis  yes"
   # TLS runs (authgate and HAProxy terminating TLS, h1/h2/handshakes) live in bench/tls.sh.
 )
 if [[ -n "${HYPER_BARE_BIN:-}" ]]; then
@@ -88,6 +93,33 @@ start_authgate_eddsa() {
   spawn authgate-eddsa "$AUTHGATE_BIN" --config "$config"
   wait_port 18085 "$SPAWNED_PID" authgate-eddsa
 }
+# authgate with a per-user limit high enough never to refuse: what the decision costs, in process
+# or through Redis. The same config but for [store].
+limited_config() { # PORT OUT [STORE-TABLE]
+  sed -e "s/127.0.0.1:18083/127.0.0.1:$1/" "$AUTHGATE_CONFIG" >"$2"
+  printf '\n[rate_limit]\nper_user = "1000000/s"\n' >>"$2"
+  if [[ -n "${3:-}" ]]; then printf '\n[store]\n%s\n' "$3" >>"$2"; fi
+  BETTER_AUTH_SECRET=$BENCH_SECRET "$AUTHGATE_BIN" check --config "$2" >"$2.check.log" 2>&1 ||
+    { cat "$2.check.log" >&2; die "authgate check rejected $2"; }
+}
+start_authgate_limit_local() {
+  port_free_or_die 18087
+  limited_config 18087 "$BENCH_TMP/gateway-limit-local.toml"
+  spawn authgate-limit-local env BETTER_AUTH_SECRET="$BENCH_SECRET" "$AUTHGATE_BIN" --config "$BENCH_TMP/gateway-limit-local.toml"
+  wait_port 18087 "$SPAWNED_PID" authgate-limit-local
+}
+start_authgate_limit_redis() {
+  port_free_or_die 18088 18089
+  need_tools redis-server
+  spawn redis redis-server --port 18089 --bind 127.0.0.1 --save "" --appendonly no
+  REDIS_PID=$SPAWNED_PID
+  wait_port 18089 "$REDIS_PID" redis
+  limited_config 18088 "$BENCH_TMP/gateway-limit-redis.toml" 'redis_url = "redis://127.0.0.1:18089/0"'
+  spawn authgate-limit-redis env BETTER_AUTH_SECRET="$BENCH_SECRET" "$AUTHGATE_BIN" --config "$BENCH_TMP/gateway-limit-redis.toml"
+  wait_port 18088 "$SPAWNED_PID" authgate-limit-redis
+}
+# CPU seconds (user + system) a process has used, from /proc.
+cpu_secs() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.3f", ($14 + $15) / hz }' "/proc/$1/stat"; }
 # ---------------------------------------------------------------------------------------------
 
 TARGET_LINES=()
@@ -108,7 +140,7 @@ printf 'authgate bench: %d target(s) x %d connection count(s) x %d round(s) x %d
 
 need_tools nginx haproxy wrk curl
 build_authgate
-port_free_or_die 18080 18081 18082 18083 18085 18086
+port_free_or_die 18080 18081 18082 18083 18085 18086 18087 18088 18089
 bench_init
 raise_nofile 16384  # haproxy asks for 2 x maxconn (8000) + a few
 
@@ -159,6 +191,7 @@ done = function(summary, latency, requests)
 end
 EOF
 
+declare -A REDIS_CPU=()
 RESULTS=$BENCH_TMP/results.tsv
 printf 'conns\tround\ttarget\trps\tp50_us\tp90_us\tp99_us\tmax_us\tnon2xx\tsockerr\trequests\n' >"$RESULTS"
 
@@ -180,7 +213,11 @@ for c in "${CONN_LIST[@]}"; do
   for r in $(seq "$ROUNDS"); do
     for line in "${TARGET_LINES[@]}"; do
       read -r name url tokvar _ _ <<<"$line"
+      [[ $name == authgate-limit-redis ]] && redis_before=$(cpu_secs "$REDIS_PID")
       out=$(run_wrk "$url" "${!tokvar}" "$c" "$SECS" 2>&1) || { warn "$name c=$c round $r: wrk failed"; echo "$out" >&2; continue; }
+      if [[ $name == authgate-limit-redis ]]; then
+        REDIS_CPU[$c]=$(awk -v a="${REDIS_CPU[$c]:-0}" -v b="$redis_before" -v e="$(cpu_secs "$REDIS_PID")" 'BEGIN { printf "%.3f", a + e - b }')
+      fi
       printf '### c=%s round=%s target=%s\n%s\n' "$c" "$r" "$name" "$out" >>"$BENCH_TMP/wrk-raw.log"
       res=$(grep '^AGBENCH ' <<<"$out" | tail -n 1) || { warn "$name c=$c round $r: no result from wrk"; continue; }
       declare -A R=()
@@ -224,6 +261,7 @@ done
     "${AUTHGATE_WORKERS:-default (one per core)}" "${AUTHGATE_PIN:-default (true)}"
   printf 'load\twrk -t1 -c{%s} -d%ss, keep-alive, GET %s with an HS256 bearer token, %s round(s) alternating between targets, %ss warm-up each\n' \
     "$(IFS=,; echo "${CONN_LIST[*]}")" "$SECS" "$PATH_OK" "$ROUNDS" "$WARMUP"
+  for c in "${!REDIS_CPU[@]}"; do printf 'redis cpu c=%s\t%s\n' "$c" "${REDIS_CPU[$c]}"; done
   if ((${#BENCH_WARNINGS[@]})); then for w in "${BENCH_WARNINGS[@]}"; do printf 'warning\t%s\n' "$w"; done; fi
 } >"$BENCH_TMP/meta.tsv"
 

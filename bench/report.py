@@ -122,6 +122,34 @@ def main(meta_path, results_path):
             out.append(f"| {conns} | {mean_ratio:.2f} | " + ", ".join(f"{p:.2f}" for p in pairs) + " |")
         out.append("")
 
+    local_rows = [r for r in rows if r["target"] == "authgate-limit-local"]
+    redis_rows = [r for r in rows if r["target"] == "authgate-limit-redis"]
+    if local_rows and redis_rows:
+        out.append("## A per-user limit through Redis ([store]) vs the same limit in process")
+        out.append("")
+        out.append("Target: Redis ≥ 0.7 × in process at 32 connections. Redis runs on this machine and "
+                   "shares its cores. p99 added: Redis p99 minus in-process p99 (mean over rounds). "
+                   "Redis CPU: redis-server's user + system time over the Redis runs, per request.")
+        out.append("")
+        out.append("| connections | mean req/s ratio | per-round ratios | p99 added ms | Redis CPU µs/request |")
+        out.append("|---:|---:|---|---:|---:|")
+        for conns in runs:
+            lo = {r["round"]: r for r in local_rows if int(r["conns"]) == conns}
+            rd = {r["round"]: r for r in redis_rows if int(r["conns"]) == conns}
+            pairs = [float(rd[k]["rps"]) / float(lo[k]["rps"]) for k in rd if k in lo and float(lo[k]["rps"])]
+            if not pairs:
+                continue
+            mean_ratio = (sum(float(r["rps"]) for r in rd.values()) / len(rd)) / (
+                sum(float(r["rps"]) for r in lo.values()) / len(lo))
+            p99_added = (sum(float(r["p99_us"]) for r in rd.values()) / len(rd)
+                         - sum(float(r["p99_us"]) for r in lo.values()) / len(lo)) / 1000
+            cpu = meta_d.get(f"redis cpu c={conns}")
+            total = sum(int(r["requests"]) for r in rd.values())
+            cpu_cell = f"{float(cpu) * 1e6 / total:.2f}" if cpu and total else "–"
+            out.append(f"| {conns} | {mean_ratio:.2f} | " + ", ".join(f"{p:.2f}" for p in pairs)
+                       + f" | {p99_added:+.2f} | {cpu_cell} |")
+        out.append("")
+
     out.append("<details><summary>every run</summary>")
     out.append("")
     out.append("| connections | round | target | req/s | p50 ms | p90 ms | p99 ms | max ms | non-2xx | socket errors |")
