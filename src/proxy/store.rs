@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use thread_local::ThreadLocal;
 
 use crate::config::StoreConfig;
 use crate::core::metrics::Metrics;
@@ -63,8 +64,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 pub struct RedisStore {
     settings: StoreConfig,
     client: redis::Client,
-    /// Made on first use (it needs a runtime) and dropped when the breaker opens.
-    connection: ArcSwapOption<ConnectionManager>,
+    /// One connection per serving thread, made on first use there, so its driver runs on the
+    /// thread whose requests it carries (no hop to another thread and back per decision); each
+    /// still multiplexes that thread's concurrent requests. Dropped when the breaker opens.
+    connections: ThreadLocal<ArcSwapOption<ConnectionManager>>,
     script: redis::Script,
     breaker: Breaker,
     /// Whether the last operation got an answer, for `/readyz`.
@@ -133,7 +136,7 @@ impl RedisStore {
             RedisStore {
                 settings: settings.clone(),
                 client,
-                connection: ArcSwapOption::empty(),
+                connections: ThreadLocal::new(),
                 script: redis::Script::new(GCRA_SCRIPT),
                 breaker: Breaker::new(settings.breaker_failures, settings.breaker_open),
                 last_ok: AtomicBool::new(false),
@@ -167,7 +170,8 @@ impl RedisStore {
     }
 
     fn connection(&self) -> Result<ConnectionManager, redis::RedisError> {
-        if let Some(connection) = self.connection.load_full() {
+        let slot = self.connections.get_or_default();
+        if let Some(connection) = slot.load_full() {
             return Ok((*connection).clone());
         }
         let config = ConnectionManagerConfig::new()
@@ -178,7 +182,7 @@ impl RedisStore {
             // Requests are bounded by `op_timeout` here; the client's own would only duplicate it.
             .set_response_timeout(None);
         let connection = ConnectionManager::new_lazy_with_config(self.client.clone(), config)?;
-        self.connection.store(Some(Arc::new(connection.clone())));
+        slot.store(Some(Arc::new(connection.clone())));
         Ok(connection)
     }
 
@@ -236,7 +240,9 @@ impl RedisStore {
         if self.breaker.failed(probe) {
             self.metrics.store_up.set(0);
             // A fresh connection for the next probe: the old one may be silent rather than closed.
-            self.connection.store(None);
+            for slot in self.connections.iter() {
+                slot.store(None);
+            }
             tracing::warn!(
                 redis_url = %self.settings.redis_url,
                 error = %why,
