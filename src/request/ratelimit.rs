@@ -450,16 +450,16 @@ impl RateLimits {
                 self.block(ip, retry_after, limiter.burst);
                 Err(limiter.refused(retry_after))
             }
-            // `local`: the replica's own guard (`auth_guard`) already ran.
-            Err(_) => match shared.on_error {
-                StoreFailurePolicy::Local | StoreFailurePolicy::Allow => Ok(()),
-                StoreFailurePolicy::Deny => {
-                    shared.metrics.record_store_fallback(shared.on_error.name());
-                    Err(GatewayError::StoreUnavailable {
+            Err(_) => {
+                shared.metrics.record_store_fallback(shared.on_error.name());
+                match shared.on_error {
+                    // `local`: the replica's own guard (`auth_guard`) already ran.
+                    StoreFailurePolicy::Local | StoreFailurePolicy::Allow => Ok(()),
+                    StoreFailurePolicy::Deny => Err(GatewayError::StoreUnavailable {
                         retry_after: shared.store.retry_after(),
-                    })
+                    }),
                 }
-            },
+            }
         }
     }
 

@@ -3,12 +3,15 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub struct RedisServer {
     pub port: u16,
     password: Option<String>,
+    /// Certificate and key files: the server then speaks TLS only.
+    tls: Option<(PathBuf, PathBuf)>,
     child: Option<Child>,
 }
 
@@ -22,6 +25,19 @@ impl RedisServer {
         let mut server = RedisServer {
             port: crate::common::free_port(),
             password: password.map(str::to_string),
+            tls: None,
+            child: None,
+        };
+        server.restart();
+        server
+    }
+
+    /// A server speaking only TLS, with this certificate and key (no client certificates).
+    pub fn start_tls(cert: &Path, key: &Path) -> RedisServer {
+        let mut server = RedisServer {
+            port: crate::common::free_port(),
+            password: None,
+            tls: Some((cert.to_path_buf(), key.to_path_buf())),
             child: None,
         };
         server.restart();
@@ -35,9 +51,22 @@ impl RedisServer {
     /// Starts the server again on the same port (after `kill`), empty.
     pub fn restart(&mut self) {
         let mut command = Command::new("redis-server");
+        match &self.tls {
+            None => command.args(["--port", &self.port.to_string()]),
+            Some((cert, key)) => command.args([
+                "--port",
+                "0",
+                "--tls-port",
+                &self.port.to_string(),
+                "--tls-cert-file",
+                cert.to_str().unwrap(),
+                "--tls-key-file",
+                key.to_str().unwrap(),
+                "--tls-auth-clients",
+                "no",
+            ]),
+        };
         command.args([
-            "--port",
-            &self.port.to_string(),
             "--bind",
             "127.0.0.1",
             "--save",
@@ -63,6 +92,10 @@ impl RedisServer {
             });
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
+        if self.tls.is_some() {
+            crate::common::wait_until_listening(([127, 0, 0, 1], self.port).into());
+            return;
+        }
         loop {
             if let Ok(reply) = self.try_command(&["PING"]) {
                 if reply == "+PONG" || reply.starts_with("-NOAUTH") {

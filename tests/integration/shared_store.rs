@@ -360,13 +360,28 @@ async fn redis_killed_with_allow_policy_lets_requests_through_and_counts_them() 
     let (backend, gateway) =
         start_shared(&redis, "per_user = \"3/m\"", "on_error = \"allow\"").await;
     redis.kill();
+    let authorization = bearer(&token_for("alice"));
     for _ in 0..10 {
-        assert_eq!(get_tasks(gateway.addr, "alice").await.status, 200);
+        let response = request(
+            gateway.addr,
+            "GET",
+            "/api/alice/tasks",
+            &[("Authorization", &authorization)],
+            b"",
+        )
+        .await;
+        assert_eq!(response.status, 200);
     }
     assert_eq!(backend.count(), 10);
+    assert!(backend
+        .received()
+        .iter()
+        .all(|r| r.header_values("x-user-id") == ["alice"]));
+    // Ten quota decisions, and one look at the shared brute-force guard before the token (not
+    // yet verified by this replica) was verified.
     assert_eq!(
         metric(&gateway, "authgate_store_fallbacks_total{policy=\"allow\"}"),
-        10.0
+        11.0
     );
 }
 
@@ -614,4 +629,61 @@ fn store_config_errors_name_the_key() {
         assert!(err.message.contains(message), "{store}: {err}");
         assert!(err.line > 0, "{err}");
     }
+}
+
+#[tokio::test]
+async fn rediss_verifies_the_server_against_ca_file() {
+    let ca = crate::tls::Ca::new("authgate redis test CA");
+    let dir = crate::tls::TempDir::new("rediss");
+    let (cert, key) = dir.write_leaf("redis", &ca.leaf("localhost", &["localhost"]));
+    let ca_file = dir.write("ca.pem", &ca.pem);
+    let stranger = dir.write("stranger.pem", &crate::tls::Ca::new("someone else").pem);
+    let redis = RedisServer::start_tls(&cert, &key);
+    let store = |ca: &std::path::Path| {
+        format!(
+            "redis_url = \"rediss://localhost:{}/0\"\nca_file = \"{}\"\nop_timeout = \"1s\"",
+            redis.port,
+            ca.display()
+        )
+    };
+    let backend = Backend::start().await;
+    let trusted = start_gateway(
+        &config("per_user = \"2/m\"", Some(&store(&ca_file))),
+        backend.addr,
+    )
+    .await;
+    let statuses = [
+        get_tasks(trusted.addr, "alice").await.status,
+        get_tasks(trusted.addr, "alice").await.status,
+        get_tasks(trusted.addr, "alice").await.status,
+    ];
+    assert_eq!(statuses, [200, 200, 429]);
+    assert_eq!(
+        metric(
+            &trusted,
+            "authgate_store_operations_total{result=\"limited\"}"
+        ),
+        1.0,
+        "decided by Redis over TLS"
+    );
+    // A server certificate from a CA the gateway does not trust: no answer is taken from it.
+    let untrusting = start_gateway(
+        &config("per_user = \"2/m\"", Some(&store(&stranger))),
+        backend.addr,
+    )
+    .await;
+    assert_eq!(get_tasks(untrusting.addr, "bob").await.status, 200);
+    assert_eq!(
+        metric(
+            &untrusting,
+            "authgate_store_operations_total{result=\"allowed\"}"
+        ),
+        0.0
+    );
+    assert!(
+        metric(
+            &untrusting,
+            "authgate_store_fallbacks_total{policy=\"local\"}"
+        ) >= 1.0
+    );
 }

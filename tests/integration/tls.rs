@@ -38,20 +38,20 @@ use crate::common::*;
 // Test PKI
 // ---------------------------------------------------------------------------------------------
 
-struct Ca {
+pub(crate) struct Ca {
     issuer: Issuer<'static, KeyPair>,
     der: CertificateDer<'static>,
-    pem: String,
+    pub(crate) pem: String,
 }
 
-struct Leaf {
+pub(crate) struct Leaf {
     cert_pem: String,
     key_pem: String,
     der: CertificateDer<'static>,
 }
 
 impl Ca {
-    fn new(name: &str) -> Ca {
+    pub(crate) fn new(name: &str) -> Ca {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.distinguished_name.push(DnType::CommonName, name);
@@ -69,7 +69,7 @@ impl Ca {
         }
     }
 
-    fn leaf(&self, common_name: &str, names: &[&str]) -> Leaf {
+    pub(crate) fn leaf(&self, common_name: &str, names: &[&str]) -> Leaf {
         self.leaf_with(common_name, names, |_| {})
     }
 
@@ -100,10 +100,10 @@ impl Ca {
 }
 
 /// A directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
+pub(crate) struct TempDir(PathBuf);
 
 impl TempDir {
-    fn new(tag: &str) -> TempDir {
+    pub(crate) fn new(tag: &str) -> TempDir {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let dir = std::env::temp_dir().join(format!(
             "authgate-tls-{tag}-{}-{}",
@@ -114,14 +114,14 @@ impl TempDir {
         TempDir(dir)
     }
 
-    fn write(&self, name: &str, contents: &str) -> PathBuf {
+    pub(crate) fn write(&self, name: &str, contents: &str) -> PathBuf {
         let path = self.0.join(name);
         std::fs::write(&path, contents).unwrap();
         path
     }
 
     /// Writes a leaf as `<name>.crt` and `<name>.key`.
-    fn write_leaf(&self, name: &str, leaf: &Leaf) -> (PathBuf, PathBuf) {
+    pub(crate) fn write_leaf(&self, name: &str, leaf: &Leaf) -> (PathBuf, PathBuf) {
         (
             self.write(&format!("{name}.crt"), &leaf.cert_pem),
             self.write(&format!("{name}.key"), &leaf.key_pem),
