@@ -249,12 +249,6 @@ impl Metrics {
             .inc();
     }
 
-    pub(crate) fn record_store_operation(&self, result: &'static str) {
-        self.store_operations
-            .get_or_create(&ResultLabels { result })
-            .inc();
-    }
-
     pub(crate) fn record_store_fallback(&self, policy: &'static str) {
         self.store_fallbacks
             .get_or_create(&PolicyLabels { policy })

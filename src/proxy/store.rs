@@ -3,13 +3,15 @@
 //! Why redis-rs (`redis`) with `tokio-comp` and `connection-manager`: it is the maintained Redis
 //! client for tokio; its multiplexed connection pipelines every concurrent request on one socket,
 //! so no pool is needed and a decision costs one round trip; `ConnectionManager` reconnects on its
-//! own after Redis restarts; `Script` runs by EVALSHA and loads the script again on NOSCRIPT (after
-//! a restart or `SCRIPT FLUSH`). `tokio-rustls-comp` gives `rediss://` over rustls with this
-//! process's provider (ring), and nothing else: no native TLS, no second provider.
+//! own after Redis restarts. The script runs by EVALSHA, and by EVAL on NOSCRIPT (after a restart
+//! or `SCRIPT FLUSH`), which also caches it again. `tokio-rustls-comp` gives `rediss://` over
+//! rustls with this process's provider (ring), and nothing else: no native TLS, no second provider.
 //!
 //! Each decision is one GCRA step in a Lua script that reads the time from Redis (`TIME`), so clock
 //! skew between replicas cannot change a quota, and sets the key to expire when its bucket is full
-//! again, so memory stays bounded by the keys active in one period.
+//! again, so memory stays bounded by the keys active in one period. The decisions a serving thread
+//! queues while it runs its ready requests go to Redis in one script call: a request still waits
+//! for one round trip, but Redis pays its per-call cost (command, `TIME`, reply) once per batch.
 //!
 //! Failure is bounded and explicit: every operation waits at most `op_timeout`; after
 //! `breaker_failures` failures in a row the circuit breaker opens and requests skip the store for
@@ -18,43 +20,68 @@
 //! route) is not waited on forever. State changes are logged once each; every operation is counted.
 
 use std::fmt::Display;
+use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
+use prometheus_client::metrics::counter::Counter;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use thread_local::ThreadLocal;
+use tokio::sync::oneshot;
 
 use crate::config::StoreConfig;
 use crate::core::metrics::Metrics;
 use crate::request::ratelimit::{GcraStep, SharedAnswer, SharedLimits, StoreFailure, StoreFuture};
 
-/// One GCRA step. KEYS[1] is the bucket; ARGV: burst, the emission interval in microseconds, and
-/// `1` to count the request or `0` only to look. The bucket holds its theoretical arrival time
-/// (TAT) in microseconds of Redis time. Replies `{allowed, remaining, microseconds}`: until the
-/// bucket is full again when allowed, until the next cell when not.
+/// GCRA steps for every decision a serving thread queued in one scheduler pass, so a burst of
+/// concurrent requests costs Redis one script call (one `TIME`, one reply) rather than one each.
+/// KEYS are the buckets; ARGV holds three values per key: burst, the emission interval in
+/// microseconds, and `1` to count the request or `0` only to look. A bucket holds its theoretical
+/// arrival time (TAT) in microseconds of Redis time. Replies three integers per key, in order:
+/// `allowed`, `remaining`, and microseconds until the bucket is full again when allowed, until the
+/// next cell when not. Keys are stepped in order, so a key named twice sees its first step.
+///
+/// A bucket expires at its TAT rounded up to the next whole second (`PXAT`), so it lives at most a
+/// second longer than it matters. The expiry is only rewritten when that second changes (else
+/// `KEEPTTL`): a hot key costs Redis no expiry update per request. Needs Redis 6.2 or newer.
 ///
 /// The TAT is written with `%.0f` because Lua turns a number into a string with 14 significant
 /// digits, which would round a microsecond timestamp.
 const GCRA_SCRIPT: &str = r"
-local burst = tonumber(ARGV[1])
-local interval = tonumber(ARGV[2])
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
-local tat = tonumber(redis.call('GET', KEYS[1]))
-if not tat or tat < now then
-  tat = now
+local replies = {}
+for i = 1, #KEYS do
+  local burst = tonumber(ARGV[3 * i - 2])
+  local interval = tonumber(ARGV[3 * i - 1])
+  local stored = tonumber(redis.call('GET', KEYS[i]))
+  local tat = stored
+  if not tat or tat < now then
+    tat = now
+  end
+  local new_tat = tat + interval
+  local latest = now + burst * interval
+  if new_tat > latest then
+    replies[3 * i - 2] = 0
+    replies[3 * i - 1] = 0
+    replies[3 * i] = new_tat - latest
+  else
+    if ARGV[3 * i] == '1' then
+      local expire_second = math.ceil(new_tat / 1000000)
+      if stored and math.ceil(stored / 1000000) == expire_second then
+        redis.call('SET', KEYS[i], string.format('%.0f', new_tat), 'KEEPTTL')
+      else
+        redis.call('SET', KEYS[i], string.format('%.0f', new_tat), 'PXAT', expire_second * 1000)
+      end
+    end
+    replies[3 * i - 2] = 1
+    replies[3 * i - 1] = math.floor((latest - new_tat) / interval)
+    replies[3 * i] = new_tat - now
+  end
 end
-local new_tat = tat + interval
-local latest = now + burst * interval
-if new_tat > latest then
-  return {0, 0, new_tat - latest}
-end
-if ARGV[3] == '1' then
-  redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000))
-end
-return {1, math.floor((latest - new_tat) / interval), new_tat - now}
+return replies
 ";
 
 /// How long establishing a connection may take; requests never wait for it longer than
@@ -68,12 +95,89 @@ pub struct RedisStore {
     /// thread whose requests it carries (no hop to another thread and back per decision); each
     /// still multiplexes that thread's concurrent requests. Dropped when the breaker opens.
     connections: ThreadLocal<ArcSwapOption<ConnectionManager>>,
+    /// Decisions waiting on each serving thread; the first one queued spawns the task that sends
+    /// them all in one script call when the thread has run its other ready requests.
+    queues: ThreadLocal<Arc<DecisionQueue>>,
+    /// This store, for the flush tasks it spawns.
+    this: Weak<RedisStore>,
     script: redis::Script,
     breaker: Breaker,
     /// Whether the last operation got an answer, for `/readyz`.
     last_ok: AtomicBool,
     metrics: Arc<Metrics>,
+    counted: Outcomes,
     probe_task: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// One decision waiting for its thread's next script call.
+struct Pending {
+    /// Where its key ends in `Waiting::keys` (it starts where the previous one ends).
+    key_end: usize,
+    burst: u32,
+    interval_micros: u64,
+    consume: bool,
+    answer: oneshot::Sender<Result<SharedAnswer, StoreFailure>>,
+}
+
+/// The decisions queued on one thread, with their keys side by side in one buffer.
+#[derive(Default)]
+struct Waiting {
+    keys: Vec<u8>,
+    decisions: Vec<Pending>,
+}
+
+#[derive(Default)]
+struct DecisionQueue(Mutex<Waiting>);
+
+impl DecisionQueue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Waiting> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Everything queued so far, leaving buffers of the same size for the next batch.
+    fn take(&self) -> Waiting {
+        let mut waiting = self.lock();
+        let next = Waiting {
+            keys: Vec::with_capacity(waiting.keys.capacity()),
+            decisions: Vec::with_capacity(waiting.decisions.capacity()),
+        };
+        std::mem::replace(&mut *waiting, next)
+    }
+}
+
+/// `authgate_store_operations` by result, looked up once rather than per decision.
+struct Outcomes {
+    allowed: Counter,
+    limited: Counter,
+    timeout: Counter,
+    error: Counter,
+    circuit_open: Counter,
+}
+
+impl Outcomes {
+    fn new(metrics: &Metrics) -> Outcomes {
+        let counter = |result: &'static str| {
+            metrics
+                .store_operations
+                .get_or_create(&crate::core::metrics::ResultLabels { result })
+                .clone()
+        };
+        Outcomes {
+            allowed: counter("allowed"),
+            limited: counter("limited"),
+            timeout: counter("timeout"),
+            error: counter("error"),
+            circuit_open: counter("circuit_open"),
+        }
+    }
+
+    fn failure(&self, failure: StoreFailure) -> &Counter {
+        match failure {
+            StoreFailure::Timeout => &self.timeout,
+            StoreFailure::Error => &self.error,
+            StoreFailure::CircuitOpen => &self.circuit_open,
+        }
+    }
 }
 
 impl Drop for RedisStore {
@@ -137,9 +241,12 @@ impl RedisStore {
                 settings: settings.clone(),
                 client,
                 connections: ThreadLocal::new(),
+                queues: ThreadLocal::new(),
+                this: weak.clone(),
                 script: redis::Script::new(GCRA_SCRIPT),
                 breaker: Breaker::new(settings.breaker_failures, settings.breaker_open),
                 last_ok: AtomicBool::new(false),
+                counted: Outcomes::new(&metrics),
                 metrics,
                 probe_task,
             }
@@ -186,23 +293,22 @@ impl RedisStore {
         Ok(connection)
     }
 
-    /// Runs one store command under the breaker and `op_timeout`, counting the outcome.
+    /// Runs one store command under the breaker, answered by `deadline` or failed; the caller
+    /// counts the outcome per decision.
     async fn run<T>(
         &self,
+        deadline: Instant,
         operation: impl AsyncFnOnce(&mut ConnectionManager) -> redis::RedisResult<T>,
     ) -> Result<T, StoreFailure> {
         let probe = match self.breaker.admit() {
             Admission::Closed => None,
             Admission::Probe(guard) => Some(guard),
-            Admission::Skip => {
-                self.metrics.record_store_operation("circuit_open");
-                return Err(StoreFailure::CircuitOpen);
-            }
+            Admission::Skip => return Err(StoreFailure::CircuitOpen),
         };
         let started = Instant::now();
         let outcome = match self.connection() {
             Ok(mut connection) => {
-                tokio::time::timeout(self.settings.op_timeout, operation(&mut connection)).await
+                tokio::time::timeout_at(deadline.into(), operation(&mut connection)).await
             }
             Err(err) => Ok(Err(err)),
         };
@@ -232,10 +338,6 @@ impl RedisStore {
                 ),
             ),
         };
-        self.metrics.record_store_operation(match failure {
-            StoreFailure::Timeout => "timeout",
-            _ => "error",
-        });
         self.last_ok.store(false, Ordering::Relaxed);
         if self.breaker.failed(probe) {
             self.metrics.store_up.set(0);
@@ -256,49 +358,155 @@ impl RedisStore {
         Err(failure)
     }
 
+    /// Queues one decision for this thread's next script call and waits for its answer, which
+    /// comes within `op_timeout` of the first decision in that call (the call's own bound).
     async fn step(
         &self,
         namespace: &str,
         id: &(dyn Display + Sync),
         step: GcraStep,
     ) -> Result<SharedAnswer, StoreFailure> {
-        let key = format!("{}:{namespace}:{id}", self.settings.key_prefix);
-        let interval = u64::try_from(step.interval.as_micros())
-            .unwrap_or(u64::MAX)
-            .max(1);
-        let mut invocation = self.script.key(key);
-        invocation
-            .arg(step.burst)
-            .arg(interval)
-            .arg(u8::from(step.consume));
-        let reply: (i64, i64, i64) = self
-            .run(async |connection| invocation.invoke_async(connection).await)
-            .await?;
-        let micros = |value: i64| Duration::from_micros(u64::try_from(value).unwrap_or(0));
-        let answer = match reply {
-            (1, remaining, reset) => SharedAnswer::Allowed {
-                remaining: u32::try_from(remaining).unwrap_or(0),
-                reset: micros(reset),
-            },
-            (_, _, retry_after) => SharedAnswer::Limited {
-                retry_after: micros(retry_after),
-            },
+        if self.breaker.skipping() {
+            self.counted.circuit_open.inc();
+            return Err(StoreFailure::CircuitOpen);
+        }
+        let (answer, answered) = oneshot::channel();
+        let queue = self.queues.get_or_default();
+        let first = {
+            let mut waiting = queue.lock();
+            let Waiting { keys, decisions } = &mut *waiting;
+            // Writing into a Vec<u8> cannot fail.
+            let _ = write!(keys, "{}:{namespace}:{id}", self.settings.key_prefix);
+            decisions.push(Pending {
+                key_end: keys.len(),
+                burst: step.burst,
+                interval_micros: u64::try_from(step.interval.as_micros())
+                    .unwrap_or(u64::MAX)
+                    .max(1),
+                consume: step.consume,
+                answer,
+            });
+            decisions.len() == 1
         };
-        self.metrics.record_store_operation(match answer {
-            SharedAnswer::Allowed { .. } => "allowed",
-            SharedAnswer::Limited { .. } => "limited",
-        });
-        Ok(answer)
+        if first {
+            let deadline = Instant::now() + self.settings.op_timeout;
+            match self.this.upgrade() {
+                Some(store) => drop(tokio::spawn(store.flush(queue.clone(), deadline))),
+                None => drop(queue.take()),
+            }
+        }
+        answered.await.unwrap_or_else(|_| {
+            // The flush task was dropped unanswered: the runtime is shutting down.
+            self.counted.error.inc();
+            Err(StoreFailure::Error)
+        })
+    }
+
+    /// Sends every decision queued on `queue` in one script call and answers each, counting
+    /// every decision's outcome.
+    async fn flush(self: Arc<Self>, queue: Arc<DecisionQueue>, deadline: Instant) {
+        // Let the requests made ready by this pass of the I/O driver queue theirs first: a bigger
+        // batch costs Redis less per decision.
+        tokio::task::yield_now().await;
+        let Waiting { keys, decisions } = queue.take();
+        if decisions.is_empty() {
+            return;
+        }
+        let command = |verb: &str, script: &str| {
+            let mut command = redis::cmd(verb);
+            command.arg(script).arg(decisions.len());
+            let mut start = 0;
+            for decision in &decisions {
+                command.arg(&keys[start..decision.key_end]);
+                start = decision.key_end;
+            }
+            for decision in &decisions {
+                command
+                    .arg(decision.burst)
+                    .arg(decision.interval_micros)
+                    .arg(u8::from(decision.consume));
+            }
+            command
+        };
+        let reply = self
+            .run(deadline, async |connection| {
+                let reply = command("EVALSHA", self.script.get_hash())
+                    .query_async::<redis::Value>(&mut *connection)
+                    .await;
+                match reply {
+                    // Redis restarted, or its scripts were flushed: EVAL sends the script again,
+                    // and caches it for the next EVALSHA.
+                    Err(err)
+                        if err.kind()
+                            == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                    {
+                        command("EVAL", GCRA_SCRIPT).query_async(connection).await
+                    }
+                    reply => reply,
+                }
+            })
+            .await;
+        let values = match reply {
+            Ok(redis::Value::Array(values)) if values.len() == 3 * decisions.len() => values,
+            Ok(other) => {
+                tracing::warn!(
+                    decisions = decisions.len(),
+                    reply = ?other,
+                    "the shared store's rate-limit script answered with something other than three integers per decision"
+                );
+                return self.fail(decisions, StoreFailure::Error);
+            }
+            Err(failure) => return self.fail(decisions, failure),
+        };
+        let micros = |value: i64| Duration::from_micros(u64::try_from(value).unwrap_or(0));
+        for (decision, reply) in decisions.into_iter().zip(values.chunks_exact(3)) {
+            let answer = match reply {
+                [redis::Value::Int(1), redis::Value::Int(remaining), redis::Value::Int(reset)] => {
+                    self.counted.allowed.inc();
+                    Ok(SharedAnswer::Allowed {
+                        remaining: u32::try_from(*remaining).unwrap_or(0),
+                        reset: micros(*reset),
+                    })
+                }
+                [redis::Value::Int(_), redis::Value::Int(_), redis::Value::Int(retry_after)] => {
+                    self.counted.limited.inc();
+                    Ok(SharedAnswer::Limited {
+                        retry_after: micros(*retry_after),
+                    })
+                }
+                _ => {
+                    self.counted.error.inc();
+                    Err(StoreFailure::Error)
+                }
+            };
+            // A waiter that went away (its client disconnected) needs no answer.
+            let _ = decision.answer.send(answer);
+        }
+    }
+
+    fn fail(&self, batch: Vec<Pending>, failure: StoreFailure) {
+        self.counted
+            .failure(failure)
+            .inc_by(u64::try_from(batch.len()).unwrap_or(u64::MAX));
+        for decision in batch {
+            let _ = decision.answer.send(Err(failure));
+        }
     }
 
     async fn ping(&self) -> Result<(), StoreFailure> {
-        self.run(async |connection| {
-            redis::cmd("PING")
-                .query_async::<String>(connection)
-                .await
-                .map(drop)
-        })
-        .await
+        let deadline = Instant::now() + self.settings.op_timeout;
+        let outcome = self
+            .run(deadline, async |connection| {
+                redis::cmd("PING")
+                    .query_async::<String>(connection)
+                    .await
+                    .map(drop)
+            })
+            .await;
+        if let Err(failure) = outcome {
+            self.counted.failure(failure).inc();
+        }
+        outcome
     }
 }
 
@@ -381,6 +589,13 @@ impl Breaker {
 
     fn is_open(&self) -> bool {
         self.open_until.load(Ordering::Acquire) != 0
+    }
+
+    /// Whether `admit` would skip now: open, and either not yet time to probe or a probe is
+    /// under way. Lets a request fail over without queueing for a call that will not be made.
+    fn skipping(&self) -> bool {
+        let until = self.open_until.load(Ordering::Acquire);
+        until != 0 && (self.now_ms() < until || self.probing.load(Ordering::Acquire))
     }
 
     fn admit(&self) -> Admission {
