@@ -22,7 +22,8 @@ impl fmt::Debug for Secret {
 
 #[derive(Debug, Clone)]
 pub struct AuthConfig {
-    /// At least one. With several, each names its `issuer` and a token's `iss` selects one.
+    /// With several, each names its `issuer` and a token's `iss` selects one. Empty only when
+    /// `[auth.session]` is the one way in (no bearer token can then be verified).
     pub issuers: Vec<IssuerConfig>,
     pub user_claim: String,
     pub identity_header: HeaderName,
@@ -32,6 +33,8 @@ pub struct AuthConfig {
     pub token_cache_size: usize,
     /// The longest a token may live, from its `iat` and from now (`auth.max_lifetime`).
     pub max_lifetime: Duration,
+    /// `[auth.session]`: Better Auth session cookies are accepted too.
+    pub session: Option<SessionConfig>,
 }
 
 impl AuthConfig {
@@ -201,7 +204,13 @@ pub(super) fn validate_auth(
                 env,
             )?]
         }
+        // Session cookies only: no key source at all is configured for bearer tokens.
+        None if auth.session.is_some() && top_level.set_keys().is_empty() => Vec::new(),
         None => vec![validate_issuer(ctx, raw, &top_level, None, "auth", env)?],
+    };
+    let session = match &auth.session {
+        None => None,
+        Some(session) => Some(validate_session(ctx, session, env)?),
     };
     let user_claim = match &auth.user_claim {
         None => "sub".to_string(),
@@ -248,6 +257,7 @@ pub(super) fn validate_auth(
         owner_query_params,
         token_cache_size,
         max_lifetime,
+        session,
     })
 }
 

@@ -22,17 +22,43 @@ pub struct LogConfig {
 pub(super) fn validate_admin(
     ctx: &Ctx,
     raw: Option<&Spanned<RawAdmin>>,
-) -> Result<Option<SocketAddr>, ConfigError> {
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(Option<SocketAddr>, Option<Secret>), ConfigError> {
     let Some(admin) = raw.map(Spanned::get_ref) else {
-        return Ok(None);
+        return Ok((None, None));
     };
-    admin.listen.get_ref().parse().map(Some).map_err(|_| {
+    let listen = admin.listen.get_ref().parse().map_err(|_| {
         ctx.error(
             &admin.listen,
             "admin.listen",
             "expected a socket address such as \"127.0.0.1:9090\"",
         )
-    })
+    })?;
+    let token = match &admin.token_env {
+        None => None,
+        Some(name) => match env(name.get_ref()) {
+            Some(value) if value.len() >= 16 => Some(Secret(value.into_bytes())),
+            Some(value) => {
+                return Err(ctx.error(
+                    name,
+                    "admin.token_env",
+                    format!(
+                        "environment variable {} holds {} bytes; an admin token needs at least 16",
+                        name.get_ref(),
+                        value.len()
+                    ),
+                ))
+            }
+            None => {
+                return Err(ctx.error(
+                    name,
+                    "admin.token_env",
+                    format!("environment variable {} is not set", name.get_ref()),
+                ))
+            }
+        },
+    };
+    Ok((Some(listen), token))
 }
 
 pub(super) fn validate_log(

@@ -10,6 +10,7 @@ mod rate_limit;
 mod raw;
 mod routes;
 mod server;
+mod session;
 mod store;
 mod tls;
 mod upstream;
@@ -21,6 +22,7 @@ pub use log::*;
 pub use rate_limit::*;
 pub use routes::*;
 pub use server::*;
+pub use session::*;
 pub use store::*;
 pub use upstream::*;
 
@@ -90,8 +92,11 @@ pub struct Config {
     pub auth: AuthConfig,
     pub rate_limit: RateLimitConfig,
     pub limits: LimitsConfig,
-    /// The admin listener (health, readiness, metrics); off when unset.
+    /// The admin listener (health, readiness, metrics, revocations); off when unset.
     pub admin_listen: Option<SocketAddr>,
+    /// `[admin] token_env`: the bearer token `POST /revoke` requires. Without it, only a peer on
+    /// loopback may revoke.
+    pub admin_token: Option<Secret>,
     pub log: LogConfig,
     /// `[cors]`: the gateway answers CORS preflights and labels responses; off when unset.
     pub cors: Option<CorsConfig>,
@@ -180,7 +185,7 @@ impl Config {
         let auth = validate_auth(&ctx, &raw.auth, env)?;
         let rate_limit = validate_rate_limit(&ctx, raw.rate_limit.as_ref())?;
         let limits = validate_limits(&ctx, raw.limits.as_ref())?;
-        let admin_listen = validate_admin(&ctx, raw.admin.as_ref())?;
+        let (admin_listen, admin_token) = validate_admin(&ctx, raw.admin.as_ref(), env)?;
         let log = validate_log(&ctx, raw.log.as_ref())?;
         let cors = validate_cors(&ctx, raw.cors.as_ref())?;
         let store = validate_store(&ctx, raw.store.as_ref(), env)?;
@@ -208,6 +213,7 @@ impl Config {
             rate_limit,
             limits,
             admin_listen,
+            admin_token,
             log,
             cors,
             store,

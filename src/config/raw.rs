@@ -40,6 +40,7 @@ pub(crate) struct RawServer {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawAdmin {
     pub listen: Spanned<String>,
+    pub token_env: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -141,6 +142,18 @@ pub(crate) struct RawAuth {
     pub owner_query_params: Option<Vec<Spanned<String>>>,
     pub token_cache_size: Option<Spanned<i64>>,
     pub max_lifetime: Option<Spanned<String>>,
+    pub session: Option<Spanned<RawSession>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSession {
+    pub base_url: Spanned<String>,
+    pub cookie_prefix: Option<Spanned<String>>,
+    pub secret_env: Option<Spanned<String>>,
+    pub cache_ttl: Option<Spanned<String>>,
+    pub cache_size: Option<Spanned<i64>>,
+    pub timeout: Option<Spanned<String>>,
 }
 
 /// One `[[auth.issuer]]` table: the same key-source keys as the single-issuer `[auth]` form.
@@ -215,6 +228,8 @@ pub(crate) struct RawRoute {
     pub websocket_close_on_expiry: Option<bool>,
     pub stream_timeout: Option<Spanned<String>>,
     pub allow_method_override: Option<bool>,
+    pub auth_methods: Option<Spanned<Vec<Spanned<String>>>>,
+    pub forward_session_cookie: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]

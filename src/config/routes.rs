@@ -74,7 +74,18 @@ pub struct RouteConfig {
     /// Forward method overrides (`X-HTTP-Method-Override`, `_method`) that name a method this
     /// route allows, instead of stripping the headers.
     pub allow_method_override: bool,
+    /// Which credentials the route accepts (`auth_methods`).
+    pub auth_methods: AuthMethods,
+    /// Forward Better Auth's cookies to the backend instead of stripping them.
+    pub forward_session_cookie: bool,
     pub location: Location,
+}
+
+/// `auth_methods`: a bearer JWT, a Better Auth session cookie, or either.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuthMethods {
+    pub bearer: bool,
+    pub session: bool,
 }
 
 /// Methods a route may list. CONNECT and TRACE are never proxied.
@@ -447,6 +458,73 @@ pub(super) fn validate_route(
             false,
         )?),
     };
+    let auth_methods = match &route.auth_methods {
+        None => AuthMethods {
+            bearer: !auth.issuers.is_empty() || auth.session.is_none(),
+            session: auth.session.is_some(),
+        },
+        Some(list) => {
+            if auth_mode == AuthMode::Public {
+                return Err(ctx.error(
+                    list,
+                    &key("auth_methods"),
+                    "a public route authenticates no one",
+                ));
+            }
+            if list.get_ref().is_empty() {
+                return Err(ctx.error(
+                    list,
+                    &key("auth_methods"),
+                    "the list is empty; remove the key to accept every configured method",
+                ));
+            }
+            let mut methods = AuthMethods {
+                bearer: false,
+                session: false,
+            };
+            for name in list.get_ref() {
+                let slot =
+                    match name.get_ref().as_str() {
+                        "bearer" => &mut methods.bearer,
+                        "session" if auth.session.is_none() => return Err(ctx.error(
+                            name,
+                            &key("auth_methods"),
+                            "\"session\" needs an [auth.session] table (Better Auth's base_url)",
+                        )),
+                        "session" => &mut methods.session,
+                        _ => {
+                            return Err(ctx.error(
+                                name,
+                                &key("auth_methods"),
+                                "expected \"bearer\" or \"session\"",
+                            ))
+                        }
+                    };
+                if *slot {
+                    return Err(ctx.error(name, &key("auth_methods"), "listed twice"));
+                }
+                *slot = true;
+            }
+            methods
+        }
+    };
+    if auth_methods.bearer && auth.issuers.is_empty() && route.auth_methods.is_some() {
+        return Err(ctx.error(
+            raw,
+            &key("auth_methods"),
+            "\"bearer\" needs a key source in [auth] (secret_env, jwks_url or jwks_file)",
+        ));
+    }
+    let forward_session_cookie = match &route.forward_session_cookie {
+        Some(value) if auth.session.is_none() && *value.get_ref() => {
+            return Err(ctx.error(
+                value,
+                &key("forward_session_cookie"),
+                "needs an [auth.session] table: without it no cookie is stripped",
+            ))
+        }
+        value => value.as_ref().is_some_and(|value| *value.get_ref()),
+    };
     Ok(RouteConfig {
         path: route.path.get_ref().clone(),
         params,
@@ -464,6 +542,8 @@ pub(super) fn validate_route(
         websocket,
         stream_timeout,
         allow_method_override: route.allow_method_override.unwrap_or(false),
+        auth_methods,
+        forward_session_cookie,
         location: ctx.location(raw, &table),
     })
 }

@@ -60,6 +60,13 @@ pub enum GatewayError {
     /// Retry-After, since nothing can be counted.
     #[error("rate-limit store unavailable")]
     StoreUnavailable { retry_after: u64 },
+    /// Better Auth did not answer about a session (down, slow, or an unreadable answer): 503 with
+    /// Retry-After. A session cookie is never taken on trust.
+    #[error("session check unavailable")]
+    SessionUnavailable { retry_after: u64 },
+    /// A cookie-authenticated unsafe request from another origin (or from no stated origin).
+    #[error("cross-site request refused")]
+    Csrf,
     /// The upstream refused, reset, or spoke garbage.
     #[error("upstream unavailable")]
     UpstreamUnavailable,
@@ -85,12 +92,13 @@ impl GatewayError {
             GatewayError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             GatewayError::OwnerMismatch(_)
             | GatewayError::ClaimRequirement(_)
-            | GatewayError::OriginNotAllowed => StatusCode::FORBIDDEN,
+            | GatewayError::OriginNotAllowed
+            | GatewayError::Csrf => StatusCode::FORBIDDEN,
             GatewayError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            GatewayError::KeysUnavailable | GatewayError::StoreUnavailable { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            GatewayError::KeysUnavailable
+            | GatewayError::StoreUnavailable { .. }
+            | GatewayError::SessionUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout | GatewayError::RequestTimeout => {
                 StatusCode::GATEWAY_TIMEOUT
@@ -107,7 +115,11 @@ impl GatewayError {
             GatewayError::NoRoute => "no_route",
             GatewayError::MethodNotAllowed(_) => "method_not_allowed",
             GatewayError::MethodOverride { .. } => "method_override_not_allowed",
-            GatewayError::Unauthorized(TokenError::Missing) => "no_token",
+            GatewayError::Unauthorized(TokenError::Missing | TokenError::NoCredentials) => {
+                "no_token"
+            }
+            GatewayError::Unauthorized(TokenError::SessionExpired) => "session_expired",
+            GatewayError::Unauthorized(TokenError::Revoked) => "revoked",
             GatewayError::Unauthorized(TokenError::Expired) => "expired",
             GatewayError::Unauthorized(TokenError::InvalidClaim(_)) => "invalid_claims",
             GatewayError::Unauthorized(_) => "invalid_token",
@@ -118,6 +130,8 @@ impl GatewayError {
             GatewayError::RateLimited { .. } => "rate_limited",
             GatewayError::KeysUnavailable => "keys_unavailable",
             GatewayError::StoreUnavailable { .. } => "store_unavailable",
+            GatewayError::SessionUnavailable { .. } => "session_unavailable",
+            GatewayError::Csrf => "csrf",
             GatewayError::UpstreamUnavailable => "upstream_unavailable",
             GatewayError::UpstreamTimeout => "upstream_timeout",
             GatewayError::RequestTimeout => "request_timeout",
@@ -149,6 +163,13 @@ impl GatewayError {
             GatewayError::StoreUnavailable { .. } => {
                 "the rate-limit store is unavailable; retry after the time in Retry-After"
             }
+            GatewayError::SessionUnavailable { .. } => {
+                "the session could not be checked; retry after the time in Retry-After"
+            }
+            GatewayError::Csrf => {
+                "a request authenticated by cookie must come from this site: its Origin is not \
+                 this gateway's origin nor one [cors] allows"
+            }
             GatewayError::UpstreamUnavailable => "the upstream service is unavailable",
             GatewayError::UpstreamTimeout => "the upstream service did not answer in time",
             GatewayError::RequestTimeout => "the request took longer than the gateway allows",
@@ -170,7 +191,8 @@ impl GatewayError {
             GatewayError::KeysUnavailable => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("5"));
             }
-            GatewayError::StoreUnavailable { retry_after } => {
+            GatewayError::StoreUnavailable { retry_after }
+            | GatewayError::SessionUnavailable { retry_after } => {
                 headers.insert(RETRY_AFTER, HeaderValue::from(retry_after));
             }
             GatewayError::RateLimited { limit, retry_after } => {
@@ -182,7 +204,7 @@ impl GatewayError {
                 }
                 .write_headers(headers);
             }
-            GatewayError::Unauthorized(TokenError::Missing) => {
+            GatewayError::Unauthorized(TokenError::Missing | TokenError::NoCredentials) => {
                 headers.insert(
                     WWW_AUTHENTICATE,
                     HeaderValue::from_static("Bearer realm=\"authgate\""),

@@ -74,6 +74,11 @@ pub struct Metrics {
     pub store_fallbacks: Family<PolicyLabels, Counter>,
     pub store_local_refusals: Counter,
     pub store_up: Gauge,
+    // Better Auth sessions (src/proxy/session.rs)
+    pub session_lookups: Family<ResultLabels, Counter>,
+    pub session_cache_hits: Counter,
+    // Revocations (src/request/revocation.rs, src/proxy/revocation_sync.rs)
+    pub revocations: Family<ResultLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -102,6 +107,26 @@ impl Metrics {
         let store_fallbacks = Family::<PolicyLabels, Counter>::default();
         let store_local_refusals = Counter::default();
         let store_up = Gauge::default();
+        let session_lookups = Family::<ResultLabels, Counter>::default();
+        let session_cache_hits = Counter::default();
+        let revocations = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "session_lookups",
+            "Calls to Better Auth's get-session, by result: valid, ended (signed out or expired), \
+             unavailable (down, slow, or an unreadable answer)",
+            session_lookups.clone(),
+        );
+        registry.register(
+            "session_cache_hits",
+            "Session-cookie requests answered from the session cache, without a call",
+            session_cache_hits.clone(),
+        );
+        registry.register(
+            "revocations",
+            "Revocations by source: admin (POST /revoke here), shared (from another replica \
+             through the store), and refused requests (refused)",
+            revocations.clone(),
+        );
         registry.register(
             "requests",
             "Requests answered, by route, method and status class",
@@ -189,6 +214,9 @@ impl Metrics {
             store_up.clone(),
         );
         Arc::new(Metrics {
+            session_lookups,
+            session_cache_hits,
+            revocations,
             registry,
             requests,
             refusals,

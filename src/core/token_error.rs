@@ -38,6 +38,24 @@ pub enum TokenError {
     /// A claim the gateway relies on is present but unusable: 401 `invalid_claims`.
     #[error("{}", .0.description())]
     InvalidClaim(InvalidClaim),
+    #[error("neither a bearer token nor a session cookie")]
+    NoCredentials,
+    #[error("more than one session cookie")]
+    MultipleSessionCookies,
+    #[error("the session cookie is malformed")]
+    SessionMalformed,
+    #[error("the session cookie signature is invalid")]
+    SessionBadSignature,
+    /// Better Auth no longer knows the session (signed out, expired, deleted): 401
+    /// `session_expired`.
+    #[error("the session has ended; sign in again")]
+    SessionExpired,
+    /// `POST /revoke` named the token's subject (issued before) or its session: 401 `revoked`.
+    #[error("the token was revoked")]
+    Revoked,
+    /// This route does not take this kind of credential (`auth_methods`).
+    #[error("this route does not accept this kind of credential")]
+    MethodNotAccepted,
 }
 
 /// Which claim made a token unusable, for `TokenError::InvalidClaim`. The descriptions name the
@@ -95,6 +113,13 @@ impl TokenError {
             TokenError::WrongAudience => "the token audience is not accepted",
             TokenError::MissingUser => "the token has no usable user id",
             TokenError::InvalidClaim(claim) => claim.description(),
+            TokenError::NoCredentials => "neither a bearer token nor a session cookie",
+            TokenError::MultipleSessionCookies => "more than one session cookie",
+            TokenError::SessionMalformed => "the session cookie is malformed",
+            TokenError::SessionBadSignature => "the session cookie signature is invalid",
+            TokenError::SessionExpired => "the session has ended; sign in again",
+            TokenError::Revoked => "the token was revoked",
+            TokenError::MethodNotAccepted => "this route does not accept this kind of credential",
         }
     }
 }

@@ -18,10 +18,7 @@ use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use http::header::{ACCEPT, CACHE_CONTROL, CONTENT_TYPE};
 use http::{Request, StatusCode, Uri};
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use http_body_util::Empty;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -38,7 +35,7 @@ pub const MAX_JWKS_BYTES: usize = 256 * 1024;
 pub struct RemoteJwks {
     url: Uri,
     label: String,
-    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>,
+    client: crate::proxy::fetch::FetchClient,
     timeout: Duration,
     refresh: Duration,
     cooldown: Duration,
@@ -58,28 +55,17 @@ pub struct RemoteJwks {
 
 impl RemoteJwks {
     pub fn new(url: Uri, issuer: &IssuerConfig, metrics: Arc<Metrics>) -> RemoteJwks {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(issuer.jwks_timeout));
-        connector.set_nodelay(true);
-        // https:// is verified against the Mozilla roots (webpki-roots), never skipped.
-        let tls = match url.scheme_str() {
-            Some("https") => crate::core::tls::upstream_client_config(
-                &crate::core::tls::UpstreamTrust::WebPkiRoots,
-                None,
-            )
-            .map_err(|err| tracing::error!(url = %url, "JWKS TLS setup failed: {err}"))
-            .ok()
-            .map(|client| crate::core::tls::UpstreamTls {
-                client: std::sync::Arc::new(client),
-                insecure: false,
-            }),
-            _ => None,
-        };
-        let connector = crate::proxy::upstream::tls::upstream_connector(connector, tls.as_ref());
+        // https:// is verified against the Mozilla roots (webpki-roots), never skipped. Without
+        // TLS set up, a plain client cannot reach an https URL: every fetch fails and is logged.
+        let client = crate::proxy::fetch::client(&url, issuer.jwks_timeout).unwrap_or_else(|why| {
+            tracing::error!(url = %url, "JWKS {why}");
+            crate::proxy::fetch::client(&Uri::from_static("http://unused"), issuer.jwks_timeout)
+                .expect("a plain HTTP client needs no TLS set-up")
+        });
         RemoteJwks {
             url,
             label: issuer.label.clone(),
-            client: Client::builder(TokioExecutor::new()).build(connector),
+            client,
             timeout: issuer.jwks_timeout,
             refresh: issuer.jwks_refresh,
             cooldown: issuer.jwks_cooldown,
@@ -226,17 +212,7 @@ impl RemoteJwks {
             .get(CACHE_CONTROL)
             .and_then(|value| value.to_str().ok())
             .and_then(parse_max_age);
-        let body = Limited::new(response.into_body(), MAX_JWKS_BYTES)
-            .collect()
-            .await
-            .map_err(|err| {
-                if err.is::<http_body_util::LengthLimitError>() {
-                    format!("larger than {MAX_JWKS_BYTES} bytes")
-                } else {
-                    format!("body failed: {err}")
-                }
-            })?
-            .to_bytes();
+        let body = crate::proxy::fetch::body_up_to(response.into_body(), MAX_JWKS_BYTES).await?;
         Ok((body, max_age))
     }
 }

@@ -2,9 +2,11 @@
 //! bodies, the WebSocket splice, the upstream clients, and the JWKS fetcher.
 
 pub(crate) mod body;
+pub(crate) mod fetch;
 pub mod jwks;
 pub(crate) mod lifetime;
 pub mod pipeline;
+pub mod session;
 pub mod store;
 pub(crate) mod stream;
 pub mod upstream;

@@ -16,12 +16,14 @@ use http::{Request, Response};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
-use crate::config::{AuthMode, Config, ConfigError, LimitsConfig, UpstreamRef};
+use crate::config::{AuthMethods, AuthMode, Config, ConfigError, LimitsConfig, UpstreamRef};
 use crate::core::error::GatewayError;
 use crate::core::metrics::Metrics;
+use crate::core::token_error::TokenError;
 use crate::proxy::body::{BodyScan, RequestBody};
 use crate::proxy::jwks::RemoteJwks;
 use crate::proxy::lifetime::BodyGuard;
+use crate::proxy::session::SessionClient;
 use crate::proxy::store::RedisStore;
 use crate::proxy::stream::{self, UpstreamBody};
 use crate::proxy::upstream::Upstream;
@@ -33,6 +35,7 @@ use crate::request::forwarded::TrustedProxies;
 use crate::request::headers::{ClientInfo, Forwarding, HeaderPolicy};
 use crate::request::method_override::MethodGuard;
 use crate::request::ratelimit::{RateLimits, SharedStore};
+use crate::request::revocation::Revocations;
 use crate::request::routes::RouteTable;
 use crate::request::target;
 
@@ -52,12 +55,18 @@ pub struct Gateway {
     jwks: Vec<Arc<RemoteJwks>>,
     /// The shared store of `[store]`, for readiness and reuse across reloads.
     store: Option<Arc<RedisStore>>,
+    /// `[auth.session]`: Better Auth session cookies, checked and cached; kept across reloads.
+    sessions: Option<Arc<SessionClient>>,
+    /// Revoked subjects and sessions (`POST /revoke`); kept across reloads.
+    revocations: Arc<Revocations>,
     headers: HeaderPolicy,
     default_upstream: Option<Upstream>,
     named_upstreams: Vec<Upstream>,
     server_limits: LimitsConfig,
     access_log: bool,
     cors: Option<Cors>,
+    max_token_lifetime: Duration,
+    admin_token: Option<crate::config::Secret>,
     metrics: Arc<Metrics>,
 }
 
@@ -93,6 +102,21 @@ impl Gateway {
     /// The shared store, when `[store]` is set.
     pub fn store(&self) -> Option<&Arc<RedisStore>> {
         self.store.as_ref()
+    }
+
+    /// The revocations every authenticated request is checked against.
+    pub fn revocations(&self) -> &Arc<Revocations> {
+        &self.revocations
+    }
+
+    /// The longest a token may live (`auth.max_lifetime`): how long a revocation is kept.
+    pub fn max_token_lifetime(&self) -> Duration {
+        self.max_token_lifetime
+    }
+
+    /// The token `POST /revoke` requires (`[admin] token_env`).
+    pub fn admin_token(&self) -> Option<&crate::config::Secret> {
+        self.admin_token.as_ref()
     }
 
     /// Connection-level limits, for the server.
@@ -135,6 +159,27 @@ impl Gateway {
                 })?),
             },
         };
+        let sessions = match &config.auth.session {
+            None => None,
+            Some(settings) => match previous.and_then(|gateway| gateway.sessions.as_ref()) {
+                Some(kept) if kept.same_settings(settings, &config.auth.user_claim) => {
+                    Some(kept.clone())
+                }
+                _ => Some(Arc::new(
+                    SessionClient::new(settings, &config.auth.user_claim, metrics.clone())
+                        .map_err(|why| crate::config::ConfigError {
+                            file: String::new(),
+                            line: 0,
+                            key: "auth.session.base_url".into(),
+                            message: why,
+                        })?,
+                )),
+            },
+        };
+        let revocations = previous.map_or_else(
+            || Arc::new(Revocations::default()),
+            |gateway| gateway.revocations.clone(),
+        );
         let shared = match (&store, &config.store) {
             (Some(store), Some(settings)) => Some(SharedStore {
                 store: store.clone(),
@@ -150,6 +195,10 @@ impl Gateway {
             authenticator,
             jwks,
             store,
+            sessions,
+            revocations,
+            max_token_lifetime: config.auth.max_lifetime,
+            admin_token: config.admin_token.clone(),
             headers: HeaderPolicy::new(
                 &config.auth,
                 config
@@ -306,15 +355,33 @@ impl Gateway {
                 }
                 parts.extensions.insert(stream::WebSocketRequested);
             }
-            let presented = parts.headers.contains_key(http::header::AUTHORIZATION);
+            let presented = parts.headers.contains_key(http::header::AUTHORIZATION)
+                || self
+                    .sessions
+                    .as_ref()
+                    .is_some_and(|sessions| sessions.cookies().present(&parts.headers));
             let identity = match route.auth {
                 AuthMode::Public => None,
                 // Optional: no credentials at all means anonymous; any credentials must be valid.
                 AuthMode::Optional if !presented => None,
                 AuthMode::Required | AuthMode::Optional => {
                     self.limits.auth_guard(address.ip)?;
-                    let identity = self.authenticate(&parts.headers, address.ip).await?;
+                    let (identity, credential) = self
+                        .authenticate(&parts.headers, address.ip, route.auth_methods)
+                        .await?;
                     exchange.user = Some(identity.clone());
+                    // A cookie rides along on any site's request: an unsafe one must prove it
+                    // comes from this site (src/request/csrf.rs).
+                    if credential == Credential::Session {
+                        crate::request::csrf::check(
+                            &parts.method,
+                            &parts.headers,
+                            parts.uri.authority().map(http::uri::Authority::as_str),
+                            client.proto.to_str().unwrap_or("http"),
+                            self.trusted_proxies.is_trusted(client.peer.ip()),
+                            self.cors.as_ref(),
+                        )?;
+                    }
                     Some(identity)
                 }
             };
@@ -448,6 +515,10 @@ impl Gateway {
                 .collect(),
             _ => Vec::new(),
         };
+        // Better Auth's cookies are the credential itself: the backend gets the identity instead.
+        if let (Some(sessions), false) = (&self.sessions, route.forward_session_cookie) {
+            sessions.cookies().strip(&mut parts.headers);
+        }
         let authority = parts.uri.authority().cloned();
         self.headers.rewrite_request(
             &mut parts.headers,
@@ -525,36 +596,80 @@ impl Gateway {
         Ok(response.map(|source| Either::Left(UpstreamBody::new(source, route.stream_timeout))))
     }
 
-    /// The caller's identity from its bearer token. A token verified before is taken from the
-    /// cache; any other is looked at only after the shared brute-force guard lets its IP through,
-    /// and a failure counts against that IP.
+    /// The caller's identity, from its bearer token or its Better Auth session cookie (whichever
+    /// the route accepts; a bearer token first), checked against the revocations. A token
+    /// verified before is taken from the cache; any other is looked at only after the shared
+    /// brute-force guard lets its IP through, and a failure counts against that IP.
     async fn authenticate(
         &self,
         headers: &http::HeaderMap,
         ip: IpAddr,
-    ) -> Result<Arc<Identity>, GatewayError> {
+        accepted: AuthMethods,
+    ) -> Result<(Arc<Identity>, Credential), GatewayError> {
         let now = unix_now();
-        let outcome = match auth::bearer_bytes(headers) {
-            Err(missing_or_malformed) => Err(GatewayError::Unauthorized(missing_or_malformed)),
-            Ok(token) => {
-                if let Some(identity) = self.authenticator.cached(token, now) {
-                    return Ok(identity);
-                }
+        let bearer = headers.contains_key(http::header::AUTHORIZATION);
+        let sessions = self.sessions.as_ref().filter(|_| accepted.session);
+        let outcome = match (bearer, sessions) {
+            (true, _) if accepted.bearer => self
+                .authenticate_bearer(headers, ip, now)
+                .await
+                .map(|identity| (identity, Credential::Bearer)),
+            (_, Some(sessions)) if sessions.cookies().present(headers) => {
                 self.limits.shared_auth_guard(ip).await?;
-                self.authenticator
-                    .verify_bearer(token, now)
+                sessions
+                    .authenticate(headers, now)
                     .await
-                    .map_err(|err| match err {
-                        VerifyError::Invalid(err) => GatewayError::Unauthorized(err),
-                        VerifyError::KeysUnavailable => GatewayError::KeysUnavailable,
-                    })
+                    .map(|identity| (identity, Credential::Session))
             }
+            (true, _) => Err(GatewayError::Unauthorized(TokenError::MethodNotAccepted)),
+            (false, Some(_)) if !accepted.bearer => {
+                Err(GatewayError::Unauthorized(TokenError::Missing))
+            }
+            (false, Some(_)) => Err(GatewayError::Unauthorized(TokenError::NoCredentials)),
+            (false, None) => Err(GatewayError::Unauthorized(TokenError::Missing)),
         };
+        let outcome = outcome.and_then(|(identity, credential)| {
+            self.revocations.check(&identity).map_err(|revoked| {
+                self.metrics
+                    .revocations
+                    .get_or_create(&crate::core::metrics::ResultLabels { result: "refused" })
+                    .inc();
+                GatewayError::Unauthorized(revoked)
+            })?;
+            Ok((identity, credential))
+        });
         if let Err(GatewayError::Unauthorized(_)) = &outcome {
             self.limits.record_auth_failure(ip).await?;
         }
         outcome
     }
+
+    async fn authenticate_bearer(
+        &self,
+        headers: &http::HeaderMap,
+        ip: IpAddr,
+        now: u64,
+    ) -> Result<Arc<Identity>, GatewayError> {
+        let token = auth::bearer_bytes(headers).map_err(GatewayError::Unauthorized)?;
+        if let Some(identity) = self.authenticator.cached(token, now) {
+            return Ok(identity);
+        }
+        self.limits.shared_auth_guard(ip).await?;
+        self.authenticator
+            .verify_bearer(token, now)
+            .await
+            .map_err(|err| match err {
+                VerifyError::Invalid(err) => GatewayError::Unauthorized(err),
+                VerifyError::KeysUnavailable => GatewayError::KeysUnavailable,
+            })
+    }
+}
+
+/// Which credential authenticated a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Credential {
+    Bearer,
+    Session,
 }
 
 /// Whether a request body declares its length and it is at most `limit`: only such a body is

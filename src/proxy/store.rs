@@ -510,6 +510,35 @@ impl RedisStore {
     }
 }
 
+impl RedisStore {
+    /// Records a revocation in the store (`{prefix}:revocations`, a sorted set scored by expiry)
+    /// and announces it on the `{prefix}:revocations` channel, so every replica applies it.
+    pub async fn publish_revocation(
+        &self,
+        revocation: &crate::request::revocation::Revocation,
+        expires_at: u64,
+    ) -> Result<(), String> {
+        let key = format!("{}:revocations", self.settings.key_prefix);
+        let member = revocation.encode();
+        let deadline = Instant::now() + self.settings.op_timeout.max(Duration::from_millis(500));
+        let outcome = self
+            .run(deadline, async |connection| {
+                redis::pipe()
+                    .atomic()
+                    .zadd(&key, &member, expires_at)
+                    .ignore()
+                    .incr(format!("{key}:version"), 1)
+                    .ignore()
+                    .publish(&key, &member)
+                    .ignore()
+                    .query_async::<()>(connection)
+                    .await
+            })
+            .await;
+        outcome.map_err(|failure| format!("{failure:?}"))
+    }
+}
+
 impl SharedLimits for RedisStore {
     fn gcra<'a>(
         &'a self,

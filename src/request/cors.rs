@@ -81,6 +81,14 @@ impl Cors {
         }
     }
 
+    /// Whether `origin` is one of the listed `allow_origins` (byte for byte). `"*"` lists none:
+    /// it lets any site read answers, and must not let any site act with a user's cookie.
+    pub fn lists_origin(&self, origin: &[u8]) -> bool {
+        self.origins
+            .as_ref()
+            .is_some_and(|origins| origins.iter().any(|allowed| **allowed == *origin))
+    }
+
     /// The method a CORS preflight asks about, when `method` and `headers` make one: `OPTIONS`
     /// with an `Origin` and an `Access-Control-Request-Method`. A requested method that is not a
     /// method token is a bad request.

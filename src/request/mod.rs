@@ -5,10 +5,12 @@
 pub mod auth;
 pub mod authz;
 pub mod cors;
+pub mod csrf;
 pub(crate) mod forwarded;
 pub mod headers;
 pub mod method_override;
 pub(crate) mod names;
 pub mod ratelimit;
+pub mod revocation;
 pub mod routes;
 pub mod target;

@@ -57,6 +57,10 @@ pub struct Route {
     pub stream_timeout: Option<std::time::Duration>,
     /// Forward override headers that name an allowed method (`src/request/method_override.rs`).
     pub allow_method_override: bool,
+    /// Which credentials the route takes (`auth_methods`).
+    pub auth_methods: crate::config::AuthMethods,
+    /// Keep Better Auth's cookies in what the backend receives.
+    pub forward_session_cookie: bool,
     methods: MethodSet,
 }
 
@@ -120,6 +124,8 @@ impl RouteTable {
                 websocket: config.websocket,
                 stream_timeout: config.stream_timeout,
                 allow_method_override: config.allow_method_override,
+                auth_methods: config.auth_methods,
+                forward_session_cookie: config.forward_session_cookie,
                 methods,
             };
             // Config validation (`config::routes::check_table`) refused overlapping methods.

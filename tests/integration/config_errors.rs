@@ -406,3 +406,124 @@ fn cors_errors_name_the_line_and_key() {
     );
     assert_eq!(cors.max_age, std::time::Duration::from_secs(600));
 }
+
+#[test]
+fn bad_session_and_admin_settings_name_their_key() {
+    let with = |auth_extra: &str, route_extra: &str| {
+        BASE_CONFIG
+            .replacen(
+                "strip_headers = [\"X-User-Email\", \"X-User-Role\"]",
+                &format!("strip_headers = [\"X-User-Email\", \"X-User-Role\"]\n{auth_extra}"),
+                1,
+            )
+            .replacen(
+                "owner = \"user_id\"",
+                &format!("owner = \"user_id\"\n{route_extra}"),
+                1,
+            )
+    };
+    let session = |body: &str| format!("[auth.session]\n{body}");
+    let cases = [
+        (
+            with(&session("base_url = \"auth:3000\""), ""),
+            "`auth.session.base_url`",
+            "http",
+        ),
+        (
+            with(&session("base_url = \"http://auth:3000/api/auth\""), ""),
+            "`auth.session.base_url`",
+            "without a path",
+        ),
+        (
+            with(
+                &session("base_url = \"http://auth:3000\"\ncache_ttl = \"2h\""),
+                "",
+            ),
+            "`auth.session.cache_ttl`",
+            "at most 1h",
+        ),
+        (
+            with(
+                &session("base_url = \"http://auth:3000\"\ncookie_prefix = \"a b\""),
+                "",
+            ),
+            "`auth.session.cookie_prefix`",
+            "cookiePrefix",
+        ),
+        (
+            with(
+                &session("base_url = \"http://auth:3000\"\nsecret_env = \"NOT_SET\""),
+                "",
+            ),
+            "`auth.session.secret_env`",
+            "NOT_SET is not set",
+        ),
+        (
+            with(
+                &session("base_url = \"http://auth:3000\"\ncache_size = -1"),
+                "",
+            ),
+            "`auth.session.cache_size`",
+            "between 0",
+        ),
+        (
+            with(
+                &session("base_url = \"http://auth:3000\"\ncache_tll = \"1s\""),
+                "",
+            ),
+            "`auth.session.cache_tll`",
+            "unknown field",
+        ),
+        (
+            with("", "auth_methods = [\"session\"]"),
+            "`route[1].auth_methods`",
+            "[auth.session]",
+        ),
+        (
+            with(
+                &session("base_url = \"http://auth:3000\""),
+                "auth_methods = [\"cookie\"]",
+            ),
+            "`route[1].auth_methods`",
+            "expected \"bearer\" or \"session\"",
+        ),
+        (
+            with(
+                &session("base_url = \"http://auth:3000\""),
+                "auth_methods = []",
+            ),
+            "`route[1].auth_methods`",
+            "empty",
+        ),
+        (
+            with("", "forward_session_cookie = true"),
+            "`route[1].forward_session_cookie`",
+            "[auth.session]",
+        ),
+        (
+            BASE_CONFIG.replacen(
+                "[upstream]",
+                "[admin]\nlisten = \"127.0.0.1:9091\"\ntoken_env = \"NOT_SET\"\n\n[upstream]",
+                1,
+            ),
+            "`admin.token_env`",
+            "NOT_SET is not set",
+        ),
+    ];
+    for (toml, key, message) in cases {
+        let error = parse_error(&toml);
+        assert!(error.contains("bad.toml:"), "{error}");
+        assert!(error.contains(key), "{key} in {error}");
+        assert!(error.contains(message), "{message:?} in {error}");
+    }
+    // A short Better Auth secret is refused: Better Auth itself needs 32 bytes.
+    let short = |name: &str| (name == "BETTER_AUTH_SECRET").then(|| "short".to_string());
+    let toml = with(&session("base_url = \"http://auth:3000\""), "");
+    let error = Config::parse(&toml, "bad.toml", &short)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("auth.session.secret_env") && error.contains("at least 32"),
+        "{error}"
+    );
+}

@@ -3,6 +3,7 @@
 
 mod common;
 
+mod better_auth;
 mod compose;
 mod config_errors;
 mod cors;
