@@ -145,20 +145,6 @@ impl Gateway {
             &metrics,
             previous.map_or(&[], |gateway| &gateway.jwks),
         );
-        let store = match &config.store {
-            None => None,
-            Some(settings) => match previous.and_then(|gateway| gateway.store.as_ref()) {
-                Some(kept) if kept.settings() == settings => Some(kept.clone()),
-                _ => Some(RedisStore::new(settings, metrics.clone()).map_err(|why| {
-                    crate::config::ConfigError {
-                        file: String::new(),
-                        line: 0,
-                        key: "store.redis_url".into(),
-                        message: why,
-                    }
-                })?),
-            },
-        };
         let sessions = match &config.auth.session {
             None => None,
             Some(settings) => match previous.and_then(|gateway| gateway.sessions.as_ref()) {
@@ -180,6 +166,22 @@ impl Gateway {
             || Arc::new(Revocations::default()),
             |gateway| gateway.revocations.clone(),
         );
+        let store = match &config.store {
+            None => None,
+            Some(settings) => match previous.and_then(|gateway| gateway.store.as_ref()) {
+                Some(kept) if kept.settings() == settings => Some(kept.clone()),
+                _ => Some(
+                    RedisStore::new(settings, metrics.clone(), revocations.clone()).map_err(
+                        |why| crate::config::ConfigError {
+                            file: String::new(),
+                            line: 0,
+                            key: "store.redis_url".into(),
+                            message: why,
+                        },
+                    )?,
+                ),
+            },
+        };
         let shared = match (&store, &config.store) {
             (Some(store), Some(settings)) => Some(SharedStore {
                 store: store.clone(),

@@ -34,6 +34,7 @@ use tokio::sync::oneshot;
 use crate::config::StoreConfig;
 use crate::core::metrics::Metrics;
 use crate::request::ratelimit::{GcraStep, SharedAnswer, SharedLimits, StoreFailure, StoreFuture};
+use crate::request::revocation::Revocations;
 
 /// GCRA steps for every decision a serving thread queued in one scheduler pass, so a burst of
 /// concurrent requests costs Redis one script call (one `TIME`, one reply) rather than one each.
@@ -213,7 +214,11 @@ impl RedisStore {
     /// A store for `settings`; connects lazily. Inside a runtime it also starts the probe that
     /// finds out the store's state without waiting for traffic, and closes the breaker when the
     /// store answers again.
-    pub fn new(settings: &StoreConfig, metrics: Arc<Metrics>) -> Result<Arc<RedisStore>, String> {
+    pub fn new(
+        settings: &StoreConfig,
+        metrics: Arc<Metrics>,
+        revocations: Arc<Revocations>,
+    ) -> Result<Arc<RedisStore>, String> {
         crate::core::tls::install_default_provider();
         let mut info = redis::IntoConnectionInfo::into_connection_info(settings.redis_url.as_str())
             .map_err(|err| format!("store.redis_url: {err}"))?;
@@ -234,9 +239,13 @@ impl RedisStore {
         }
         .map_err(|err| format!("store.redis_url: {err}"))?;
         let store = Arc::new_cyclic(|weak: &Weak<RedisStore>| {
-            let probe_task = tokio::runtime::Handle::try_current()
-                .ok()
+            let runtime = tokio::runtime::Handle::try_current().ok();
+            let probe_task = runtime
+                .as_ref()
                 .map(|runtime| runtime.spawn(probe(weak.clone(), settings.breaker_open)));
+            if let Some(runtime) = &runtime {
+                runtime.spawn(sync_revocations(weak.clone(), revocations));
+            }
             RedisStore {
                 settings: settings.clone(),
                 client,
@@ -511,25 +520,31 @@ impl RedisStore {
 }
 
 impl RedisStore {
-    /// Records a revocation in the store (`{prefix}:revocations`, a sorted set scored by expiry)
-    /// and announces it on the `{prefix}:revocations` channel, so every replica applies it.
+    fn revocations_key(&self) -> String {
+        format!("{}:revocations", self.settings.key_prefix)
+    }
+
+    /// Records a revocation in the store (`{prefix}:revocations`, a sorted set of encoded
+    /// revocations scored by expiry) and bumps `{prefix}:revocations:version`, which every
+    /// replica polls (`sync_revocations`).
     pub async fn publish_revocation(
         &self,
         revocation: &crate::request::revocation::Revocation,
         expires_at: u64,
     ) -> Result<(), String> {
-        let key = format!("{}:revocations", self.settings.key_prefix);
+        let key = self.revocations_key();
         let member = revocation.encode();
-        let deadline = Instant::now() + self.settings.op_timeout.max(Duration::from_millis(500));
+        let deadline = Instant::now() + self.settings.op_timeout.max(REVOCATION_OP_TIMEOUT);
         let outcome = self
             .run(deadline, async |connection| {
                 redis::pipe()
                     .atomic()
                     .zadd(&key, &member, expires_at)
                     .ignore()
-                    .incr(format!("{key}:version"), 1)
+                    // Entries past their expiry refuse nothing any more.
+                    .zrembyscore(&key, "-inf", unix_now())
                     .ignore()
-                    .publish(&key, &member)
+                    .incr(format!("{key}:version"), 1)
                     .ignore()
                     .query_async::<()>(connection)
                     .await
@@ -551,6 +566,83 @@ impl SharedLimits for RedisStore {
 
     fn retry_after(&self) -> u64 {
         self.settings.breaker_open.as_secs().max(1)
+    }
+}
+
+/// How often a replica asks whether the shared revocations changed: a revocation made on any
+/// replica holds on every other within this (plus one store round trip).
+const REVOCATION_POLL: Duration = Duration::from_millis(500);
+/// Revocation reads and writes are not on a request's path: they may wait longer than
+/// `op_timeout`.
+const REVOCATION_OP_TIMEOUT: Duration = Duration::from_millis(500);
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs())
+}
+
+/// Keeps this replica's revocations in step with the store's: every `REVOCATION_POLL` it reads
+/// the version counter, and when it moved (or at start) reads every revocation still in force.
+/// Applying one twice changes nothing, so a missed poll only delays. Ends with the store.
+async fn sync_revocations(store: Weak<RedisStore>, revocations: Arc<Revocations>) {
+    let mut known_version: Option<i64> = None;
+    loop {
+        tokio::time::sleep(REVOCATION_POLL).await;
+        let Some(store) = store.upgrade() else { return };
+        if store.breaker.skipping() {
+            continue;
+        }
+        let key = store.revocations_key();
+        let deadline = Instant::now() + store.settings.op_timeout.max(REVOCATION_OP_TIMEOUT);
+        let version = store
+            .run(deadline, async |connection| {
+                redis::cmd("GET")
+                    .arg(format!("{key}:version"))
+                    .query_async::<Option<i64>>(connection)
+                    .await
+            })
+            .await;
+        let Ok(version) = version else { continue };
+        let now = unix_now();
+        revocations.prune_expired(now);
+        if version.is_none() || version == known_version {
+            continue;
+        }
+        let entries = store
+            .run(deadline, async |connection| {
+                redis::cmd("ZRANGEBYSCORE")
+                    .arg(&key)
+                    .arg(now)
+                    .arg("+inf")
+                    .arg("WITHSCORES")
+                    .query_async::<Vec<(String, u64)>>(connection)
+                    .await
+            })
+            .await;
+        let Ok(entries) = entries else { continue };
+        let mut learned = 0u64;
+        for (member, expires_at) in entries {
+            match crate::request::revocation::Revocation::decode(&member) {
+                Some(revocation) => {
+                    if revocations.add(&revocation, expires_at, now) == Ok(true) {
+                        learned += 1;
+                    }
+                }
+                None => tracing::warn!(
+                    key = %key,
+                    "skipped an entry of the shared revocations that is not a revocation"
+                ),
+            }
+        }
+        if learned > 0 {
+            store
+                .metrics
+                .revocations
+                .get_or_create(&crate::core::metrics::ResultLabels { result: "shared" })
+                .inc_by(learned);
+        }
+        known_version = version;
     }
 }
 

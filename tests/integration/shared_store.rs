@@ -741,3 +741,109 @@ async fn rediss_verifies_the_server_against_ca_file() {
         ) >= 1.0
     );
 }
+
+/// A revocation made on one replica's admin listener holds on every replica sharing the store
+/// within a second, including one started after it.
+#[tokio::test]
+async fn revocations_reach_every_replica_through_the_store() {
+    let redis = RedisServer::start();
+    let (backend, first) = start_shared(&redis, "per_user = \"1000/m\"", "").await;
+    let second = start_gateway(
+        &config("per_user = \"1000/m\"", Some(&store_table(&redis, ""))),
+        backend.addr,
+    )
+    .await;
+    let token = token_for("alice");
+    for gateway in [&first, &second] {
+        let response = request(
+            gateway.addr,
+            "GET",
+            "/api/alice/tasks",
+            &[("Authorization", &bearer(&token))],
+            b"",
+        )
+        .await;
+        assert_eq!(response.status, 200);
+    }
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin_addr = admin.local_addr().unwrap();
+    tokio::spawn(authgate::admin::serve(
+        admin,
+        first.live.clone(),
+        std::future::pending(),
+    ));
+    let before = now() + 1;
+    let revoked = request(
+        admin_addr,
+        "POST",
+        "/revoke",
+        &[],
+        format!(r#"{{"sub": "alice", "before": {before}}}"#).as_bytes(),
+    )
+    .await;
+    assert_eq!(
+        revoked.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&revoked.body)
+    );
+    assert_eq!(revoked.json()["scope"], "shared");
+    // The same token, issued before the cut, on every replica.
+    let auth = bearer(&token);
+    let refused = |addr| {
+        let auth = auth.clone();
+        async move {
+            request(
+                addr,
+                "GET",
+                "/api/alice/tasks",
+                &[("Authorization", &auth)],
+                b"",
+            )
+            .await
+        }
+    };
+    assert_eq!(
+        refused(first.addr).await.status,
+        401,
+        "at once where it was made"
+    );
+    let started = Instant::now();
+    loop {
+        let response = refused(second.addr).await;
+        if response.status == 401 {
+            assert_eq!(response.json()["error"], "revoked");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "the other replica still lets the token through"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let late = start_gateway(
+        &config("per_user = \"1000/m\"", Some(&store_table(&redis, ""))),
+        backend.addr,
+    )
+    .await;
+    let started = Instant::now();
+    while refused(late.addr).await.status != 401 {
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "a replica started later learns it"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Until it arrived the other replicas forwarded; from then on nothing reaches the backend.
+    let forwarded = backend.count();
+    for gateway in [&first, &second, &late] {
+        assert_eq!(refused(gateway.addr).await.status, 401);
+    }
+    assert_eq!(backend.count(), forwarded);
+    assert_eq!(
+        get_tasks(second.addr, "bob").await.status,
+        200,
+        "only alice is revoked"
+    );
+    assert_eq!(backend.count(), forwarded + 1);
+}
