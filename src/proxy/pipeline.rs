@@ -617,6 +617,9 @@ impl Gateway {
                 .await
                 .map(|identity| (identity, Credential::Bearer)),
             (_, Some(sessions)) if sessions.cookies().present(headers) => {
+                if let Some(identity) = sessions.cached(headers, now) {
+                    return self.checked_revocation(identity, Credential::Session);
+                }
                 self.limits.shared_auth_guard(ip).await?;
                 sessions
                     .authenticate(headers, now)
@@ -630,20 +633,27 @@ impl Gateway {
             (false, Some(_)) => Err(GatewayError::Unauthorized(TokenError::NoCredentials)),
             (false, None) => Err(GatewayError::Unauthorized(TokenError::Missing)),
         };
-        let outcome = outcome.and_then(|(identity, credential)| {
-            self.revocations.check(&identity).map_err(|revoked| {
-                self.metrics
-                    .revocations
-                    .get_or_create(&crate::core::metrics::ResultLabels { result: "refused" })
-                    .inc();
-                GatewayError::Unauthorized(revoked)
-            })?;
-            Ok((identity, credential))
-        });
+        let outcome = outcome
+            .and_then(|(identity, credential)| self.checked_revocation(identity, credential));
         if let Err(GatewayError::Unauthorized(_)) = &outcome {
             self.limits.record_auth_failure(ip).await?;
         }
         outcome
+    }
+
+    fn checked_revocation(
+        &self,
+        identity: Arc<Identity>,
+        credential: Credential,
+    ) -> Result<(Arc<Identity>, Credential), GatewayError> {
+        self.revocations.check(&identity).map_err(|revoked| {
+            self.metrics
+                .revocations
+                .get_or_create(&crate::core::metrics::ResultLabels { result: "refused" })
+                .inc();
+            GatewayError::Unauthorized(revoked)
+        })?;
+        Ok((identity, credential))
     }
 
     async fn authenticate_bearer(

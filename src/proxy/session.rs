@@ -124,6 +124,16 @@ impl SessionClient {
         &self.cookies
     }
 
+    /// The identity of a signed session cookie already in the cache, without a call: lets the
+    /// pipeline skip the shared brute-force guard (a store round trip) for a known session.
+    pub fn cached(&self, headers: &HeaderMap, now: u64) -> Option<Arc<Identity>> {
+        let signed = self.cookies.signed_session(headers).ok()?;
+        let hash = ring::digest::digest(&ring::digest::SHA256, signed.token.as_bytes());
+        let identity = self.cache.get(hash.as_ref(), now, 0)?;
+        self.metrics.session_cache_hits.inc();
+        Some(identity)
+    }
+
     /// The identity of the session cookie in `headers`. A forged, unsigned or doubled cookie is
     /// refused here without a call; a signed one is answered from the cache or by Better Auth.
     pub async fn authenticate(
