@@ -79,6 +79,7 @@ pub struct Metrics {
     pub session_cache_hits: Counter,
     // Revocations (src/request/revocation.rs, src/proxy/revocation_sync.rs)
     pub revocations: Family<ResultLabels, Counter>,
+    pub revocations_subscribed: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -110,6 +111,7 @@ impl Metrics {
         let session_lookups = Family::<ResultLabels, Counter>::default();
         let session_cache_hits = Counter::default();
         let revocations = Family::<ResultLabels, Counter>::default();
+        let revocations_subscribed = Gauge::default();
         registry.register(
             "session_lookups",
             "Calls to Better Auth's get-session, by result: valid, ended (signed out or expired), \
@@ -123,9 +125,15 @@ impl Metrics {
         );
         registry.register(
             "revocations",
-            "Revocations by source: admin (POST /revoke here), shared (from another replica \
-             through the store), and refused requests (refused)",
+            "Revocations by source: admin (POST /revoke here), learned from another replica \
+             through the store by message (pubsub) or by reading the whole set (resync), and \
+             refused requests (refused)",
             revocations.clone(),
+        );
+        registry.register(
+            "revocations_subscribed",
+            "1 while this replica holds its subscription to the store's revocations channel",
+            revocations_subscribed.clone(),
         );
         registry.register(
             "requests",
@@ -217,6 +225,7 @@ impl Metrics {
             session_lookups,
             session_cache_hits,
             revocations,
+            revocations_subscribed,
             registry,
             requests,
             refusals,

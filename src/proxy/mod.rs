@@ -6,6 +6,7 @@ pub(crate) mod fetch;
 pub mod jwks;
 pub(crate) mod lifetime;
 pub mod pipeline;
+pub(crate) mod revocation_sync;
 pub mod session;
 pub mod store;
 pub(crate) mod stream;

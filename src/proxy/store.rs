@@ -108,6 +108,8 @@ pub struct RedisStore {
     metrics: Arc<Metrics>,
     counted: Outcomes,
     probe_task: Option<tokio::task::JoinHandle<()>>,
+    /// Follows the shared revocations (`revocation_sync`).
+    revocation_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// One decision waiting for its thread's next script call.
@@ -183,7 +185,10 @@ impl Outcomes {
 
 impl Drop for RedisStore {
     fn drop(&mut self) {
-        if let Some(task) = &self.probe_task {
+        for task in [&self.probe_task, &self.revocation_task]
+            .into_iter()
+            .flatten()
+        {
             task.abort();
         }
     }
@@ -243,9 +248,13 @@ impl RedisStore {
             let probe_task = runtime
                 .as_ref()
                 .map(|runtime| runtime.spawn(probe(weak.clone(), settings.breaker_open)));
-            if let Some(runtime) = &runtime {
-                runtime.spawn(sync_revocations(weak.clone(), revocations));
-            }
+            let revocation_task = runtime.as_ref().map(|runtime| {
+                runtime.spawn(crate::proxy::revocation_sync::follow(
+                    weak.clone(),
+                    revocations,
+                    metrics.clone(),
+                ))
+            });
             RedisStore {
                 settings: settings.clone(),
                 client,
@@ -258,6 +267,7 @@ impl RedisStore {
                 counted: Outcomes::new(&metrics),
                 metrics,
                 probe_task,
+                revocation_task,
             }
         });
         tracing::info!(
@@ -519,14 +529,32 @@ impl RedisStore {
     }
 }
 
+/// Revocation reads and writes are not on a request's path: they may wait longer than
+/// `op_timeout`.
+const REVOCATION_OP_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// The shared revocations (`revocation_sync` follows them): the sorted set
+/// `{prefix}:revocations` of encoded revocations scored by expiry, its version counter, and the
+/// channel each new one is published on.
 impl RedisStore {
-    fn revocations_key(&self) -> String {
+    pub(crate) fn revocations_key(&self) -> String {
         format!("{}:revocations", self.settings.key_prefix)
     }
 
-    /// Records a revocation in the store (`{prefix}:revocations`, a sorted set of encoded
-    /// revocations scored by expiry) and bumps `{prefix}:revocations:version`, which every
-    /// replica polls (`sync_revocations`).
+    pub(crate) fn revocations_channel(&self) -> String {
+        format!("{}:revocations:events", self.settings.key_prefix)
+    }
+
+    /// A client for the subscription, with this store's address, password and TLS settings.
+    pub(crate) fn pubsub_client(&self) -> redis::Client {
+        self.client.clone()
+    }
+
+    fn revocation_deadline(&self) -> Instant {
+        Instant::now() + self.settings.op_timeout.max(REVOCATION_OP_TIMEOUT)
+    }
+
+    /// Records a revocation, bumps the version counter and publishes it, in one transaction.
     pub async fn publish_revocation(
         &self,
         revocation: &crate::request::revocation::Revocation,
@@ -534,23 +562,58 @@ impl RedisStore {
     ) -> Result<(), String> {
         let key = self.revocations_key();
         let member = revocation.encode();
-        let deadline = Instant::now() + self.settings.op_timeout.max(REVOCATION_OP_TIMEOUT);
+        let message = crate::proxy::revocation_sync::message(revocation, expires_at);
         let outcome = self
-            .run(deadline, async |connection| {
+            .run(self.revocation_deadline(), async |connection| {
                 redis::pipe()
                     .atomic()
                     .zadd(&key, &member, expires_at)
                     .ignore()
                     // Entries past their expiry refuse nothing any more.
-                    .zrembyscore(&key, "-inf", unix_now())
+                    .zrembyscore(&key, "-inf", crate::proxy::revocation_sync::unix_now())
                     .ignore()
                     .incr(format!("{key}:version"), 1)
+                    .ignore()
+                    .publish(self.revocations_channel(), &message)
                     .ignore()
                     .query_async::<()>(connection)
                     .await
             })
             .await;
         outcome.map_err(|failure| format!("{failure:?}"))
+    }
+
+    /// The version counter; `None` before the first revocation.
+    pub(crate) async fn revocations_version(&self) -> Result<Option<i64>, StoreFailure> {
+        if self.breaker.skipping() {
+            return Err(StoreFailure::CircuitOpen);
+        }
+        let key = format!("{}:version", self.revocations_key());
+        self.run(self.revocation_deadline(), async |connection| {
+            redis::cmd("GET")
+                .arg(&key)
+                .query_async::<Option<i64>>(connection)
+                .await
+        })
+        .await
+    }
+
+    /// Every revocation still in force at `now`, encoded, with its expiry.
+    pub(crate) async fn revocations_in_force(
+        &self,
+        now: u64,
+    ) -> Result<Vec<(String, u64)>, StoreFailure> {
+        let key = self.revocations_key();
+        self.run(self.revocation_deadline(), async |connection| {
+            redis::cmd("ZRANGEBYSCORE")
+                .arg(&key)
+                .arg(now)
+                .arg("+inf")
+                .arg("WITHSCORES")
+                .query_async::<Vec<(String, u64)>>(connection)
+                .await
+        })
+        .await
     }
 }
 
@@ -566,83 +629,6 @@ impl SharedLimits for RedisStore {
 
     fn retry_after(&self) -> u64 {
         self.settings.breaker_open.as_secs().max(1)
-    }
-}
-
-/// How often a replica asks whether the shared revocations changed: a revocation made on any
-/// replica holds on every other within this (plus one store round trip).
-const REVOCATION_POLL: Duration = Duration::from_millis(500);
-/// Revocation reads and writes are not on a request's path: they may wait longer than
-/// `op_timeout`.
-const REVOCATION_OP_TIMEOUT: Duration = Duration::from_millis(500);
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_secs())
-}
-
-/// Keeps this replica's revocations in step with the store's: every `REVOCATION_POLL` it reads
-/// the version counter, and when it moved (or at start) reads every revocation still in force.
-/// Applying one twice changes nothing, so a missed poll only delays. Ends with the store.
-async fn sync_revocations(store: Weak<RedisStore>, revocations: Arc<Revocations>) {
-    let mut known_version: Option<i64> = None;
-    loop {
-        tokio::time::sleep(REVOCATION_POLL).await;
-        let Some(store) = store.upgrade() else { return };
-        if store.breaker.skipping() {
-            continue;
-        }
-        let key = store.revocations_key();
-        let deadline = Instant::now() + store.settings.op_timeout.max(REVOCATION_OP_TIMEOUT);
-        let version = store
-            .run(deadline, async |connection| {
-                redis::cmd("GET")
-                    .arg(format!("{key}:version"))
-                    .query_async::<Option<i64>>(connection)
-                    .await
-            })
-            .await;
-        let Ok(version) = version else { continue };
-        let now = unix_now();
-        revocations.prune_expired(now);
-        if version.is_none() || version == known_version {
-            continue;
-        }
-        let entries = store
-            .run(deadline, async |connection| {
-                redis::cmd("ZRANGEBYSCORE")
-                    .arg(&key)
-                    .arg(now)
-                    .arg("+inf")
-                    .arg("WITHSCORES")
-                    .query_async::<Vec<(String, u64)>>(connection)
-                    .await
-            })
-            .await;
-        let Ok(entries) = entries else { continue };
-        let mut learned = 0u64;
-        for (member, expires_at) in entries {
-            match crate::request::revocation::Revocation::decode(&member) {
-                Some(revocation) => {
-                    if revocations.add(&revocation, expires_at, now) == Ok(true) {
-                        learned += 1;
-                    }
-                }
-                None => tracing::warn!(
-                    key = %key,
-                    "skipped an entry of the shared revocations that is not a revocation"
-                ),
-            }
-        }
-        if learned > 0 {
-            store
-                .metrics
-                .revocations
-                .get_or_create(&crate::core::metrics::ResultLabels { result: "shared" })
-                .inc_by(learned);
-        }
-        known_version = version;
     }
 }
 

@@ -765,6 +765,9 @@ async fn revocations_reach_every_replica_through_the_store() {
         .await;
         assert_eq!(response.status, 200);
     }
+    for gateway in [&first, &second] {
+        wait_until_subscribed(gateway).await;
+    }
     let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin_addr = admin.local_addr().unwrap();
     tokio::spawn(authgate::admin::serve(
@@ -821,6 +824,15 @@ async fn revocations_reach_every_replica_through_the_store() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // It came as a message (the set is read again only every 30 s while subscribed).
+    let learned = |gateway, path: &str| {
+        metric(
+            gateway,
+            &format!("authgate_revocations_total{{result=\"{path}\"}}"),
+        )
+    };
+    assert_eq!(learned(&second, "pubsub"), 1.0);
+    assert_eq!(learned(&second, "resync"), 0.0);
     let late = start_gateway(
         &config("per_user = \"1000/m\"", Some(&store_table(&redis, ""))),
         backend.addr,
@@ -846,4 +858,63 @@ async fn revocations_reach_every_replica_through_the_store() {
         "only alice is revoked"
     );
     assert_eq!(backend.count(), forwarded + 1);
+    // The late replica read the set, which already held it.
+    assert_eq!(learned(&late, "resync"), 1.0);
+}
+
+async fn wait_until_subscribed(gateway: &GatewayHandle) {
+    let started = Instant::now();
+    while metric(gateway, "authgate_revocations_subscribed") != 1.0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the replica never subscribed to the revocations channel"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Pub/sub delivers at most once: a replica whose subscription is cut subscribes again and reads
+/// the whole set, so a revocation it was never sent still arrives within a second.
+#[tokio::test]
+async fn a_replica_that_lost_its_subscription_reads_what_it_missed() {
+    let redis = RedisServer::start();
+    let (_backend, gateway) = start_shared(&redis, "per_user = \"1000/m\"", "").await;
+    let token = token_for("alice");
+    let get = || async {
+        request(
+            gateway.addr,
+            "GET",
+            "/api/alice/tasks",
+            &[("Authorization", &bearer(&token))],
+            b"",
+        )
+        .await
+    };
+    assert_eq!(get().await.status, 200);
+    wait_until_subscribed(&gateway).await;
+    let killed = redis.command(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    assert_eq!(killed, ":1", "one subscription: {killed}");
+    // Written as another replica would, but with no message: only a read of the set finds it.
+    let expires_at = (now() + 3600).to_string();
+    let member = format!("sub\talice\t{}", now() + 1);
+    redis.command(&["ZADD", "authgate:revocations", &expires_at, &member]);
+    redis.command(&["INCR", "authgate:revocations:version"]);
+    let started = Instant::now();
+    loop {
+        let response = get().await;
+        if response.status == 401 {
+            assert_eq!(response.json()["error"], "revoked");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "the revocation never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        metric(&gateway, "authgate_revocations_total{result=\"resync\"}"),
+        1.0
+    );
+    wait_until_subscribed(&gateway).await;
 }
