@@ -316,12 +316,27 @@ pub(super) fn validate_issuer(
             }
         }
     };
-    if let Some(Secret(bytes)) = &secret {
-        if bytes.len() < 32 {
-            tracing::warn!(
-                "{label}: the HMAC secret is {} bytes; use at least 32 random bytes",
-                bytes.len()
-            );
+    // RFC 7518 §3.2: an HS* key must be at least as long as the hash output. A short or
+    // guessable secret lets anyone who can try keys offline mint tokens for any user.
+    if let (Some(var), Some(Secret(bytes))) = (fields.secret_env, &secret) {
+        let strictest = algorithms
+            .iter()
+            .filter_map(|algorithm| Some((algorithm.min_hmac_key_bytes()?, algorithm)))
+            .max_by_key(|(min_bytes, _)| *min_bytes);
+        if let Some((min_bytes, algorithm)) = strictest {
+            if bytes.len() < min_bytes {
+                return Err(ctx.error(
+                    var,
+                    &key("secret_env"),
+                    format!(
+                        "environment variable {} holds a {}-byte secret; {algorithm} needs at \
+                         least {min_bytes} bytes (RFC 7518 §3.2). Use the secret Better Auth signs \
+                         with, made with e.g. `openssl rand -hex 32`",
+                        var.get_ref(),
+                        bytes.len()
+                    ),
+                ));
+            }
         }
     }
     let jwks_url = match fields.jwks_url {

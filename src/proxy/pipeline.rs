@@ -170,16 +170,24 @@ impl Gateway {
             None => None,
             Some(settings) => match previous.and_then(|gateway| gateway.store.as_ref()) {
                 Some(kept) if kept.settings() == settings => Some(kept.clone()),
-                _ => Some(
-                    RedisStore::new(settings, metrics.clone(), revocations.clone()).map_err(
-                        |why| crate::config::ConfigError {
+                _ => {
+                    let store = RedisStore::new(settings, metrics.clone()).map_err(|why| {
+                        crate::config::ConfigError {
                             file: String::new(),
                             line: 0,
                             key: "store.redis_url".into(),
                             message: why,
-                        },
-                    )?,
-                ),
+                        }
+                    })?;
+                    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                        runtime.spawn(crate::proxy::revocation_sync::follow(
+                            Arc::downgrade(&store),
+                            revocations.clone(),
+                            metrics.clone(),
+                        ));
+                    }
+                    Some(store)
+                }
             },
         };
         let shared = match (&store, &config.store) {

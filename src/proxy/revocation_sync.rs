@@ -34,16 +34,6 @@ const SUBSCRIPTION_PING_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long connecting and subscribing may take.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// A published revocation: its expiry (unix seconds), a tab, and the revocation's encoding.
-pub(crate) fn message(revocation: &Revocation, expires_at: u64) -> String {
-    format!("{expires_at}\t{}", revocation.encode())
-}
-
-fn parse_message(payload: &str) -> Option<(Revocation, u64)> {
-    let (expires_at, encoded) = payload.split_once('\t')?;
-    Some((Revocation::decode(encoded)?, expires_at.parse().ok()?))
-}
-
 /// What a replica has applied from the store.
 struct Follower {
     store: Weak<RedisStore>,
@@ -53,7 +43,8 @@ struct Follower {
     known_version: Option<i64>,
 }
 
-/// Keeps this replica's revocations in step with the store's until the store is dropped.
+/// Keeps this replica's revocations in step with the store's; ends within `SUBSCRIPTION_PING`
+/// of the store being dropped (a reload that changed `[store]`).
 pub(crate) async fn follow(
     store: Weak<RedisStore>,
     revocations: Arc<Revocations>,
@@ -157,7 +148,7 @@ impl Follower {
         let parsed = message
             .get_payload::<String>()
             .ok()
-            .and_then(|payload| parse_message(&payload));
+            .and_then(|payload| Revocation::from_message(&payload));
         let Some((revocation, expires_at)) = parsed else {
             tracing::warn!(
                 channel = message.get_channel_name(),
@@ -217,37 +208,8 @@ impl Follower {
     }
 }
 
-pub(crate) fn unix_now() -> u64 {
+fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |elapsed| elapsed.as_secs())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_message_carries_the_revocation_and_its_expiry() {
-        for revocation in [
-            Revocation::Subject {
-                sub: "alice".into(),
-                before: 1_700_000_000,
-            },
-            Revocation::Session { sid: "s-1".into() },
-        ] {
-            let text = message(&revocation, 1_800_000_000);
-            assert_eq!(parse_message(&text), Some((revocation, 1_800_000_000)));
-        }
-        for garbage in [
-            "",
-            "12",
-            "x\tsid\ts",
-            "12\tsid",
-            "12\tnope\tx",
-            "-1\tsid\ts",
-        ] {
-            assert_eq!(parse_message(garbage), None, "{garbage:?}");
-        }
-    }
 }

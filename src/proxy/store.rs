@@ -34,7 +34,6 @@ use tokio::sync::oneshot;
 use crate::config::StoreConfig;
 use crate::core::metrics::Metrics;
 use crate::request::ratelimit::{GcraStep, SharedAnswer, SharedLimits, StoreFailure, StoreFuture};
-use crate::request::revocation::Revocations;
 
 /// GCRA steps for every decision a serving thread queued in one scheduler pass, so a burst of
 /// concurrent requests costs Redis one script call (one `TIME`, one reply) rather than one each.
@@ -108,8 +107,6 @@ pub struct RedisStore {
     metrics: Arc<Metrics>,
     counted: Outcomes,
     probe_task: Option<tokio::task::JoinHandle<()>>,
-    /// Follows the shared revocations (`revocation_sync`).
-    revocation_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// One decision waiting for its thread's next script call.
@@ -185,10 +182,7 @@ impl Outcomes {
 
 impl Drop for RedisStore {
     fn drop(&mut self) {
-        for task in [&self.probe_task, &self.revocation_task]
-            .into_iter()
-            .flatten()
-        {
+        if let Some(task) = &self.probe_task {
             task.abort();
         }
     }
@@ -219,11 +213,7 @@ impl RedisStore {
     /// A store for `settings`; connects lazily. Inside a runtime it also starts the probe that
     /// finds out the store's state without waiting for traffic, and closes the breaker when the
     /// store answers again.
-    pub fn new(
-        settings: &StoreConfig,
-        metrics: Arc<Metrics>,
-        revocations: Arc<Revocations>,
-    ) -> Result<Arc<RedisStore>, String> {
+    pub fn new(settings: &StoreConfig, metrics: Arc<Metrics>) -> Result<Arc<RedisStore>, String> {
         crate::core::tls::install_default_provider();
         let mut info = redis::IntoConnectionInfo::into_connection_info(settings.redis_url.as_str())
             .map_err(|err| format!("store.redis_url: {err}"))?;
@@ -248,13 +238,6 @@ impl RedisStore {
             let probe_task = runtime
                 .as_ref()
                 .map(|runtime| runtime.spawn(probe(weak.clone(), settings.breaker_open)));
-            let revocation_task = runtime.as_ref().map(|runtime| {
-                runtime.spawn(crate::proxy::revocation_sync::follow(
-                    weak.clone(),
-                    revocations,
-                    metrics.clone(),
-                ))
-            });
             RedisStore {
                 settings: settings.clone(),
                 client,
@@ -267,7 +250,6 @@ impl RedisStore {
                 counted: Outcomes::new(&metrics),
                 metrics,
                 probe_task,
-                revocation_task,
             }
         });
         tracing::info!(
@@ -529,11 +511,17 @@ impl RedisStore {
     }
 }
 
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs())
+}
+
 /// Revocation reads and writes are not on a request's path: they may wait longer than
 /// `op_timeout`.
 const REVOCATION_OP_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// The shared revocations (`revocation_sync` follows them): the sorted set
+/// The shared revocations (`proxy::revocation_sync` follows them): the sorted set
 /// `{prefix}:revocations` of encoded revocations scored by expiry, its version counter, and the
 /// channel each new one is published on.
 impl RedisStore {
@@ -562,7 +550,7 @@ impl RedisStore {
     ) -> Result<(), String> {
         let key = self.revocations_key();
         let member = revocation.encode();
-        let message = crate::proxy::revocation_sync::message(revocation, expires_at);
+        let message = revocation.to_message(expires_at);
         let outcome = self
             .run(self.revocation_deadline(), async |connection| {
                 redis::pipe()
@@ -570,7 +558,7 @@ impl RedisStore {
                     .zadd(&key, &member, expires_at)
                     .ignore()
                     // Entries past their expiry refuse nothing any more.
-                    .zrembyscore(&key, "-inf", crate::proxy::revocation_sync::unix_now())
+                    .zrembyscore(&key, "-inf", unix_now())
                     .ignore()
                     .incr(format!("{key}:version"), 1)
                     .ignore()

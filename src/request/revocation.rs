@@ -53,6 +53,17 @@ impl Revocation {
         }
     }
 
+    /// What the store publishes to the other replicas: the expiry (unix seconds), a tab, and
+    /// the encoding.
+    pub fn to_message(&self, expires_at: u64) -> String {
+        format!("{expires_at}\t{}", self.encode())
+    }
+
+    pub fn from_message(message: &str) -> Option<(Revocation, u64)> {
+        let (expires_at, encoded) = message.split_once('\t')?;
+        Some((Revocation::decode(encoded)?, expires_at.parse().ok()?))
+    }
+
     pub fn decode(text: &str) -> Option<Revocation> {
         let mut parts = text.split('\t');
         let revocation = match (parts.next()?, parts.next()?) {
@@ -281,6 +292,33 @@ mod tests {
             "sub\ta\tsoon",
         ] {
             assert_eq!(Revocation::decode(junk), None, "{junk:?}");
+        }
+    }
+
+    #[test]
+    fn a_message_carries_the_revocation_and_its_expiry() {
+        for revocation in [
+            Revocation::Subject {
+                sub: "alice".into(),
+                before: 1_700_000_000,
+            },
+            Revocation::Session { sid: "s-1".into() },
+        ] {
+            let text = revocation.to_message(1_800_000_000);
+            assert_eq!(
+                Revocation::from_message(&text),
+                Some((revocation, 1_800_000_000))
+            );
+        }
+        for garbage in [
+            "",
+            "12",
+            "x\tsid\ts",
+            "12\tsid",
+            "12\tnope\tx",
+            "-1\tsid\ts",
+        ] {
+            assert_eq!(Revocation::from_message(garbage), None, "{garbage:?}");
         }
     }
 }

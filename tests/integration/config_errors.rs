@@ -517,8 +517,15 @@ fn bad_session_and_admin_settings_name_their_key() {
         assert!(error.contains(message), "{message:?} in {error}");
     }
     // A short Better Auth secret is refused: Better Auth itself needs 32 bytes.
-    let short = |name: &str| (name == "BETTER_AUTH_SECRET").then(|| "short".to_string());
-    let toml = with(&session("base_url = \"http://auth:3000\""), "");
+    let short = |name: &str| match name {
+        "BETTER_AUTH_SECRET" => Some("x".repeat(32)),
+        "SESSION_SECRET" => Some("short".to_string()),
+        _ => None,
+    };
+    let toml = with(
+        &session("base_url = \"http://auth:3000\"\nsecret_env = \"SESSION_SECRET\""),
+        "",
+    );
     let error = Config::parse(&toml, "bad.toml", &short)
         .unwrap_err()
         .to_string();
@@ -526,4 +533,51 @@ fn bad_session_and_admin_settings_name_their_key() {
         error.contains("auth.session.secret_env") && error.contains("at least 32"),
         "{error}"
     );
+}
+
+/// RFC 7518 §3.2: an HS* secret at least as long as the hash output, else start-up (and `check`)
+/// stops on the `secret_env` line, naming the variable, its length and the algorithm.
+#[test]
+fn a_short_hmac_secret_is_refused() {
+    let line = BASE_CONFIG
+        .lines()
+        .position(|line| line.starts_with("secret_env"))
+        .unwrap()
+        + 1;
+    for (algorithms, secret_bytes, strictest, min_bytes) in [
+        ("[\"HS256\"]", 31, "HS256", 32),
+        ("[\"HS256\"]", 1, "HS256", 32),
+        ("[\"HS256\", \"HS384\"]", 47, "HS384", 48),
+        ("[\"HS512\", \"HS256\"]", 63, "HS512", 64),
+    ] {
+        let toml = BASE_CONFIG.replacen(
+            "algorithms = [\"HS256\"]",
+            &format!("algorithms = {algorithms}"),
+            1,
+        );
+        assert!(toml.contains(&format!("algorithms = {algorithms}")));
+        let env = |name: &str| (name == "BETTER_AUTH_SECRET").then(|| "k".repeat(secret_bytes));
+        let error = Config::parse(&toml, "gateway.toml", &env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.starts_with(&format!("gateway.toml:{line}: `auth.secret_env`")),
+            "{error}"
+        );
+        assert!(
+            error.contains(&format!(
+                "BETTER_AUTH_SECRET holds a {secret_bytes}-byte secret"
+            )),
+            "{error}"
+        );
+        assert!(
+            error.contains(&format!("{strictest} needs at least {min_bytes} bytes")),
+            "{error}"
+        );
+        let env = |name: &str| (name == "BETTER_AUTH_SECRET").then(|| "k".repeat(min_bytes));
+        assert!(
+            Config::parse(&toml, "gateway.toml", &env).is_ok(),
+            "{algorithms}"
+        );
+    }
 }

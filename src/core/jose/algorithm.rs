@@ -52,6 +52,17 @@ impl JwsAlgorithm {
         )
     }
 
+    /// The shortest HMAC key RFC 7518 §3.2 allows: the hash output's size. `None` for
+    /// signature algorithms.
+    pub(crate) fn min_hmac_key_bytes(self) -> Option<usize> {
+        match self {
+            JwsAlgorithm::HS256 => Some(32),
+            JwsAlgorithm::HS384 => Some(48),
+            JwsAlgorithm::HS512 => Some(64),
+            _ => None,
+        }
+    }
+
     /// The jsonwebtoken primitive, where it has one (everything but ES512).
     pub fn primitive(self) -> Option<Algorithm> {
         use JwsAlgorithm::*;
