@@ -7,7 +7,10 @@
 #   authgate-limit-local  authgate-hs256 plus a per-user limit decided in process, :18087
 #   authgate-limit-redis  the same limit decided in a redis-server on this machine ([store]), :18088
 #                   (Redis on :18089; its CPU per request goes into the report)
-# Load: wrk -t1, keep-alive, GET /api/alice/tasks with alice's token, for each connection count in
+#   authgate-session  authgate-hs256's routes taking a Better Auth session cookie instead, :18090,
+#                   with a real Better Auth server (tests/better-auth, npm) on :18091
+# Load: wrk -t1, keep-alive, GET /api/USER/tasks with USER's credential (alice's HS256 or EdDSA
+# token, or the session cookie of a user signed up with Better Auth), for each connection count in
 # CONNS, ROUNDS rounds that alternate between the targets, SECS seconds per run.
 # Writes bench/results/<date>-compare.md and prints it. See bench/README.md.
 #
@@ -37,7 +40,6 @@ SECS=${SECS:-5}
 ROUNDS=${ROUNDS:-3}
 CONNS=${CONNS:-"1 32 256"}
 WARMUP=${WARMUP:-1}
-PATH_OK=/api/alice/tasks
 for v in SECS ROUNDS WARMUP; do [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a whole number of seconds/rounds"; done
 ((SECS >= 1 && ROUNDS >= 1)) || die "SECS and ROUNDS must be at least 1"
 read -r -a CONN_LIST <<<"$CONNS"
@@ -45,22 +47,26 @@ read -r -a CONN_LIST <<<"$CONNS"
 for c in "${CONN_LIST[@]}"; do [[ $c =~ ^[1-9][0-9]*$ ]] || die "CONNS: '$c' is not a positive integer"; done
 
 # ---------------------------------------------------------------------------------------------
-# The targets. One line each: NAME  URL-BASE  TOKEN-VARIABLE  START-FUNCTION  AUTH(yes|no)
-# AUTH=yes also checks that GET /api/bob/tasks with alice's token is 403 and no token is 401.
+# The targets. One line each: NAME  URL-BASE  CREDENTIAL  START-FUNCTION  AUTH(yes|no)
+# CREDENTIAL names two variables: CREDENTIAL_HEADER (the header wrk sends) and CREDENTIAL_USER
+# (whose tasks it asks for). AUTH=yes also checks that the backend sees that user even when the
+# client sends another X-User-Id, that GET /api/bob/tasks with it is 403, and that no credential
+# is 401.
 # A name starting with "authgate" gets ratio rows against haproxy, nginx and direct.
 ALL_TARGETS=(
-  "direct          http://127.0.0.1:18080  TOKEN_HS256  start_direct          no"
-  "nginx           http://127.0.0.1:18082  TOKEN_HS256  start_nginx_proxy     no"
-  "haproxy         http://127.0.0.1:18081  TOKEN_HS256  start_haproxy         yes"
-  "authgate-hs256  http://127.0.0.1:18083  TOKEN_HS256  start_authgate_hs256  yes"
-  "authgate-eddsa  http://127.0.0.1:18085  TOKEN_EDDSA  start_authgate_eddsa  yes"
-  "authgate-limit-local  http://127.0.0.1:18087  TOKEN_HS256  start_authgate_limit_local  yes"
-  "authgate-limit-redis  http://127.0.0.1:18088  TOKEN_HS256  start_authgate_limit_redis  yes"
+  "direct          http://127.0.0.1:18080  HS256  start_direct          no"
+  "nginx           http://127.0.0.1:18082  HS256  start_nginx_proxy     no"
+  "haproxy         http://127.0.0.1:18081  HS256  start_haproxy         yes"
+  "authgate-hs256  http://127.0.0.1:18083  HS256  start_authgate_hs256  yes"
+  "authgate-eddsa  http://127.0.0.1:18085  EDDSA  start_authgate_eddsa  yes"
+  "authgate-limit-local  http://127.0.0.1:18087  HS256  start_authgate_limit_local  yes"
+  "authgate-limit-redis  http://127.0.0.1:18088  HS256  start_authgate_limit_redis  yes"
+  "authgate-session  http://127.0.0.1:18090  SESSION  start_authgate_session  yes"
   # TLS runs (authgate and HAProxy terminating TLS, h1/h2/handshakes) live in bench/tls.sh.
 )
 if [[ -n "${HYPER_BARE_BIN:-}" ]]; then
   [[ -x $HYPER_BARE_BIN ]] || die "HYPER_BARE_BIN=$HYPER_BARE_BIN is not an executable"
-  ALL_TARGETS+=("hyper-bare      http://127.0.0.1:18084  TOKEN_HS256  start_hyper_bare      no")
+  ALL_TARGETS+=("hyper-bare      http://127.0.0.1:18084  HS256  start_hyper_bare      no")
 fi
 
 # The start functions: each brings its target up and returns once it accepts connections.
@@ -118,6 +124,37 @@ start_authgate_limit_redis() {
   spawn authgate-limit-redis env BETTER_AUTH_SECRET="$BENCH_SECRET" "$AUTHGATE_BIN" --config "$BENCH_TMP/gateway-limit-redis.toml"
   wait_port 18088 "$SPAWNED_PID" authgate-limit-redis
 }
+# authgate taking Better Auth session cookies (the same routes), in front of a real Better Auth
+# server (tests/better-auth/server.mjs) signing with the bench secret; a user signed up there
+# brings the cookie and the user id the load uses.
+start_authgate_session() {
+  port_free_or_die 18090 18091
+  need_tools node npm
+  local auth_dir=$ROOT_DIR/tests/better-auth
+  [[ -d $auth_dir/node_modules/better-auth ]] ||
+    (cd "$auth_dir" && npm ci --no-audit --no-fund >"$BENCH_TMP/npm-ci.log" 2>&1) ||
+    { cat "$BENCH_TMP/npm-ci.log" >&2; die "npm ci in tests/better-auth failed"; }
+  spawn better-auth env PORT=18091 BETTER_AUTH_SECRET="$BENCH_SECRET" node "$auth_dir/server.mjs"
+  wait_port 18091 "$SPAWNED_PID" better-auth
+  local headers=$BENCH_TMP/sign-up.headers body
+  body=$(curl -s --max-time 10 -D "$headers" -H 'Content-Type: application/json' \
+    -H 'Origin: http://127.0.0.1:18091' \
+    -d '{"email":"bench@example.com","password":"bench-password-123","name":"Bench"}' \
+    http://127.0.0.1:18091/api/auth/sign-up/email) || die "Better Auth sign-up failed"
+  SESSION_USER=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["user"]["id"])' <<<"$body") ||
+    die "Better Auth sign-up answered: ${body:0:200}"
+  local cookie
+  cookie=$(sed -n 's/^[Ss]et-[Cc]ookie: \(better-auth\.session_token=[^;]*\).*/\1/p' "$headers" | tr -d '\r')
+  [[ -n $cookie ]] || die "Better Auth sign-up set no session cookie"
+  SESSION_HEADER="Cookie: $cookie"
+  local config=$BENCH_TMP/gateway-session.toml
+  sed -e 's/127.0.0.1:18083/127.0.0.1:18090/' "$AUTHGATE_CONFIG" >"$config"
+  printf '\n[auth.session]\nbase_url = "http://127.0.0.1:18091"\n' >>"$config"
+  BETTER_AUTH_SECRET=$BENCH_SECRET "$AUTHGATE_BIN" check --config "$config" >"$config.check.log" 2>&1 ||
+    { cat "$config.check.log" >&2; die "authgate check rejected $config"; }
+  spawn authgate-session env BETTER_AUTH_SECRET="$BENCH_SECRET" "$AUTHGATE_BIN" --config "$config"
+  wait_port 18090 "$SPAWNED_PID" authgate-session
+}
 # CPU seconds (user + system) a process has used, from /proc.
 cpu_secs() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.3f", ($14 + $15) / hz }' "/proc/$1/stat"; }
 # ---------------------------------------------------------------------------------------------
@@ -140,7 +177,7 @@ printf 'authgate bench: %d target(s) x %d connection count(s) x %d round(s) x %d
 
 need_tools nginx haproxy wrk curl
 build_authgate
-port_free_or_die 18080 18081 18082 18083 18085 18086 18087 18088 18089
+port_free_or_die 18080 18081 18082 18083 18085 18086 18087 18088 18089 18090 18091
 bench_init
 raise_nofile 16384  # haproxy asks for 2 x maxconn (8000) + a few
 
@@ -153,6 +190,9 @@ mkdir -p "$BENCH_TMP/jwks"
 TOKEN_EDDSA=$(python3 "$BENCH_DIR/mint_eddsa.py" "$BENCH_TMP/jwks/jwks.json" http://127.0.0.1:3000 alice) ||
   die "could not mint an EdDSA token (pip install 'pyjwt[crypto]')"
 export TOKEN_EDDSA
+HS256_HEADER="Authorization: Bearer $TOKEN_HS256" HS256_USER=alice
+EDDSA_HEADER="Authorization: Bearer $TOKEN_EDDSA" EDDSA_USER=alice
+# SESSION_HEADER and SESSION_USER come from start_authgate_session.
 
 log "starting the backend and the targets"
 start_backend
@@ -161,21 +201,35 @@ for line in "${TARGET_LINES[@]}"; do
   "$start"
 done
 
+# A target's credential: the header it sends and the path of its user's tasks.
+credential() { # TARGET-LINE -> sets URL, HEADER, USER_PATH
+  local name cred
+  read -r name URL cred _ <<<"$1"
+  local header_var=${cred}_HEADER user_var=${cred}_USER
+  HEADER=${!header_var:-}
+  [[ -n $HEADER && -n ${!user_var:-} ]] || die "$name: no credential $cred (its start function sets it)"
+  USER_PATH=/api/${!user_var}/tasks
+}
+status_with() { # URL HEADER -> HTTP status
+  curl -s -o /dev/null -w '%{http_code}' --max-time 5 -k -H "$2" "$1" || true
+}
+
 # Sanity checks before measuring; a failure prints a WARNING line and goes into the report.
 for line in "${TARGET_LINES[@]}"; do
-  read -r name url tokvar _ auth <<<"$line"
-  tok=${!tokvar}
-  code=$(http_status "$url$PATH_OK" "$tok")
-  [[ $code == 200 ]] || warn "$name: GET $PATH_OK with alice's token answered $code, expected 200"
+  read -r name _ _ _ auth <<<"$line"
+  credential "$line"
+  code=$(status_with "$URL$USER_PATH" "$HEADER")
+  [[ $code == 200 ]] || warn "$name: GET $USER_PATH with its credential answered $code, expected 200"
   if [[ $auth == yes ]]; then
-    # The backend echoes the X-User-Id it got: a spoofed one must be replaced by the token's user.
-    body=$(curl -s -k --max-time 5 -H "Authorization: Bearer $tok" -H 'X-User-Id: mallory' "$url$PATH_OK" || true)
-    [[ $body == *'"user":"alice"'* ]] ||
-      warn "$name: with a spoofed X-User-Id the backend saw: ${body:0:120} (expected \"user\":\"alice\")"
-    code=$(http_status "$url/api/bob/tasks" "$tok")
-    [[ $code == 403 ]] || warn "$name: GET /api/bob/tasks with alice's token answered $code, expected 403"
-    code=$(http_status "$url$PATH_OK")
-    [[ $code == 401 ]] || warn "$name: GET $PATH_OK without a token answered $code, expected 401"
+    # The backend echoes the X-User-Id it got: a spoofed one must be replaced by the caller's id.
+    user=${USER_PATH#/api/}; user=${user%/tasks}
+    body=$(curl -s -k --max-time 5 -H "$HEADER" -H 'X-User-Id: mallory' "$URL$USER_PATH" || true)
+    [[ $body == *"\"user\":\"$user\""* ]] ||
+      warn "$name: with a spoofed X-User-Id the backend saw: ${body:0:120} (expected \"user\":\"$user\")"
+    code=$(status_with "$URL/api/bob/tasks" "$HEADER")
+    [[ $code == 403 ]] || warn "$name: GET /api/bob/tasks with $user's credential answered $code, expected 403"
+    code=$(http_status "$URL$USER_PATH")
+    [[ $code == 401 ]] || warn "$name: GET $USER_PATH without a credential answered $code, expected 401"
   fi
 done
 
@@ -195,26 +249,27 @@ declare -A REDIS_CPU=()
 RESULTS=$BENCH_TMP/results.tsv
 printf 'conns\tround\ttarget\trps\tp50_us\tp90_us\tp99_us\tmax_us\tnon2xx\tsockerr\trequests\n' >"$RESULTS"
 
-run_wrk() { # URL TOKEN CONNS SECS -> prints wrk's output
-  timeout --foreground --signal=INT $(($4 + 20)) \
-    wrk -t1 -c"$3" -d"$4s" --latency --timeout 5s -s "$BENCH_TMP/report.lua" \
-    -H "Authorization: Bearer $2" "$1$PATH_OK"
+run_wrk() { # TARGET-LINE CONNS SECS -> prints wrk's output
+  credential "$1"
+  timeout --foreground --signal=INT $(($3 + 20)) \
+    wrk -t1 -c"$2" -d"$3s" --latency --timeout 5s -s "$BENCH_TMP/report.lua" \
+    -H "$HEADER" "$URL$USER_PATH"
 }
 
 if ((WARMUP > 0)); then
   log "warm-up: ${WARMUP}s per target at 32 connections"
   for line in "${TARGET_LINES[@]}"; do
-    read -r name url tokvar _ _ <<<"$line"
-    run_wrk "$url" "${!tokvar}" 32 "$WARMUP" >>"$BENCH_TMP/wrk-raw.log" 2>&1 || warn "$name: warm-up wrk failed"
+    read -r name _ <<<"$line"
+    run_wrk "$line" 32 "$WARMUP" >>"$BENCH_TMP/wrk-raw.log" 2>&1 || warn "$name: warm-up wrk failed"
   done
 fi
 
 for c in "${CONN_LIST[@]}"; do
   for r in $(seq "$ROUNDS"); do
     for line in "${TARGET_LINES[@]}"; do
-      read -r name url tokvar _ _ <<<"$line"
+      read -r name _ <<<"$line"
       [[ $name == authgate-limit-redis ]] && redis_before=$(cpu_secs "$REDIS_PID")
-      out=$(run_wrk "$url" "${!tokvar}" "$c" "$SECS" 2>&1) || { warn "$name c=$c round $r: wrk failed"; echo "$out" >&2; continue; }
+      out=$(run_wrk "$line" "$c" "$SECS" 2>&1) || { warn "$name c=$c round $r: wrk failed"; echo "$out" >&2; continue; }
       if [[ $name == authgate-limit-redis ]]; then
         REDIS_CPU[$c]=$(awk -v a="${REDIS_CPU[$c]:-0}" -v b="$redis_before" -v e="$(cpu_secs "$REDIS_PID")" 'BEGIN { printf "%.3f", a + e - b }')
       fi
@@ -237,9 +292,10 @@ done
 
 # Authgate must still be alive and still answering correctly after the load.
 for line in "${TARGET_LINES[@]}"; do
-  read -r name url tokvar _ _ <<<"$line"
-  code=$(http_status "$url$PATH_OK" "${!tokvar}")
-  [[ $code == 200 ]] || warn "$name: after the load, GET $PATH_OK answered $code, expected 200"
+  read -r name _ <<<"$line"
+  credential "$line"
+  code=$(status_with "$URL$USER_PATH" "$HEADER")
+  [[ $code == 200 ]] || warn "$name: after the load, GET $USER_PATH answered $code, expected 200"
 done
 
 # ----- the report -----
@@ -259,8 +315,8 @@ done
   printf 'wrk\t%s\n' "$(wrk -v 2>&1 | head -n 1 || true)"
   printf 'authgate\t%s, workers=%s, pin_workers=%s\n' "$AUTHGATE_BIN" \
     "${AUTHGATE_WORKERS:-default (one per core)}" "${AUTHGATE_PIN:-default (true)}"
-  printf 'load\twrk -t1 -c{%s} -d%ss, keep-alive, GET %s with an HS256 bearer token, %s round(s) alternating between targets, %ss warm-up each\n' \
-    "$(IFS=,; echo "${CONN_LIST[*]}")" "$SECS" "$PATH_OK" "$ROUNDS" "$WARMUP"
+  printf 'load\twrk -t1 -c{%s} -d%ss, keep-alive, GET /api/USER/tasks with USER'"'"'s credential (alice'"'"'s HS256 bearer token; EdDSA for authgate-eddsa; a Better Auth session cookie for authgate-session), %s round(s) alternating between targets, %ss warm-up each\n' \
+    "$(IFS=,; echo "${CONN_LIST[*]}")" "$SECS" "$ROUNDS" "$WARMUP"
   for c in "${!REDIS_CPU[@]}"; do printf 'redis cpu c=%s\t%s\n' "$c" "${REDIS_CPU[$c]}"; done
   if ((${#BENCH_WARNINGS[@]})); then for w in "${BENCH_WARNINGS[@]}"; do printf 'warning\t%s\n' "$w"; done; fi
 } >"$BENCH_TMP/meta.tsv"
