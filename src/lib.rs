@@ -13,6 +13,7 @@ pub mod demo;
 pub mod proxy;
 pub mod request;
 pub mod runtime;
+pub mod tools;
 
 // The module paths from before the layers, for the tests, benches and fuzz targets.
 pub use crate::demo as demo_backend;

@@ -23,9 +23,9 @@ const EXIT_CONFIG: u8 = 2;
     about = "A strict JWT authorization gateway in front of a REST backend"
 )]
 struct Cli {
-    /// Config file
-    #[arg(long, short, global = true, default_value = "gateway.toml")]
-    config: PathBuf,
+    /// Config file [default: gateway.toml]
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -43,36 +43,91 @@ enum Command {
         /// The user id (the configured user claim)
         #[arg(long)]
         sub: String,
-        /// Lifetime, e.g. 15m or 1h
-        #[arg(long, default_value = "1h")]
+        /// Lifetime from --iat, e.g. 15m or 1h
+        #[arg(long, default_value = "1h", allow_hyphen_values = true)]
         ttl: String,
-        /// Extra claim as key=value; the value is read as JSON when it parses, else as a string
+        /// Issued-at, unix seconds [default: now]
+        #[arg(long, allow_negative_numbers = true)]
+        iat: Option<i64>,
+        /// Expiry, unix seconds (instead of --iat + --ttl); a past value mints an expired token
+        #[arg(long, allow_negative_numbers = true)]
+        exp: Option<i64>,
+        /// Not-before, unix seconds
+        #[arg(long, allow_negative_numbers = true)]
+        nbf: Option<i64>,
+        /// Extra claim as key=value; the value is read as JSON when it parses, else as a string.
+        /// The user claim, iat, exp and nbf have their own options
         #[arg(long = "claim", value_name = "KEY=VALUE")]
         claims: Vec<String>,
+    },
+    /// Run decision test cases (TOML) through the gateway in process; exit 1 when one fails
+    Test {
+        /// Case files
+        #[arg(required = true, value_name = "CASES")]
+        cases: Vec<PathBuf>,
+        /// Also write the results as JUnit XML to this file
+        #[arg(long, value_name = "FILE")]
+        junit: Option<PathBuf>,
+    },
+    /// Show, stage by stage, what the gateway does with one request
+    Explain {
+        /// The request method, e.g. GET
+        method: String,
+        /// The raw request-target, e.g. /api/alice/tasks?limit=5
+        target: String,
+        /// The caller's user id (a test credential is minted); no caller without it
+        #[arg(long)]
+        user: Option<String>,
+        /// A claim of the caller as key=value (JSON when it parses, else a string)
+        #[arg(long = "claim", value_name = "KEY=VALUE")]
+        claims: Vec<String>,
+        /// A request header as "Name: value"
+        #[arg(long = "header", short = 'H', value_name = "NAME: VALUE")]
+        headers: Vec<String>,
+        /// Send a Better Auth session cookie instead of a bearer token
+        #[arg(long)]
+        session: bool,
     },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Command::Run);
+    if matches!(command, Command::Demo) && cli.config.is_some() {
+        eprintln!(
+            "authgate demo: runs its bundled config (gateway.toml as shipped) with a fresh secret and \
+             takes no --config; to run your own config: authgate run --config FILE"
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let config_path = cli
+        .config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("gateway.toml"));
     // The format comes from the config's [log] table, read before full validation so that
     // validation warnings already use it. The guard flushes buffered lines at exit.
     let format = match command {
-        Command::Run => peek_log_format(&cli.config),
+        Command::Run => peek_log_format(&config_path),
         _ => LogFormat::Pretty,
     };
-    let _log_guard = init_tracing(format);
+    // The tools print a report on stdout; the gateway they start inside says only what is wrong.
+    let default_filter = match command {
+        Command::Test { .. } | Command::Explain { .. } => "warn,rustls=error",
+        _ => DEFAULT_LOG_FILTER,
+    };
+    let _log_guard = init_tracing(format, default_filter);
     match command {
-        Command::Run => match Config::load(&cli.config) {
-            Ok(config) => run_gateway(config, cli.config.clone()),
+        Command::Run => match Config::load(&config_path) {
+            Ok(config) => run_gateway(config, config_path),
             Err(err) => config_error(err),
         },
-        Command::Check => match Config::load(&cli.config) {
+        Command::Check => match Config::load(&config_path) {
             Ok(config) => {
+                let routes = config.routes.len();
                 println!(
-                    "{}: ok ({} routes, upstream {})",
-                    cli.config.display(),
-                    config.routes.len(),
+                    "{}: ok ({routes} route{}, upstream {})",
+                    config_path.display(),
+                    if routes == 1 { "" } else { "s" },
                     config.upstream_summary()
                 );
                 if let Some(tls) = &config.server.tls {
@@ -83,11 +138,148 @@ fn main() -> ExitCode {
             Err(err) => config_error(err),
         },
         Command::Demo => demo(),
-        Command::Token { sub, ttl, claims } => match Config::load(&cli.config) {
-            Ok(config) => mint(&config, &sub, &ttl, &claims),
+        Command::Token {
+            sub,
+            ttl,
+            iat,
+            exp,
+            nbf,
+            claims,
+        } => match Config::load(&config_path) {
+            Ok(config) => mint(&config, &sub, &ttl, TimeClaims { iat, exp, nbf }, &claims),
             Err(err) => config_error(err),
         },
+        Command::Test { cases, junit } => decision_tests(&config_path, &cases, junit.as_deref()),
+        Command::Explain {
+            method,
+            target,
+            user,
+            claims,
+            headers,
+            session,
+        } => explain(
+            &config_path,
+            method,
+            target,
+            user,
+            &claims,
+            &headers,
+            session,
+        ),
     }
+}
+
+/// `authgate test`: exit 0 when every case passed, 1 when one failed, 2 when the config or a
+/// case file is unusable.
+fn decision_tests(
+    config: &std::path::Path,
+    cases: &[PathBuf],
+    junit: Option<&std::path::Path>,
+) -> ExitCode {
+    let runtime = match runtime(Some(1)) {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("authgate: cannot start the runtime: {err}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    let results = match runtime.block_on(authgate::tools::run_files(config, cases)) {
+        Ok(results) => results,
+        Err(err) => {
+            eprintln!("authgate test: {err}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    print!("{}", authgate::tools::report(&results));
+    if let Some(path) = junit {
+        if let Err(err) = std::fs::write(path, authgate::tools::junit(&results)) {
+            eprintln!("authgate test: cannot write {}: {err}", path.display());
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    }
+    if results.iter().all(|result| result.failures.is_empty()) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_RUNTIME)
+    }
+}
+
+fn explain(
+    config_path: &std::path::Path,
+    method: String,
+    target: String,
+    user: Option<String>,
+    claims: &[String],
+    headers: &[String],
+    session: bool,
+) -> ExitCode {
+    let claims = match parse_claims(claims) {
+        Ok(claims) => claims,
+        Err(err) => {
+            eprintln!("authgate explain: {err}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let mut parsed_headers = Vec::new();
+    for header in headers {
+        let Some((name, value)) = header.split_once(':') else {
+            eprintln!("authgate explain: --header `{header}`: expected \"Name: value\"");
+            return ExitCode::from(EXIT_CONFIG);
+        };
+        parsed_headers.push((name.trim().to_string(), value.trim().to_string()));
+    }
+    let config = match authgate::tools::harness::load_config(config_path) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("authgate explain: {err}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let question = authgate::tools::explain::Question {
+        method,
+        target,
+        headers: parsed_headers,
+        user,
+        claims,
+        via: if session {
+            authgate::tools::cases::Via::Session
+        } else {
+            authgate::tools::cases::Via::Bearer
+        },
+    };
+    let runtime = match runtime(Some(1)) {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("authgate: cannot start the runtime: {err}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    match runtime.block_on(authgate::tools::explain::explain(config, question)) {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("authgate explain: {err}");
+            ExitCode::from(EXIT_RUNTIME)
+        }
+    }
+}
+
+/// `--claim KEY=VALUE` options: the value as JSON when it parses, else as a string.
+fn parse_claims(claims: &[String]) -> Result<Map<String, Value>, String> {
+    let mut parsed = Map::new();
+    for claim in claims {
+        let Some((key, value)) = claim.split_once('=') else {
+            return Err(format!("--claim `{claim}`: expected KEY=VALUE"));
+        };
+        if key.is_empty() {
+            return Err(format!("--claim `{claim}`: the key is empty"));
+        }
+        let value = serde_json::from_str(value).unwrap_or_else(|_| Value::from(value));
+        parsed.insert(key.to_string(), value);
+    }
+    Ok(parsed)
 }
 
 fn peek_log_format(path: &std::path::Path) -> LogFormat {
@@ -107,9 +299,12 @@ fn peek_log_format(path: &std::path::Path) -> LogFormat {
 
 /// Logs go to stderr through a non-blocking writer: a slow log consumer must never stall requests.
 /// The level comes from `RUST_LOG` (default `DEFAULT_LOG_FILTER`).
-fn init_tracing(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+fn init_tracing(
+    format: LogFormat,
+    default_filter: &str,
+) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -299,7 +494,14 @@ async fn shutdown_signal() {
     }
 }
 
-fn mint(config: &Config, sub: &str, ttl: &str, claims: &[String]) -> ExitCode {
+/// `--iat`, `--exp`, `--nbf`: explicit times win over now and `--ttl`.
+struct TimeClaims {
+    iat: Option<i64>,
+    exp: Option<i64>,
+    nbf: Option<i64>,
+}
+
+fn mint(config: &Config, sub: &str, ttl: &str, times: TimeClaims, claims: &[String]) -> ExitCode {
     let Some((secret, algorithm)) = config.auth.hmac_secret() else {
         eprintln!(
             "authgate: `token` needs an HS* algorithm and its secret (secret_env) in the config"
@@ -312,25 +514,49 @@ fn mint(config: &Config, sub: &str, ttl: &str, claims: &[String]) -> ExitCode {
     let ttl = match parse_duration(ttl) {
         Ok(ttl) => ttl,
         Err(err) => {
-            eprintln!("authgate: --ttl: {err}");
+            eprintln!("authgate: --ttl: {err} (for an expired token, give --exp with a past time)");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let mut extra = Map::new();
-    for claim in claims {
-        let Some((key, value)) = claim.split_once('=') else {
-            eprintln!("authgate: --claim `{claim}`: expected KEY=VALUE");
+    let mut extra = match parse_claims(claims) {
+        Ok(extra) => extra,
+        Err(err) => {
+            eprintln!("authgate: {err}");
             return ExitCode::from(EXIT_CONFIG);
-        };
-        let value = serde_json::from_str(value).unwrap_or_else(|_| Value::from(value));
-        extra.insert(key.to_string(), value);
+        }
+    };
+    // The user claim and the times have options of their own: a --claim for one of them would
+    // either be silently overwritten or silently win, so it is refused.
+    for (reserved, option) in [
+        (config.auth.user_claim.as_str(), "--sub"),
+        ("iat", "--iat"),
+        ("exp", "--exp (or --ttl)"),
+        ("nbf", "--nbf"),
+    ] {
+        if extra.contains_key(reserved) {
+            eprintln!("authgate: --claim {reserved}=...: use {option} for `{reserved}`");
+            return ExitCode::from(EXIT_CONFIG);
+        }
     }
-    match authgate::core::jose::mint::mint_hmac(
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs());
+    let iat = times
+        .iat
+        .unwrap_or_else(|| i64::try_from(now).unwrap_or(i64::MAX));
+    let exp = times
+        .exp
+        .unwrap_or_else(|| iat.saturating_add(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX)));
+    extra.insert("iat".into(), Value::from(iat));
+    extra.insert("exp".into(), Value::from(exp));
+    if let Some(nbf) = times.nbf {
+        extra.insert("nbf".into(), Value::from(nbf));
+    }
+    match authgate::core::jose::mint::mint_hmac_claims(
         &secret.0,
         algorithm,
         &config.auth.user_claim,
         sub,
-        ttl,
         extra,
     ) {
         Ok(token) => {

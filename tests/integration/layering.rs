@@ -8,7 +8,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-const LAYERS: [&str; 6] = ["core", "config", "request", "proxy", "runtime", "demo"];
+const LAYERS: [&str; 7] = [
+    "core", "config", "request", "proxy", "runtime", "demo", "tools",
+];
 
 /// A source file as a module path: `src/request/authz/json.rs` is `request::authz::json`,
 /// `src/request/authz/mod.rs` is `request::authz`.

@@ -8,6 +8,7 @@ mod compose;
 mod config_errors;
 mod cors;
 mod crud;
+mod decision_tests;
 mod hardening;
 mod identity_headers;
 mod jwks;

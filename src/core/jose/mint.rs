@@ -29,3 +29,20 @@ pub fn mint_hmac(
         &EncodingKey::from_secret(secret),
     )
 }
+
+/// Signs `{user_claim: sub, ...claims}` with an HMAC secret: the caller gives every time claim.
+pub fn mint_hmac_claims(
+    secret: &[u8],
+    algorithm: Algorithm,
+    user_claim: &str,
+    sub: &str,
+    claims: Map<String, Value>,
+) -> Result<String, jsonwebtoken::errors::Error> {
+    let mut claims = claims;
+    claims.insert(user_claim.to_string(), Value::from(sub));
+    jsonwebtoken::encode(
+        &Header::new(algorithm),
+        &claims,
+        &EncodingKey::from_secret(secret),
+    )
+}

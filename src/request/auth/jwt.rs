@@ -198,16 +198,33 @@ impl Authenticator {
             .iter()
             .map(|config| {
                 let issuer = Issuer::new(config, remote(config));
-                tracing::info!(
-                    source = %config.label,
-                    issuer = config.issuer.as_deref().unwrap_or("(any)"),
-                    algorithms = ?config.algorithms,
-                    hmac_secret = config.secret.is_some(),
-                    jwks_file_keys = issuer.file_keys.as_ref().map_or(0, KeySet::len),
-                    jwks_url = config.jwks_url.as_ref().map(|url| url.to_string()),
-                    jwks_keys_now = issuer.remote.as_ref().and_then(|r| r.keys()).map_or(0, |k| k.len()),
-                    "key sources configured; a jwks_url is fetched in the background"
-                );
+                let algorithms = config
+                    .algorithms
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",");
+                let jwks_file_keys = issuer.file_keys.as_ref().map_or(0, KeySet::len);
+                match &config.jwks_url {
+                    Some(url) => tracing::info!(
+                        source = %config.label,
+                        issuer = config.issuer.as_deref().unwrap_or("(any)"),
+                        algorithms,
+                        hmac_secret = config.secret.is_some(),
+                        jwks_file_keys,
+                        jwks_url = %url,
+                        jwks_keys_now = issuer.remote.as_ref().and_then(|r| r.keys()).map_or(0, |k| k.len()),
+                        "key sources configured; the jwks_url is fetched in the background"
+                    ),
+                    None => tracing::info!(
+                        source = %config.label,
+                        issuer = config.issuer.as_deref().unwrap_or("(any)"),
+                        algorithms,
+                        hmac_secret = config.secret.is_some(),
+                        jwks_file_keys,
+                        "key sources configured"
+                    ),
+                }
                 issuer
             })
             .collect();
