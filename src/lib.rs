@@ -5,7 +5,7 @@
 //!
 //! Layers, bottom up; each imports only itself and the layers below it (tests/integration/
 //! layering.rs keeps the rule):
-//! `core` -> `config` -> `request` -> `proxy` -> `runtime` -> `demo`, then `main.rs`.
+//! `core` -> `config` -> `request` -> `proxy` -> `runtime` -> `demo` -> `tools`, then `main.rs`.
 
 pub mod config;
 pub mod core;

@@ -2,7 +2,7 @@
 //! folder has an import cycle among its files and subfolders. Read from the source text: every
 //! `crate::`, `super::` and `self::` path outside comments counts, in `use` lines and inline.
 //!
-//! Layers, bottom up: core, config, request, proxy, runtime, demo. `lib.rs`, `main.rs` and
+//! Layers, bottom up: core, config, request, proxy, runtime, demo, tools. `lib.rs`, `main.rs` and
 //! `bin/` stand above them all.
 
 use std::collections::{BTreeMap, BTreeSet};
