@@ -23,15 +23,18 @@ ENV CARGO_PROFILE_RELEASE_STRIP=symbols \
     CARGO_TERM_COLOR=never
 
 # Dependency layer: only the manifest and the lock file, with stub sources at every target path
-# Cargo.toml names or discovers (the lib, both [[bin]]s, the example), so this layer is rebuilt
-# only when the dependencies change. Afterwards the stub builds of this crate itself are
-# forgotten (fingerprints and artifacts), so the real sources below are always recompiled: COPY
-# keeps the files' mtimes, which can be older than the stub build and would look up to date.
+# Cargo.toml names or discovers (the lib, both [[bin]]s, the example, the [[bench]]), so this
+# layer is rebuilt only when the dependencies change: cargo refuses to read a manifest whose
+# [[bench]] file is missing, even to build only the binaries. Afterwards the stub builds of this
+# crate itself are forgotten (fingerprints and artifacts), so the real sources below are always
+# recompiled: COPY keeps the files' mtimes, which can be older than the stub build and would look
+# up to date. The bench stub stays (the image never builds benches; the manifest needs the file).
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir -p src/bin examples \
+RUN mkdir -p src/bin examples benches \
  && echo 'fn main() {}' > src/main.rs \
  && echo 'fn main() {}' > src/bin/task-backend.rs \
  && echo 'fn main() {}' > examples/ratelimit_memory.rs \
+ && echo 'fn main() {}' > benches/hot_path.rs \
  && touch src/lib.rs \
  && cargo build --release --locked --bin authgate --bin task-backend \
  && rm -rf src examples \
