@@ -28,6 +28,32 @@ const BACKEND: &str = "tasks";
 const GATEWAY_PORT: u16 = 8080;
 const CONFIG_IN_IMAGE: &str = "/etc/authgate/gateway.toml";
 const SECRET_ENV: &str = "BETTER_AUTH_SECRET";
+const FLEET_FILE: &str = "deploy/compose.fleet.yml";
+const FLEET_CONFIG: &str = "deploy/gateway.fleet.toml";
+const HAPROXY_CONFIG: &str = "deploy/haproxy.cfg";
+const REDIS: &str = "redis";
+
+/// Who is who in a compose file: the one service that publishes a port, and the gateways (the
+/// only services that may share a network with the task backend).
+struct Topology {
+    file: &'static str,
+    publisher: &'static str,
+    gateways: &'static [&'static str],
+}
+
+/// docker-compose.yml: the gateway publishes and is the backend's only neighbour.
+const SINGLE: Topology = Topology {
+    file: COMPOSE_FILE,
+    publisher: GATEWAY,
+    gateways: &[GATEWAY],
+};
+
+/// deploy/compose.fleet.yml: HAProxy publishes; three replicas reach the backend.
+const FLEET: Topology = Topology {
+    file: FLEET_FILE,
+    publisher: "lb",
+    gateways: &["gateway-1", "gateway-2", "gateway-3"],
+};
 /// Environment variable names whose values must never be literals in the compose file.
 const SECRET_NAME_PARTS: &[&str] = &[
     "SECRET",
@@ -297,16 +323,17 @@ fn backend_exposure_problems(doc: &Value) -> Vec<String> {
     problems
 }
 
-fn published_port_problems(doc: &Value) -> Vec<String> {
+fn published_port_problems(doc: &Value, topology: &Topology) -> Vec<String> {
     let mut problems = Vec::new();
+    let publisher = topology.publisher;
     for (name, service) in services(doc) {
         let ports = published_ports(service);
-        if name != GATEWAY && !ports.is_empty() {
+        if name != publisher && !ports.is_empty() {
             problems.push(format!(
-                "service `{name}` publishes ports {ports:?}: only `{GATEWAY}` may publish a port"
+                "service `{name}` publishes ports {ports:?}: only `{publisher}` may publish a port"
             ));
         }
-        if name != GATEWAY
+        if name != publisher
             && key(service, "network_mode").and_then(scalar).as_deref() == Some("host")
         {
             problems.push(format!(
@@ -314,15 +341,15 @@ fn published_port_problems(doc: &Value) -> Vec<String> {
             ));
         }
     }
-    match service(doc, GATEWAY) {
-        None => problems.push(format!("there is no `{GATEWAY}` service")),
-        Some(gateway) => {
-            let targets = published_container_ports(gateway);
+    match service(doc, publisher) {
+        None => problems.push(format!("there is no `{publisher}` service")),
+        Some(service) => {
+            let targets = published_container_ports(service);
             if !targets.contains(&GATEWAY_PORT.to_string()) {
                 problems.push(format!(
-                    "service `{GATEWAY}` does not publish container port {GATEWAY_PORT} (its \
+                    "service `{publisher}` does not publish container port {GATEWAY_PORT} (its \
                      `ports` are {:?})",
-                    published_ports(gateway)
+                    published_ports(service)
                 ));
             }
         }
@@ -330,7 +357,8 @@ fn published_port_problems(doc: &Value) -> Vec<String> {
     problems
 }
 
-fn secret_problems(doc: &Value, text: &str) -> Vec<String> {
+fn secret_problems(doc: &Value, text: &str, topology: &Topology) -> Vec<String> {
+    let file = topology.file;
     let mut problems = Vec::new();
     for (name, service) in services(doc) {
         for (variable, value) in environment(service) {
@@ -372,7 +400,7 @@ fn secret_problems(doc: &Value, text: &str) -> Vec<String> {
             let substituted = literal.starts_with('$') && !literal.starts_with("$$");
             if !literal.is_empty() && !substituted {
                 problems.push(format!(
-                    "{COMPOSE_FILE}:{}: {SECRET_ENV} is given a literal value (not shown); \
+                    "{file}:{}: {SECRET_ENV} is given a literal value (not shown); \
                      secrets come from the environment or an untracked .env file",
                     index + 1
                 ));
@@ -544,76 +572,91 @@ fn missing_file_problems(doc: &Value, base: &Path) -> Vec<String> {
     problems
 }
 
-fn backend_network_problems(doc: &Value) -> Vec<String> {
+fn backend_network_problems(doc: &Value, topology: &Topology) -> Vec<String> {
+    private_service_problems(doc, BACKEND, topology)
+}
+
+/// A service only the gateways may reach (the task backend; the fleet's Redis): it joins internal
+/// networks only, shares them with nobody but the gateways, and every gateway shares one with it.
+fn private_service_problems(doc: &Value, protected: &str, topology: &Topology) -> Vec<String> {
     let mut problems = Vec::new();
-    let Some(backend) = service(doc, BACKEND) else {
-        return vec![format!("there is no `{BACKEND}` service")];
+    let gateways = topology.gateways;
+    let Some(backend) = service(doc, protected) else {
+        return vec![format!("there is no `{protected}` service")];
     };
     let Some(networks) = service_networks(backend) else {
         return vec![format!(
-            "service `{BACKEND}` lists no `networks`, so it joins the default network, which is \
+            "service `{protected}` lists no `networks`, so it joins the default network, which is \
              not internal"
         )];
     };
     if networks.is_empty() {
-        problems.push(format!("service `{BACKEND}` joins no network"));
+        problems.push(format!("service `{protected}` joins no network"));
     }
     for network in &networks {
         if !network_is_declared(doc, network) {
             problems.push(format!(
-                "service `{BACKEND}` joins network `{network}`, which is not declared under the \
+                "service `{protected}` joins network `{network}`, which is not declared under the \
                  top-level `networks:`"
             ));
         } else if !network_is_internal(doc, network) {
             problems.push(format!(
-                "service `{BACKEND}` joins network `{network}`, which is not `internal: true`"
+                "service `{protected}` joins network `{network}`, which is not `internal: true`"
             ));
         }
         for (name, other) in services(doc) {
-            if name == BACKEND || name == GATEWAY {
+            if name == protected || gateways.contains(&name.as_str()) {
                 continue;
             }
             if service_networks(other).is_some_and(|n| n.contains(network)) {
                 problems.push(format!(
-                    "service `{name}` shares the backend's network `{network}`: only `{GATEWAY}` \
-                     may reach the backend"
+                    "service `{name}` shares the network `{network}`: only {gateways:?} \
+                     may reach `{protected}`"
                 ));
             }
         }
     }
-    match service(doc, GATEWAY).map(service_networks) {
-        None => {}
-        Some(None) => problems.push(format!(
-            "service `{GATEWAY}` lists no `networks`, so it cannot reach the backend's internal network"
-        )),
-        Some(Some(gateway_networks)) => {
-            if !networks.iter().any(|n| gateway_networks.contains(n)) {
-                problems.push(format!(
-                    "service `{GATEWAY}` (networks {gateway_networks:?}) shares no network with \
-                     `{BACKEND}` (networks {networks:?})"
-                ));
-            }
-            if gateway_networks.iter().all(|n| network_is_internal(doc, n)) {
-                problems.push(format!(
-                    "service `{GATEWAY}` is only on internal networks, so its published port is \
-                     unreachable; it needs a non-internal network such as `edge`"
-                ));
+    for &gateway in gateways {
+        match service(doc, gateway).map(service_networks) {
+            None => problems.push(format!("there is no `{gateway}` service")),
+            Some(None) => problems.push(format!(
+                "service `{gateway}` lists no `networks`, so it cannot reach `{protected}`'s \
+                 internal network"
+            )),
+            Some(Some(gateway_networks)) => {
+                if !networks.iter().any(|n| gateway_networks.contains(n)) {
+                    problems.push(format!(
+                        "service `{gateway}` (networks {gateway_networks:?}) shares no network \
+                         with `{protected}` (networks {networks:?})"
+                    ));
+                }
+                if gateway == topology.publisher
+                    && gateway_networks.iter().all(|n| network_is_internal(doc, n))
+                {
+                    problems.push(format!(
+                        "service `{gateway}` is only on internal networks, so its published port \
+                         is unreachable; it needs a non-internal network such as `edge`"
+                    ));
+                }
             }
         }
     }
     problems
 }
 
-fn startup_and_hardening_problems(doc: &Value) -> Vec<String> {
+fn startup_and_hardening_problems(doc: &Value, topology: &Topology) -> Vec<String> {
     let mut problems = Vec::new();
-    if let Some(gateway) = service(doc, GATEWAY) {
+    for &name in topology.gateways {
+        let Some(gateway) = service(doc, name) else {
+            continue;
+        };
         let condition = key(gateway, "depends_on")
             .and_then(|d| key(d, BACKEND))
             .and_then(|d| key(d, "condition"))
             .and_then(scalar);
         if condition.as_deref() != Some("service_healthy") {
             problems.push(format!(
-                "service `{GATEWAY}` must `depends_on: {{{BACKEND}: {{condition: service_healthy}}}}` \
+                "service `{name}` must `depends_on: {{{BACKEND}: {{condition: service_healthy}}}}` \
                  (found condition {condition:?})"
             ));
         }
@@ -638,10 +681,8 @@ fn startup_and_hardening_problems(doc: &Value) -> Vec<String> {
             ));
         }
     }
-    for name in [GATEWAY, BACKEND] {
-        let Some(service) = service(doc, name) else {
-            continue;
-        };
+    // Every service, the load balancer and Redis of the fleet included.
+    for (name, service) in services(doc) {
         if key(service, "read_only").and_then(Value::as_bool) != Some(true) {
             problems.push(format!("service `{name}` is not `read_only: true`"));
         }
@@ -1150,7 +1191,7 @@ fn compose_backend_publishes_no_port() {
 
 #[test]
 fn compose_only_the_gateway_publishes_ports() {
-    let problems = published_port_problems(&compose());
+    let problems = published_port_problems(&compose(), &SINGLE);
     assert!(
         problems.is_empty(),
         "{}",
@@ -1162,7 +1203,7 @@ fn compose_only_the_gateway_publishes_ports() {
 fn compose_has_no_secret_literal() {
     let text = compose_text();
     let doc = parse_yaml(&text, COMPOSE_FILE);
-    let problems = secret_problems(&doc, &text);
+    let problems = secret_problems(&doc, &text, &SINGLE);
     assert!(
         problems.is_empty(),
         "{}",
@@ -1215,7 +1256,7 @@ fn compose_references_only_existing_files() {
 
 #[test]
 fn compose_backend_is_only_on_internal_networks() {
-    let problems = backend_network_problems(&compose());
+    let problems = backend_network_problems(&compose(), &SINGLE);
     assert!(
         problems.is_empty(),
         "{}",
@@ -1225,7 +1266,7 @@ fn compose_backend_is_only_on_internal_networks() {
 
 #[test]
 fn compose_waits_for_a_healthy_backend_and_drops_privileges() {
-    let problems = startup_and_hardening_problems(&compose());
+    let problems = startup_and_hardening_problems(&compose(), &SINGLE);
     assert!(
         problems.is_empty(),
         "{}",
@@ -1570,6 +1611,343 @@ fn compose_dockerfile_healthcheck_probes_healthz_and_needs_a_200() {
     );
 }
 
+#[test]
+fn compose_gives_the_gateway_time_to_drain() {
+    let problems = stop_grace_problems(&compose(), &gateway_config(), &SINGLE);
+    assert!(
+        problems.is_empty(),
+        "{}",
+        problems_message(&format!("{COMPOSE_FILE}: stop_grace_period"), &problems)
+    );
+}
+
+#[test]
+fn compose_dockerfile_stubs_every_cargo_target_before_the_dependency_build() {
+    let problems = cargo_target_problems(&read(DOCKERFILE), &read("Cargo.toml"));
+    assert!(
+        problems.is_empty(),
+        "{}",
+        problems_message(DOCKERFILE, &problems)
+    );
+}
+
+// ------------------------------------------------------------------------------------------------
+// The replicated fleet: deploy/compose.fleet.yml, deploy/gateway.fleet.toml, deploy/haproxy.cfg
+// ------------------------------------------------------------------------------------------------
+
+fn fleet_text() -> String {
+    read(FLEET_FILE)
+}
+
+fn fleet() -> Value {
+    parse_yaml(&fleet_text(), FLEET_FILE)
+}
+
+fn fleet_config() -> toml::Table {
+    toml::from_str(&read(FLEET_CONFIG))
+        .unwrap_or_else(|err| panic!("{FLEET_CONFIG} is not valid TOML: {err}"))
+}
+
+/// A duration as the config and compose write it: "250ms", "30s", "5m", "1h".
+fn seconds(text: &str) -> Option<f64> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit() && c != '.')?;
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let scale = match unit {
+        "ms" => 0.001,
+        "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        _ => return None,
+    };
+    Some(number * scale)
+}
+
+fn config_str(config: &toml::Table, table: &str, field: &str) -> Option<String> {
+    config
+        .get(table)
+        .and_then(|t| t.get(field))
+        .and_then(toml::Value::as_str)
+        .map(str::to_string)
+}
+
+/// Every gateway's `stop_grace_period` is longer than the config's `limits.shutdown_grace` (30s
+/// by default), so the engine never kills a gateway that is still draining.
+fn stop_grace_problems(doc: &Value, config: &toml::Table, topology: &Topology) -> Vec<String> {
+    let grace = config_str(config, "limits", "shutdown_grace").unwrap_or_else(|| "30s".into());
+    let grace_secs = seconds(&grace).unwrap_or(30.0);
+    let mut problems = Vec::new();
+    for &name in topology.gateways {
+        let Some(gateway) = service(doc, name) else {
+            continue;
+        };
+        match key(gateway, "stop_grace_period").and_then(scalar) {
+            None => problems.push(format!(
+                "service `{name}` has no `stop_grace_period`: the engine's default (10s) kills it \
+                 before limits.shutdown_grace ({grace}) lets requests in flight finish"
+            )),
+            Some(period) if seconds(&period).is_none_or(|p| p <= grace_secs) => {
+                problems.push(format!(
+                    "service `{name}`: stop_grace_period {period} is not longer than \
+                     limits.shutdown_grace ({grace})"
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    problems
+}
+
+/// Cargo reads every target the manifest names before it builds anything, so the dependency
+/// layer needs a file at each path (`[[bin]]`, `[[bench]]`, `[[example]]`, `[[test]]`, the lib),
+/// and the real build needs each one copied or left in place as a stub.
+fn cargo_target_problems(dockerfile: &str, manifest: &str) -> Vec<String> {
+    let manifest: toml::Table = match toml::from_str(manifest) {
+        Ok(manifest) => manifest,
+        Err(err) => return vec![format!("Cargo.toml is not valid TOML: {err}")],
+    };
+    let mut targets = vec!["src/lib.rs".to_string()];
+    for (section, folder) in [
+        ("bin", "src/bin"),
+        ("bench", "benches"),
+        ("example", "examples"),
+        ("test", "tests"),
+    ] {
+        let entries = manifest.get(section).and_then(toml::Value::as_array);
+        for entry in entries.into_iter().flatten() {
+            let path = entry.get("path").and_then(toml::Value::as_str);
+            let name = entry.get("name").and_then(toml::Value::as_str);
+            match (path, name) {
+                (Some(path), _) => targets.push(path.to_string()),
+                (None, Some(name)) => targets.push(format!("{folder}/{name}.rs")),
+                (None, None) => {}
+            }
+        }
+    }
+    let instructions = parse_dockerfile(dockerfile);
+    let Some(first_build) = instructions
+        .iter()
+        .position(|i| i.keyword == "RUN" && i.args.contains("cargo build"))
+    else {
+        return vec![format!("{DOCKERFILE} never runs `cargo build`")];
+    };
+    let run = &instructions[first_build].args;
+    let removed: Vec<&str> = run
+        .split("&&")
+        .filter_map(|step| step.trim().strip_prefix("rm -rf"))
+        .flat_map(str::split_whitespace)
+        .map(|p| p.trim_end_matches('/'))
+        .collect();
+    let copied = dockerfile_context_sources(dockerfile);
+    let copied_before: Vec<String> = instructions[..first_build]
+        .iter()
+        .filter(|i| i.keyword == "COPY" || i.keyword == "ADD")
+        .map(|i| parse_copy(&i.args))
+        .filter(|c| !c.from_stage)
+        .flat_map(|c| c.sources)
+        .collect();
+    let under = |path: &str, dirs: &[String]| {
+        dirs.iter().any(|d| {
+            let d = d.trim_start_matches("./").trim_end_matches('/');
+            path == d || path.starts_with(&format!("{d}/"))
+        })
+    };
+    let mut problems = Vec::new();
+    for target in &targets {
+        let stubbed =
+            run.contains(&format!("> {target}")) || run.contains(&format!("touch {target}"));
+        if !stubbed && !under(target, &copied_before) {
+            problems.push(format!(
+                "{DOCKERFILE}:{}: the dependency build has no file at `{target}`, which \
+                 Cargo.toml names (cargo refuses the manifest); stub it there",
+                instructions[first_build].line
+            ));
+        }
+        let kept = stubbed
+            && !removed
+                .iter()
+                .any(|r| *r == target || target.starts_with(&format!("{r}/")));
+        if !kept && !under(target, &copied) {
+            problems.push(format!(
+                "{DOCKERFILE}: `{target}` (named by Cargo.toml) is neither copied into the \
+                 builder nor kept as a stub, so the real build cannot read the manifest"
+            ));
+        }
+    }
+    problems
+}
+
+#[test]
+fn compose_fleet_publishes_only_the_load_balancer_and_hides_backend_and_redis() {
+    let text = fleet_text();
+    let doc = fleet();
+    let mut problems = backend_exposure_problems(&doc);
+    problems.extend(published_port_problems(&doc, &FLEET));
+    problems.extend(backend_network_problems(&doc, &FLEET));
+    problems.extend(private_service_problems(&doc, REDIS, &FLEET));
+    problems.extend(startup_and_hardening_problems(&doc, &FLEET));
+    problems.extend(secret_problems(&doc, &text, &FLEET));
+    problems.extend(missing_file_problems(&doc, &root().join("deploy")));
+    problems.extend(stop_grace_problems(&doc, &fleet_config(), &FLEET));
+    assert!(
+        problems.is_empty(),
+        "{}",
+        problems_message(FLEET_FILE, &problems)
+    );
+}
+
+#[test]
+fn compose_fleet_config_validates_with_the_real_binary() {
+    let output = authgate_check(&root().join(FLEET_CONFIG), Some(&"x".repeat(32)));
+    assert!(
+        output.status.success(),
+        "`authgate check --config {FLEET_CONFIG}` failed: {}",
+        describe(&output)
+    );
+}
+
+/// The fleet's three files agree: replicas mount the fleet config, HAProxy balances exactly the
+/// replicas on the port they listen on and checks /readyz on their admin port, the config
+/// trusts HAProxy's subnet and names the compose services it talks to.
+#[test]
+fn compose_fleet_config_haproxy_and_compose_agree() {
+    let doc = fleet();
+    let config = fleet_config();
+    let haproxy = read(HAPROXY_CONFIG);
+    let mut problems = Vec::new();
+    let mount = format!("./gateway.fleet.toml:{CONFIG_IN_IMAGE}:ro");
+    for &name in FLEET.gateways {
+        let volumes = service(&doc, name)
+            .map(|s| strings(s, "volumes"))
+            .unwrap_or_default();
+        if !volumes.contains(&mount) {
+            problems.push(format!(
+                "service `{name}` should mount `{mount}`, found {volumes:?}"
+            ));
+        }
+    }
+    let listen = config_str(&config, "server", "listen").unwrap_or_default();
+    let admin = config_str(&config, "admin", "listen").unwrap_or_default();
+    if host_of(&admin) != "0.0.0.0" {
+        problems.push(format!(
+            "{FLEET_CONFIG}: admin.listen = {admin:?}: HAProxy checks /readyz from another \
+             container, so it must listen on 0.0.0.0"
+        ));
+    }
+    let lines: Vec<Vec<&str>> = haproxy
+        .lines()
+        .map(|l| {
+            l.split('#')
+                .next()
+                .unwrap_or_default()
+                .split_whitespace()
+                .collect()
+        })
+        .filter(|words: &Vec<&str>| !words.is_empty())
+        .collect();
+    let servers: Vec<(String, String)> = lines
+        .iter()
+        .filter(|w| w[0] == "server" && w.len() >= 3)
+        .map(|w| (w[1].to_string(), w[2].to_string()))
+        .collect();
+    let names: Vec<&str> = servers.iter().map(|(n, _)| n.as_str()).collect();
+    if names != FLEET.gateways {
+        problems.push(format!(
+            "{HAPROXY_CONFIG} balances {names:?}, but the replicas are {:?}",
+            FLEET.gateways
+        ));
+    }
+    for (name, address) in &servers {
+        if host_of(address) != name || port_of(address) != port_of(&listen) {
+            problems.push(format!(
+                "{HAPROXY_CONFIG}: server {name} at {address}, but the replica is the service \
+                 `{name}` listening on {listen}"
+            ));
+        }
+    }
+    let check_port = lines
+        .iter()
+        .find(|w| w[0] == "default-server")
+        .and_then(|w| w.windows(2).find(|p| p[0] == "port").map(|p| p[1]))
+        .and_then(|p| p.parse::<u16>().ok());
+    if check_port.is_none() || check_port != port_of(&admin) {
+        problems.push(format!(
+            "{HAPROXY_CONFIG}: health checks go to port {check_port:?}, but admin.listen is {admin:?}"
+        ));
+    }
+    if !lines
+        .iter()
+        .any(|w| w[..] == ["option", "httpchk", "GET", "/readyz"])
+    {
+        problems.push(format!(
+            "{HAPROXY_CONFIG} does not check `option httpchk GET /readyz`"
+        ));
+    }
+    let bind_port = lines
+        .iter()
+        .find(|w| w[0] == "bind")
+        .and_then(|w| port_of(w[1]));
+    let published = service(&doc, FLEET.publisher)
+        .map(published_container_ports)
+        .unwrap_or_default();
+    if !bind_port.is_some_and(|p| published.contains(&p.to_string())) {
+        problems.push(format!(
+            "{HAPROXY_CONFIG}'s first bind is on port {bind_port:?}, but `{}` publishes \
+             container ports {published:?}",
+            FLEET.publisher
+        ));
+    }
+    // HAProxy's subnet is trusted for X-Forwarded-For, and nothing else is.
+    let subnet = key(&doc, "networks")
+        .and_then(|n| key(n, "lb"))
+        .and_then(|n| key(n, "ipam"))
+        .and_then(|i| key(i, "config"))
+        .and_then(Value::as_sequence)
+        .and_then(|c| c.first())
+        .and_then(|c| key(c, "subnet"))
+        .and_then(scalar);
+    let trusted: Vec<String> = config
+        .get("server")
+        .and_then(|s| s.get("trusted_proxies"))
+        .and_then(toml::Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    match subnet {
+        Some(subnet) if trusted == [subnet.clone()] => {}
+        other => problems.push(format!(
+            "{FLEET_CONFIG}: server.trusted_proxies = {trusted:?}, but the `lb` network's \
+             subnet in {FLEET_FILE} is {other:?}; they must be the same one block"
+        )),
+    }
+    let upstream = config_str(&config, "upstream", "url").unwrap_or_default();
+    if host_of(upstream.trim_start_matches("http://")) != BACKEND {
+        problems.push(format!(
+            "{FLEET_CONFIG}: upstream.url = {upstream:?} is not the `{BACKEND}` service"
+        ));
+    }
+    let redis_url = config_str(&config, "store", "redis_url").unwrap_or_default();
+    let redis_host = redis_url
+        .trim_start_matches("redis://")
+        .split(['/', ':'])
+        .next()
+        .unwrap_or_default();
+    if redis_host != REDIS || service(&doc, REDIS).is_none() {
+        problems.push(format!(
+            "{FLEET_CONFIG}: store.redis_url = {redis_url:?} is not the `{REDIS}` service"
+        ));
+    }
+    assert!(
+        problems.is_empty(),
+        "{}",
+        problems_message("the fleet's files disagree", &problems)
+    );
+}
+
 // ------------------------------------------------------------------------------------------------
 // The checks themselves catch what they are for
 // ------------------------------------------------------------------------------------------------
@@ -1619,8 +1997,11 @@ fn compose_checks_reject_a_bad_compose_file() {
         backend_exposure_problems(&doc),
         &["`tasks` publishes ports"],
     );
-    expect(published_port_problems(&doc), &["`tasks` publishes ports"]);
-    let secrets = secret_problems(&doc, BAD_COMPOSE);
+    expect(
+        published_port_problems(&doc, &SINGLE),
+        &["`tasks` publishes ports"],
+    );
+    let secrets = secret_problems(&doc, BAD_COMPOSE, &SINGLE);
     expect(
         secrets.clone(),
         &[
@@ -1658,15 +2039,15 @@ fn compose_checks_reject_a_bad_compose_file() {
         "an optional env_file may be missing"
     );
     expect(
-        backend_network_problems(&doc),
+        backend_network_problems(&doc, &SINGLE),
         &[
             "network `backend`, which is not `internal: true`",
             "network `edge`, which is not `internal: true`",
-            "service `debug` shares the backend's network `backend`",
+            "service `debug` shares the network `backend`",
         ],
     );
     expect(
-        startup_and_hardening_problems(&doc),
+        startup_and_hardening_problems(&doc, &SINGLE),
         &[
             "condition: service_healthy",
             "`tasks` has no healthcheck",
@@ -1723,6 +2104,56 @@ fn compose_checks_reject_a_bad_dockerfile() {
     assert_eq!(parsed.len(), 2, "{parsed:?}");
     assert_eq!(parsed[0].args, "a && b");
     assert_eq!(parsed[1].keyword, "USER");
+}
+
+#[test]
+fn compose_checks_reject_unstubbed_targets_and_a_short_stop_grace() {
+    let manifest = "[package]\nname = \"x\"\n[[bin]]\nname = \"tool\"\n[[bench]]\nname = \"hot\"\n";
+    let dockerfile = "FROM rust AS builder\n\
+                      COPY Cargo.toml Cargo.lock ./\n\
+                      RUN mkdir -p src/bin && echo 'fn main() {}' > src/bin/tool.rs \\\n\
+                      && touch src/lib.rs && cargo build --release --locked \\\n\
+                      && rm -rf src\n\
+                      COPY src ./src\n\
+                      RUN cargo build --release --locked\n";
+    let problems = cargo_target_problems(dockerfile, manifest);
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("no file at `benches/hot.rs`")),
+        "{problems:#?}"
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("`benches/hot.rs` (named by Cargo.toml) is neither copied")),
+        "{problems:#?}"
+    );
+    assert!(
+        !problems.iter().any(|p| p.contains("src/bin/tool.rs")),
+        "a stubbed and copied target is fine: {problems:#?}"
+    );
+
+    let doc = parse_yaml(
+        "services:\n  gateway:\n    stop_grace_period: 10s\n",
+        "the short grace fixture",
+    );
+    let config: toml::Table = toml::from_str("[limits]\nshutdown_grace = \"30s\"\n").unwrap();
+    let problems = stop_grace_problems(&doc, &config, &SINGLE);
+    assert!(
+        problems.iter().any(|p| p.contains("is not longer than")),
+        "{problems:#?}"
+    );
+    let doc = parse_yaml("services:\n  gateway: {}\n", "the no grace fixture");
+    assert!(
+        stop_grace_problems(&doc, &config, &SINGLE)
+            .iter()
+            .any(|p| p.contains("has no `stop_grace_period`")),
+        "a missing stop_grace_period is a problem"
+    );
+    assert_eq!(seconds("250ms"), Some(0.25));
+    assert_eq!(seconds("1m"), Some(60.0));
+    assert_eq!(seconds("soon"), None);
 }
 
 #[test]
