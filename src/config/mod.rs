@@ -49,7 +49,10 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.key.is_empty() {
+        if self.line == 0 && self.key.is_empty() {
+            // Nothing in the file to point at (it could not be read).
+            write!(f, "{}: {}", self.file, self.message)
+        } else if self.key.is_empty() {
             write!(f, "{}:{}: {}", self.file, self.line, self.message)
         } else {
             write!(
@@ -164,11 +167,20 @@ impl Config {
                 serde_path_to_error::deserialize(document)
                     .map_err(|err| (dotted_key(err.path()), err.into_inner()))
             })
-            .map_err(|(key, err)| ConfigError {
-                file: file.to_string(),
-                line: err.span().map_or(0, |span| ctx.line_of(span.start)),
-                key,
-                message: err.message().trim().to_string(),
+            .map_err(|(key, err)| {
+                let mut message = err.message().trim().to_string();
+                // `timeout = 30`: serde can only say it wanted a string.
+                if is_duration_key(&key) && message.starts_with("invalid type: ") {
+                    message.push_str(
+                        "; a duration is a string with its unit: \"250ms\", \"30s\", \"5m\", \"1h\"",
+                    );
+                }
+                ConfigError {
+                    file: file.to_string(),
+                    line: err.span().map_or(0, |span| ctx.line_of(span.start)),
+                    key,
+                    message,
+                }
             })?;
         let server = validate_server(&ctx, raw.server)?;
         let upstream = match &raw.upstream {
@@ -255,6 +267,33 @@ impl Ctx<'_> {
 
 /// `route[1].methods[0]` from serde's path to a failing value, without the steps that
 /// `toml::Spanned` adds (`$__serde_spanned_private_value`); empty for the document itself.
+/// Whether a key (`upstream.timeout`, `route[2].stream_timeout`) holds a duration.
+fn is_duration_key(key: &str) -> bool {
+    const DURATION_KEYS: [&str; 19] = [
+        "max_age",
+        "op_timeout",
+        "breaker_open",
+        "header_read_timeout",
+        "idle_timeout",
+        "request_timeout",
+        "shutdown_grace",
+        "cleanup_interval",
+        "timeout",
+        "connect_timeout",
+        "leeway",
+        "jwks_refresh",
+        "jwks_cooldown",
+        "jwks_timeout",
+        "max_lifetime",
+        "cache_ttl",
+        "websocket_idle",
+        "websocket_max_lifetime",
+        "stream_timeout",
+    ];
+    let last = key.rsplit('.').next().unwrap_or(key);
+    DURATION_KEYS.contains(&last)
+}
+
 fn dotted_key(path: &serde_path_to_error::Path) -> String {
     use serde_path_to_error::Segment;
     let mut key = String::new();

@@ -633,6 +633,13 @@ pub fn parse_pattern(pattern: &str) -> Result<Vec<String>, String> {
                 "segment `{segment}` can never match a valid request"
             ));
         }
+        // Express, Rails and Sinatra write `/:id`: here it would be a literal segment that no
+        // real request has, so every request would get 404.
+        if let Some(name) = segment.strip_prefix(':') {
+            return Err(format!(
+                "segment `{segment}` is a literal `:` segment here; parameters are written `{{{name}}}`"
+            ));
+        }
         if let Some(bad) = segment
             .chars()
             .find(|c| matches!(c, '{' | '}' | '%' | '\\' | ';' | '?' | '#') || c.is_control())
@@ -669,8 +676,13 @@ mod tests {
             "/a%20",
             "/..",
             "/a;b",
+            "/api/:user_id/tasks",
         ] {
             assert!(parse_pattern(bad).is_err(), "{bad:?} should be refused");
         }
+        assert_eq!(
+            parse_pattern("/api/:user_id/tasks").unwrap_err(),
+            "segment `:user_id` is a literal `:` segment here; parameters are written `{user_id}`"
+        );
     }
 }

@@ -73,6 +73,10 @@ pub enum GatewayError {
     /// The request body went past `max_body_bytes`.
     #[error("request body too large")]
     PayloadTooLarge,
+    /// A body read whole to check its fields went past the smaller limit for that; the message
+    /// names which limit.
+    #[error("request body too large to check")]
+    CheckedBodyTooLarge(&'static str),
     /// The whole exchange up to the response head took longer than `request_timeout`.
     #[error("request timed out")]
     RequestTimeout,
@@ -103,7 +107,9 @@ impl GatewayError {
             GatewayError::UpstreamTimeout | GatewayError::RequestTimeout => {
                 StatusCode::GATEWAY_TIMEOUT
             }
-            GatewayError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::PayloadTooLarge | GatewayError::CheckedBodyTooLarge(_) => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
         }
     }
 
@@ -135,7 +141,9 @@ impl GatewayError {
             GatewayError::UpstreamUnavailable => "upstream_unavailable",
             GatewayError::UpstreamTimeout => "upstream_timeout",
             GatewayError::RequestTimeout => "request_timeout",
-            GatewayError::PayloadTooLarge => "body_too_large",
+            GatewayError::PayloadTooLarge | GatewayError::CheckedBodyTooLarge(_) => {
+                "body_too_large"
+            }
         }
     }
 
@@ -174,6 +182,7 @@ impl GatewayError {
             GatewayError::UpstreamTimeout => "the upstream service did not answer in time",
             GatewayError::RequestTimeout => "the request took longer than the gateway allows",
             GatewayError::PayloadTooLarge => "the request body is larger than the gateway allows",
+            GatewayError::CheckedBodyTooLarge(message) => message,
         }
     }
 

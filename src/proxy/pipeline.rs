@@ -476,7 +476,17 @@ impl Gateway {
             && authz::content_type_mentions(&parts.headers, b"json");
         let body = if let Some(owner) = json_owner {
             let limit = owner.max_bytes.min(max_body as usize);
-            let bytes = crate::proxy::body::read_to_limit(body, limit, body_guard).await?;
+            let bytes = crate::proxy::body::read_to_limit(body, limit, body_guard)
+                .await
+                .map_err(|err| match err {
+                    GatewayError::PayloadTooLarge if limit < max_body as usize => {
+                        GatewayError::CheckedBodyTooLarge(
+                            "a JSON body whose owner fields this route checks is read whole, up \
+                             to the route's body_owner max_bytes; this one is larger",
+                        )
+                    }
+                    other => other,
+                })?;
             authz::check_json_fields(
                 &parts.headers,
                 &bytes,
@@ -493,7 +503,19 @@ impl Gateway {
                 return Err(GatewayError::UnsupportedMediaType);
             }
             let limit = FORM_OWNER_MAX_BYTES.min(max_body as usize);
-            let bytes = crate::proxy::body::read_to_limit(body, limit, body_guard).await?;
+            let bytes = crate::proxy::body::read_to_limit(body, limit, body_guard)
+                .await
+                .map_err(|err| match err {
+                    GatewayError::PayloadTooLarge if limit < max_body as usize => {
+                        GatewayError::CheckedBodyTooLarge(
+                            "a form body on a route that checks its fields is read whole, up to \
+                             1 MiB (the form-scan limit, below max_body_bytes); this one is \
+                             larger: send it as multipart/form-data, which is checked as it \
+                             streams",
+                        )
+                    }
+                    other => other,
+                })?;
             authz::check_form_fields(kind, &parts.headers, &bytes, &fields)?;
             RequestBody::buffered(bytes)
         } else if let Some(boundary) = multipart {

@@ -581,3 +581,30 @@ fn a_short_hmac_secret_is_refused() {
         );
     }
 }
+
+/// What a new user tripped over: an Express-style `/:id` path (which would 404 every request), a
+/// duration written as a bare number, and a config file that does not exist.
+#[test]
+fn common_slips_get_a_message_that_says_what_to_write() {
+    let express = BASE_CONFIG.replacen("path = \"/health\"", "path = \"/users/:id/profile\"", 1);
+    let error = parse_error(&express);
+    assert!(
+        error.contains("`route[0].path`: segment `:id` is a literal `:` segment here; parameters are written `{id}`"),
+        "{error}"
+    );
+    let bare = BASE_CONFIG.replacen("timeout = \"2s\"", "timeout = 30", 1);
+    assert_ne!(bare, BASE_CONFIG);
+    let error = parse_error(&bare);
+    assert!(error.contains("`upstream.timeout`"), "{error}");
+    assert!(
+        error.contains("a duration is a string with its unit: \"250ms\", \"30s\""),
+        "{error}"
+    );
+    let missing = Config::load(std::path::Path::new("/nonexistent/gateway.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        missing.starts_with("/nonexistent/gateway.toml: cannot read config file: "),
+        "{missing}"
+    );
+}

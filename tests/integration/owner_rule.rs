@@ -370,3 +370,30 @@ async fn owner_fields_in_multipart_bodies() {
     assert_eq!(forwarded.len(), 1, "forwarded once, byte for byte");
     assert_eq!(forwarded[0].header_values("x-user-id"), ["alice"]);
 }
+
+/// A form body is read whole to check its fields, up to the form-scan limit (1 MiB), which is
+/// below `max_body_bytes`: the refusal names that limit, not the general one, and the backend gets
+/// nothing.
+#[tokio::test]
+async fn a_form_body_past_the_form_scan_limit_names_that_limit() {
+    let (backend, gateway) = setup().await;
+    let auth = bearer(&token_for("alice"));
+    let mut body = b"title=".to_vec();
+    body.resize((1 << 20) + 1, b'x');
+    let response = request(
+        gateway.addr,
+        "POST",
+        "/api/alice/tasks",
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/x-www-form-urlencoded"),
+        ],
+        &body,
+    )
+    .await;
+    assert_eq!(response.status, 413);
+    assert_eq!(response.json()["error"], "body_too_large");
+    let message = response.json()["message"].as_str().unwrap().to_string();
+    assert!(message.contains("1 MiB (the form-scan limit"), "{message}");
+    assert_eq!(backend.count(), 0);
+}
