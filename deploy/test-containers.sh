@@ -255,7 +255,7 @@ build_debian() {
     'path-exclude /usr/share/locale/*' >"$rootfs/etc/dpkg/dpkg.cfg.d/slim"
   tar -C "$rootfs" -c . | podman import \
     --change 'CMD ["bash"]' --change "LABEL io.authgate.standin=$STANDIN_RECIPE" \
-    - "$DEBIAN_IMAGE" >/dev/null
+    - "$DEBIAN_IMAGE" >/dev/null 2>>"$WORK/podman.log"
   rm -rf "$rootfs"
 }
 
@@ -582,7 +582,7 @@ backend_from_host() {
   local ip
   ip=$(net_ip "$TASKS" "$BACKEND_NET")
   if curl -s -o /dev/null -m 3 "http://$ip:8000/health"; then
-    DETAIL="the host itself connects to the backend's container address $ip:8000: an internal network's bridge has a host address (Podman; Docker too, but in 25.0.0). Documented in deploy/README.md ("What is exposed"); containers on edge cannot"
+    DETAIL="the host itself connects to the backend's container address $ip:8000: an internal network's bridge has a host address (Podman; Docker too, but in 25.0.0). Documented in deploy/README.md, What is exposed; containers on edge cannot"
     return 3
   fi
   DETAIL="the host cannot connect to $ip:8000"
@@ -888,5 +888,6 @@ for line in "${RESULTS[@]}"; do log "$line"; done
 passes=$(printf '%s\n' "${RESULTS[@]}" | grep -c '^PASS' || true)
 knowns=$(printf '%s\n' "${RESULTS[@]}" | grep -c '^KNOWN' || true)
 log ""
-log "$passes passed, $FAILS failed, $knowns known limitation(s)"
+log "known limitations (not failures): $knowns"
+log "containers: $passes passed, $FAILS failed"
 [ "$FAILS" = 0 ]
