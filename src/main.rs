@@ -116,6 +116,10 @@ fn main() -> ExitCode {
         _ => DEFAULT_LOG_FILTER,
     };
     let _log_guard = init_tracing(format, default_filter);
+    // JSON access lines have a writer of their own (src/core/access_log.rs); dropped after the
+    // gateway stops, it writes what is left.
+    let _access_log_guard = (matches!(command, Command::Run) && format == LogFormat::Json)
+        .then(|| authgate::core::access_log::start(Box::new(std::io::stderr())));
     match command {
         Command::Run => match Config::load(&config_path) {
             Ok(config) => run_gateway(config, config_path),
@@ -311,7 +315,10 @@ fn init_tracing(
         .with_writer(writer);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Pretty => builder.init(),
+        // Colours only for a terminal: not into a file or a pipe.
+        LogFormat::Pretty => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
     }
     guard
 }
@@ -401,8 +408,13 @@ fn run_gateway(config: Config, config_path: PathBuf) -> ExitCode {
         tracing::info!(
             listen = %config.server.listen,
             tls = tls.is_some(),
-            redirect_http = ?config.server.redirect_http,
-            admin = ?config.admin_listen,
+            redirect_http = config
+                .server
+                .redirect_http
+                .map_or_else(|| "off".to_string(), |addr| addr.to_string()),
+            admin = config
+                .admin_listen
+                .map_or_else(|| "off".to_string(), |addr| addr.to_string()),
             upstream = %config.upstream_summary(),
             routes = config.routes.len(),
             "authgate listening"

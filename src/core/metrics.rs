@@ -221,6 +221,14 @@ impl Metrics {
             "1 while the shared store answers, 0 while its circuit breaker is open",
             store_up.clone(),
         );
+        // Series a dashboard or an alert names are there from the start, at zero, rather than
+        // missing until their first event.
+        for outcome in ["ok", "failed"] {
+            let _ = config_reloads.get_or_create(&OutcomeLabels { outcome });
+        }
+        for reason in ["upstream_unavailable", "upstream_timeout"] {
+            let _ = upstream_errors.get_or_create(&ReasonLabels { reason });
+        }
         Arc::new(Metrics {
             session_lookups,
             session_cache_hits,
@@ -277,6 +285,16 @@ impl Metrics {
         self.refusals.get_or_create(&ReasonLabels { reason }).inc();
     }
 
+    /// Publishes a JWKS URL's fetch counters at zero before its first fetch.
+    pub(crate) fn announce_jwks_source(&self, url: &str) {
+        for outcome in ["ok", "failed"] {
+            let _ = self.jwks_fetches.get_or_create(&JwksLabels {
+                url: url.to_string(),
+                outcome,
+            });
+        }
+    }
+
     pub(crate) fn record_jwks_fetch(&self, url: &str, ok: bool) {
         self.jwks_fetches
             .get_or_create(&JwksLabels {
@@ -321,5 +339,25 @@ fn status_class(status: u16) -> &'static str {
         300..=399 => "3xx",
         400..=499 => "4xx",
         _ => "5xx",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn named_series_are_published_at_zero_before_their_first_event() {
+        let metrics = Metrics::new();
+        metrics.announce_jwks_source("http://auth:3000/api/auth/jwks");
+        let text = metrics.render();
+        for series in [
+            "authgate_jwks_fetches_total{url=\"http://auth:3000/api/auth/jwks\",outcome=\"ok\"} 0",
+            "authgate_jwks_fetches_total{url=\"http://auth:3000/api/auth/jwks\",outcome=\"failed\"} 0",
+            "authgate_config_reloads_total{outcome=\"ok\"} 0",
+            "authgate_upstream_errors_total{reason=\"upstream_timeout\"} 0",
+        ] {
+            assert!(text.contains(series), "{series} in\n{text}");
+        }
     }
 }

@@ -2,6 +2,7 @@
 //! and their one mapping to HTTP, metrics, durations, IO wrappers, JOSE algorithms and keys,
 //! certificates and TLS configurations, claim policies.
 
+pub mod access_log;
 pub(crate) mod allowance;
 pub(crate) mod duration;
 pub(crate) mod error;

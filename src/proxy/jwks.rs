@@ -55,6 +55,7 @@ pub struct RemoteJwks {
 
 impl RemoteJwks {
     pub fn new(url: Uri, issuer: &IssuerConfig, metrics: Arc<Metrics>) -> RemoteJwks {
+        metrics.announce_jwks_source(&url.to_string());
         // https:// is verified against the Mozilla roots (webpki-roots), never skipped. Without
         // TLS set up, a plain client cannot reach an https URL: every fetch fails and is logged.
         let client = crate::proxy::fetch::client(&url, issuer.jwks_timeout).unwrap_or_else(|why| {
@@ -177,7 +178,7 @@ impl RemoteJwks {
             .as_ref()
             .is_none_or(|old| old.fingerprint() != set.fingerprint());
         if changed {
-            tracing::info!(source = %self.label, url = %self.url, keys = set.len(), kids = ?set.kids(), "JWKS installed");
+            tracing::info!(source = %self.label, url = %self.url, keys = set.len(), kids = %set.kids().join(","), "JWKS installed");
             self.keys.store(Some(Arc::new(set)));
             self.generation.fetch_add(1, Ordering::AcqRel);
         }

@@ -272,20 +272,46 @@ impl Gateway {
         self.metrics
             .record_request(route, &method, response.status().as_u16(), took);
         if self.access_log {
-            tracing::info!(
-                target: "authgate::access",
-                request_id = request_id.to_str().unwrap_or("-"),
-                client_ip = %exchange.client_ip.unwrap_or(client.peer.ip()),
-                method = %method,
-                path = if exchange.path_validated { uri.path() } else { "-" },
-                route,
-                status = response.status().as_u16(),
-                reason = reason.unwrap_or("-"),
-                user = exchange.user.as_ref().map_or("-", |user| user.user_id.as_str()),
-                upstream_ms = exchange.upstream_time.map_or(-1.0, |t| t.as_secs_f64() * 1000.0),
-                total_ms = took.as_secs_f64() * 1000.0,
-                "request"
-            );
+            let client_ip = exchange.client_ip.unwrap_or(client.peer.ip());
+            let path = if exchange.path_validated {
+                uri.path()
+            } else {
+                "-"
+            };
+            let user = exchange
+                .user
+                .as_ref()
+                .map_or("-", |user| user.user_id.as_str());
+            if crate::core::access_log::is_started() {
+                crate::core::access_log::record(&crate::core::access_log::AccessRecord {
+                    request_id: request_id.to_str().unwrap_or("-"),
+                    client_ip,
+                    method: method.as_str(),
+                    path,
+                    route,
+                    status: response.status().as_u16(),
+                    reason: reason.unwrap_or("-"),
+                    user,
+                    upstream: exchange.upstream_time,
+                    total: took,
+                });
+            } else {
+                // Human-readable logs (`format = "pretty"`) and the in-process tests.
+                tracing::info!(
+                    target: "authgate::access",
+                    request_id = request_id.to_str().unwrap_or("-"),
+                    client_ip = %client_ip,
+                    method = %method,
+                    path,
+                    route,
+                    status = response.status().as_u16(),
+                    reason = reason.unwrap_or("-"),
+                    user,
+                    upstream_ms = %crate::core::access_log::Millis(exchange.upstream_time),
+                    total_ms = %crate::core::access_log::Millis(Some(took)),
+                    "request"
+                );
+            }
         }
         response
     }

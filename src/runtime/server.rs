@@ -214,7 +214,10 @@ pub(crate) async fn serve_with(
         peers.stop(me);
     }
     drop(listener);
-    tracing::info!("shutting down: waiting for in-flight requests");
+    // Every worker drains; one says so.
+    if me == 0 {
+        tracing::info!("shutting down: waiting for in-flight requests");
+    }
     let _ = drain.send(true);
     if tokio::time::timeout(limits.shutdown_grace, worker.connections.all_closed())
         .await

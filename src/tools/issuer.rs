@@ -381,24 +381,10 @@ fn signing_key(
 
 /// `2026-12-05T08:00:00.000Z` for a unix time (UTC, as Better Auth writes dates).
 fn iso8601(unix: u64) -> String {
-    let days = unix / 86_400;
-    let seconds = unix % 86_400;
-    // Howard Hinnant's civil_from_days.
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.000Z",
-        seconds / 3600,
-        seconds % 3600 / 60,
-        seconds % 60
-    )
+    let mut text = Vec::with_capacity(24);
+    crate::core::access_log::write_date_time(&mut text, unix);
+    text.extend_from_slice(b".000Z");
+    String::from_utf8_lossy(&text).into_owned()
 }
 
 #[cfg(test)]

@@ -264,6 +264,11 @@ async fn metrics_count_what_happened() {
         "authgate_request_duration_seconds_count 8",
         "authgate_upstream_duration_seconds_count 3",
         "authgate_open_connections",
+        // Published at zero before their first event, as Prometheus users expect.
+        "authgate_upstream_errors_total{reason=\"upstream_unavailable\"} 0",
+        "authgate_upstream_errors_total{reason=\"upstream_timeout\"} 0",
+        "authgate_config_reloads_total{outcome=\"ok\"} 0",
+        "authgate_config_reloads_total{outcome=\"failed\"} 0",
     ] {
         assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
     }
@@ -455,6 +460,33 @@ fn access_log_and_sighup_reload_with_the_binary() {
         .expect("an access line for the 400");
     assert_eq!(refused["reason"], "bad_target");
     assert_eq!(refused["path"], "-", "a refused target is never logged raw");
+    // Tidy values: no upstream asked is null, not -1; times to the microsecond; no Rust debug
+    // text; every line JSON; one "shutting down" however many workers.
+    assert!(refused["upstream_ms"].is_null(), "{refused}");
+    assert!(ok["upstream_ms"].as_f64().unwrap() >= 0.0, "{ok}");
+    for line in &access {
+        let total = line["total_ms"].to_string();
+        let decimals = total
+            .split_once('.')
+            .map_or(0, |(_, fraction)| fraction.len());
+        assert!(decimals <= 3, "total_ms {total} in {line}");
+    }
+    assert_eq!(
+        lines.len(),
+        logs.lines().count(),
+        "every log line is JSON:\n{logs}"
+    );
+    for debug_text in ["Some(", "\"None\""] {
+        assert!(!logs.contains(debug_text), "{debug_text} in\n{logs}");
+    }
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l["message"] == "shutting down: waiting for in-flight requests")
+            .count(),
+        1,
+        "{logs}"
+    );
     assert!(
         lines.iter().any(|l| l["message"] == "config reloaded"),
         "{logs}"

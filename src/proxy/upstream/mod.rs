@@ -630,6 +630,11 @@ fn classify(err: &hyper::Error) -> Attempt {
         }
         source = cause.source();
     }
-    tracing::warn!(error = %err, source = ?std::error::Error::source(err), "upstream request failed");
+    match std::error::Error::source(err) {
+        Some(source) => {
+            tracing::warn!(error = %err, source = %source, "upstream request failed");
+        }
+        None => tracing::warn!(error = %err, "upstream request failed"),
+    }
     Attempt::Failed
 }

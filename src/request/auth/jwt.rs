@@ -322,7 +322,7 @@ impl Issuer {
             // Validated at config load; a file that changed since is re-checked here.
             match KeySet::parse(&file.json) {
                 Ok((set, _)) => {
-                    tracing::info!(source = %config.label, file = %file.path, keys = set.len(), kids = ?set.kids(), "JWKS file loaded");
+                    tracing::info!(source = %config.label, file = %file.path, keys = set.len(), kids = %set.kids().join(","), "JWKS file loaded");
                     Some(set)
                 }
                 Err(why) => {

@@ -1,0 +1,443 @@
+//! The JSON access log: one line per request, written without the general logging machinery.
+//!
+//! Why not a `tracing` event: formatting one through the JSON layer visits every field through
+//! `dyn` formatting, writes floats with every digit, allocates, and hands each line to the writer
+//! thread on its own. Here each serving thread appends the line to a buffer of its own (an
+//! uncontended lock), formatting integers directly; a writer thread takes the buffers every
+//! `FLUSH_EVERY`, or sooner when one fills, and writes them out in line-aligned pieces of at most
+//! `PIPE_BUF` bytes, so lines never interleave with the other log lines on the same stream.
+//!
+//! The line has the fields, order and values of the `tracing` line it replaces (`timestamp`,
+//! `level`, `message`, the request fields, `target`), with times in milliseconds to the
+//! microsecond and `upstream_ms` `null` when no upstream was asked. Logging never blocks a
+//! request: when the writer falls behind by `MAX_PENDING_BYTES` on a thread, that thread's new
+//! lines are dropped and counted.
+
+use std::io::Write;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// How long a line may wait in a quiet thread's buffer.
+const FLUSH_EVERY: Duration = Duration::from_millis(100);
+/// A buffer this full wakes the writer.
+const WAKE_AT_BYTES: usize = 32 * 1024;
+/// A thread's lines are dropped past this much unwritten text.
+const MAX_PENDING_BYTES: usize = 4 * 1024 * 1024;
+/// Writes to a pipe up to this size are atomic (POSIX `PIPE_BUF`), so other writers' lines cannot
+/// land inside ours.
+const ATOMIC_WRITE_BYTES: usize = 4096;
+
+/// One request, as logged.
+pub struct AccessRecord<'a> {
+    pub request_id: &'a str,
+    pub client_ip: IpAddr,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub route: &'a str,
+    pub status: u16,
+    pub reason: &'a str,
+    pub user: &'a str,
+    pub upstream: Option<Duration>,
+    pub total: Duration,
+}
+
+struct ThreadBuffer {
+    lines: Vec<u8>,
+    /// The `"timestamp":"YYYY-MM-DDTHH:MM:SS.` text of `second`, reused within that second.
+    second: u64,
+    stamp: Vec<u8>,
+}
+
+struct Shared {
+    buffers: Mutex<Vec<Arc<Mutex<ThreadBuffer>>>>,
+    wake: Mutex<bool>,
+    woken: Condvar,
+    stop: AtomicBool,
+    dropped: AtomicU64,
+}
+
+static LOG: OnceLock<Arc<Shared>> = OnceLock::new();
+
+thread_local! {
+    static BUFFER: Arc<Mutex<ThreadBuffer>> = {
+        let buffer = Arc::new(Mutex::new(ThreadBuffer {
+            lines: Vec::with_capacity(WAKE_AT_BYTES * 2),
+            second: u64::MAX,
+            stamp: Vec::with_capacity(48),
+        }));
+        if let Some(shared) = LOG.get() {
+            shared
+                .buffers
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(buffer.clone());
+        }
+        buffer
+    };
+}
+
+/// How long exit waits for the last lines: a reader that stopped reading must not keep the
+/// process from ending.
+const EXIT_FLUSH_WAIT: Duration = Duration::from_secs(1);
+
+/// Stops the writer and writes what is left when dropped (at exit), waiting at most
+/// `EXIT_FLUSH_WAIT`.
+pub struct AccessLogGuard {
+    done: Option<std::sync::mpsc::Receiver<()>>,
+}
+
+impl Drop for AccessLogGuard {
+    fn drop(&mut self) {
+        if let Some(shared) = LOG.get() {
+            shared.stop.store(true, Ordering::Release);
+            *shared.wake.lock().unwrap_or_else(PoisonError::into_inner) = true;
+            shared.woken.notify_one();
+        }
+        if let Some(done) = self.done.take() {
+            let _ = done.recv_timeout(EXIT_FLUSH_WAIT);
+        }
+    }
+}
+
+/// Sends access lines to `sink` from now on (once per process; later calls change nothing).
+pub fn start(sink: Box<dyn Write + Send>) -> AccessLogGuard {
+    let shared = Arc::new(Shared {
+        buffers: Mutex::new(Vec::new()),
+        wake: Mutex::new(false),
+        woken: Condvar::new(),
+        stop: AtomicBool::new(false),
+        dropped: AtomicU64::new(0),
+    });
+    if LOG.set(shared.clone()).is_err() {
+        return AccessLogGuard { done: None };
+    }
+    let (finished, done) = std::sync::mpsc::channel();
+    let started = std::thread::Builder::new()
+        .name("authgate-access-log".into())
+        .spawn(move || {
+            write_loop(&shared, sink);
+            let _ = finished.send(());
+        });
+    AccessLogGuard {
+        done: started.ok().map(|_| done),
+    }
+}
+
+/// Whether `start` was called: otherwise the caller logs through `tracing`.
+pub fn is_started() -> bool {
+    LOG.get().is_some()
+}
+
+/// Lines dropped because the writer fell behind.
+pub fn dropped() -> u64 {
+    LOG.get()
+        .map_or(0, |shared| shared.dropped.load(Ordering::Relaxed))
+}
+
+/// Appends one line to this thread's buffer.
+pub fn record(record: &AccessRecord<'_>) {
+    let Some(shared) = LOG.get() else { return };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let full = BUFFER.with(|buffer| {
+        let mut buffer = buffer.lock().unwrap_or_else(PoisonError::into_inner);
+        if buffer.lines.len() > MAX_PENDING_BYTES {
+            shared.dropped.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        let ThreadBuffer {
+            lines,
+            second,
+            stamp,
+        } = &mut *buffer;
+        format_line(lines, second, stamp, now, record);
+        lines.len() >= WAKE_AT_BYTES
+    });
+    if full {
+        *shared.wake.lock().unwrap_or_else(PoisonError::into_inner) = true;
+        shared.woken.notify_one();
+    }
+}
+
+fn write_loop(shared: &Shared, mut sink: Box<dyn Write + Send>) {
+    let mut spare = Vec::with_capacity(WAKE_AT_BYTES * 2);
+    loop {
+        {
+            let woken = shared.wake.lock().unwrap_or_else(PoisonError::into_inner);
+            let (mut woken, _) = shared
+                .woken
+                .wait_timeout_while(woken, FLUSH_EVERY, |woken| !*woken)
+                .unwrap_or_else(PoisonError::into_inner);
+            *woken = false;
+        }
+        let stopping = shared.stop.load(Ordering::Acquire);
+        let buffers: Vec<_> = shared
+            .buffers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        for buffer in buffers {
+            {
+                let mut buffer = buffer.lock().unwrap_or_else(PoisonError::into_inner);
+                if buffer.lines.is_empty() {
+                    continue;
+                }
+                std::mem::swap(&mut buffer.lines, &mut spare);
+            }
+            write_lines(&mut *sink, &spare);
+            spare.clear();
+        }
+        let _ = sink.flush();
+        if stopping {
+            return;
+        }
+    }
+}
+
+/// Writes whole lines in pieces of at most `ATOMIC_WRITE_BYTES` (a longer line alone).
+fn write_lines(sink: &mut dyn Write, mut lines: &[u8]) {
+    while !lines.is_empty() {
+        let window = &lines[..lines.len().min(ATOMIC_WRITE_BYTES)];
+        let end = match window.iter().rposition(|&b| b == b'\n') {
+            Some(last_newline) if lines.len() > ATOMIC_WRITE_BYTES => last_newline + 1,
+            _ if lines.len() <= ATOMIC_WRITE_BYTES => lines.len(),
+            // One line longer than the window: up to its end.
+            _ => lines
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(lines.len(), |newline| newline + 1),
+        };
+        if sink.write_all(&lines[..end]).is_err() {
+            return;
+        }
+        lines = &lines[end..];
+    }
+}
+
+fn format_line(
+    out: &mut Vec<u8>,
+    second: &mut u64,
+    stamp: &mut Vec<u8>,
+    now: Duration,
+    record: &AccessRecord<'_>,
+) {
+    if now.as_secs() != *second {
+        *second = now.as_secs();
+        stamp.clear();
+        stamp.extend_from_slice(b"{\"timestamp\":\"");
+        write_date_time(stamp, *second);
+        stamp.push(b'.');
+    }
+    let mut integers = itoa::Buffer::new();
+    out.extend_from_slice(stamp);
+    let micros = now.subsec_micros();
+    out.extend_from_slice(&[
+        b'0' + (micros / 100_000) as u8,
+        b'0' + (micros / 10_000 % 10) as u8,
+        b'0' + (micros / 1_000 % 10) as u8,
+        b'0' + (micros / 100 % 10) as u8,
+        b'0' + (micros / 10 % 10) as u8,
+        b'0' + (micros % 10) as u8,
+    ]);
+    out.extend_from_slice(b"Z\",\"level\":\"INFO\",\"message\":\"request\",\"request_id\":\"");
+    escape_into(out, record.request_id);
+    out.extend_from_slice(b"\",\"client_ip\":\"");
+    let _ = write!(out, "{}", record.client_ip);
+    out.extend_from_slice(b"\",\"method\":\"");
+    escape_into(out, record.method);
+    out.extend_from_slice(b"\",\"path\":\"");
+    escape_into(out, record.path);
+    out.extend_from_slice(b"\",\"route\":\"");
+    escape_into(out, record.route);
+    out.extend_from_slice(b"\",\"status\":");
+    out.extend_from_slice(integers.format(record.status).as_bytes());
+    out.extend_from_slice(b",\"reason\":\"");
+    escape_into(out, record.reason);
+    out.extend_from_slice(b"\",\"user\":\"");
+    escape_into(out, record.user);
+    out.extend_from_slice(b"\",\"upstream_ms\":");
+    match record.upstream {
+        Some(upstream) => write_millis(out, upstream),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"total_ms\":");
+    write_millis(out, record.total);
+    out.extend_from_slice(b",\"target\":\"authgate::access\"}\n");
+}
+
+/// A duration as milliseconds with three decimals (`12.345`), or `-` when there is none: the
+/// same numbers in `tracing`'s human-readable lines.
+pub struct Millis(pub Option<Duration>);
+
+impl std::fmt::Display for Millis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(duration) => {
+                let mut text = Vec::with_capacity(16);
+                write_millis(&mut text, duration);
+                f.write_str(std::str::from_utf8(&text).unwrap_or("?"))
+            }
+            None => f.write_str("-"),
+        }
+    }
+}
+
+/// Milliseconds with three decimals (microseconds): `12.345`.
+fn write_millis(out: &mut Vec<u8>, duration: Duration) {
+    let micros = u64::try_from(duration.as_micros()).unwrap_or(u64::MAX);
+    let mut integers = itoa::Buffer::new();
+    out.extend_from_slice(integers.format(micros / 1000).as_bytes());
+    let fraction = micros % 1000;
+    out.extend_from_slice(&[
+        b'.',
+        b'0' + (fraction / 100) as u8,
+        b'0' + (fraction / 10 % 10) as u8,
+        b'0' + (fraction % 10) as u8,
+    ]);
+}
+
+/// A JSON string's contents: quotes, backslashes and control characters escaped; other text,
+/// UTF-8 included, as is.
+fn escape_into(out: &mut Vec<u8>, text: &str) {
+    let bytes = text.as_bytes();
+    if !bytes
+        .iter()
+        .any(|&b| b < 0x20 || b == b'"' || b == b'\\' || b == 0x7f)
+    {
+        out.extend_from_slice(bytes);
+        return;
+    }
+    for &b in bytes {
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            b if b < 0x20 || b == 0x7f => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                out.extend_from_slice(b"\\u00");
+                out.push(HEX[usize::from(b >> 4)]);
+                out.push(HEX[usize::from(b & 0xf)]);
+            }
+            b => out.push(b),
+        }
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SS` (UTC) for a unix time.
+pub(crate) fn write_date_time(out: &mut Vec<u8>, unix: u64) {
+    let days = i64::try_from(unix / 86_400).unwrap_or(0);
+    let seconds = unix % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let _ = write!(
+        out,
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
+        seconds / 3600,
+        seconds % 3600 / 60,
+        seconds % 60
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(record: &AccessRecord<'_>, now: Duration) -> String {
+        let mut out = Vec::new();
+        let (mut second, mut stamp) = (u64::MAX, Vec::new());
+        format_line(&mut out, &mut second, &mut stamp, now, record);
+        String::from_utf8(out).unwrap()
+    }
+
+    fn record<'a>(user: &'a str, upstream: Option<Duration>) -> AccessRecord<'a> {
+        AccessRecord {
+            request_id: "81f3f08422a193a4-000000000000",
+            client_ip: "2001:db8::1".parse().unwrap(),
+            method: "GET",
+            path: "/api/alice/tasks",
+            route: "/api/{user_id}/tasks",
+            status: 200,
+            reason: "-",
+            user,
+            upstream,
+            total: Duration::from_micros(12_345),
+        }
+    }
+
+    #[test]
+    fn a_line_is_the_json_the_tracing_line_was_with_tidy_numbers() {
+        let now = Duration::new(1_796_457_600, 870_058_000);
+        let text = line(&record("alice", Some(Duration::from_nanos(489_367))), now);
+        assert_eq!(
+            text,
+            "{\"timestamp\":\"2026-12-05T08:00:00.870058Z\",\"level\":\"INFO\",\"message\":\"request\",\
+             \"request_id\":\"81f3f08422a193a4-000000000000\",\"client_ip\":\"2001:db8::1\",\
+             \"method\":\"GET\",\"path\":\"/api/alice/tasks\",\"route\":\"/api/{user_id}/tasks\",\
+             \"status\":200,\"reason\":\"-\",\"user\":\"alice\",\"upstream_ms\":0.489,\
+             \"total_ms\":12.345,\"target\":\"authgate::access\"}\n"
+        );
+        let refused = line(&record("-", None), now);
+        let parsed: serde_json::Value = serde_json::from_str(&refused).unwrap();
+        assert!(parsed["upstream_ms"].is_null());
+        assert_eq!(parsed["total_ms"], 12.345);
+    }
+
+    #[test]
+    fn whatever_a_user_id_holds_the_line_stays_one_json_object() {
+        for user in [
+            "a\"b",
+            "back\\slash",
+            "new\nline",
+            "\u{1}\u{7f}",
+            "ünï",
+            "\"}\n{\"x\":1",
+        ] {
+            let text = line(&record(user, None), Duration::from_secs(0));
+            assert_eq!(text.matches('\n').count(), 1, "{text}");
+            let parsed: serde_json::Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(parsed["user"], user);
+        }
+    }
+
+    #[test]
+    fn lines_are_written_in_whole_pieces_of_at_most_a_pipe_buffer() {
+        struct Pieces(Vec<Vec<u8>>);
+        impl Write for Pieces {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.push(buf.to_vec());
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut lines = Vec::new();
+        for n in 0..500 {
+            lines.extend_from_slice(format!("{{\"n\":{n}}}\n").as_bytes());
+        }
+        lines.extend_from_slice(&[b'x'; 5000]);
+        lines.push(b'\n');
+        let mut pieces = Pieces(Vec::new());
+        write_lines(&mut pieces, &lines);
+        assert_eq!(pieces.0.concat(), lines);
+        for piece in &pieces.0 {
+            assert!(piece.ends_with(b"\n"));
+            assert!(
+                piece.len() <= ATOMIC_WRITE_BYTES || !piece[..piece.len() - 1].contains(&b'\n')
+            );
+        }
+    }
+}
