@@ -15,7 +15,7 @@
 
 use std::io::Write;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -55,7 +55,6 @@ struct Shared {
     wake: Mutex<bool>,
     woken: Condvar,
     stop: AtomicBool,
-    dropped: AtomicU64,
 }
 
 static LOG: OnceLock<Arc<Shared>> = OnceLock::new();
@@ -108,7 +107,6 @@ pub fn start(sink: Box<dyn Write + Send>) -> AccessLogGuard {
         wake: Mutex::new(false),
         woken: Condvar::new(),
         stop: AtomicBool::new(false),
-        dropped: AtomicU64::new(0),
     });
     if LOG.set(shared.clone()).is_err() {
         return AccessLogGuard { done: None };
@@ -130,11 +128,9 @@ pub fn is_started() -> bool {
     LOG.get().is_some()
 }
 
-/// Lines dropped because the writer fell behind.
-pub fn dropped() -> u64 {
-    LOG.get()
-        .map_or(0, |shared| shared.dropped.load(Ordering::Relaxed))
-}
+/// Lines dropped because the writer fell behind, for `/metrics`.
+pub(crate) static DROPPED_LINES: std::sync::LazyLock<prometheus_client::metrics::counter::Counter> =
+    std::sync::LazyLock::new(Default::default);
 
 /// Appends one line to this thread's buffer.
 pub fn record(record: &AccessRecord<'_>) {
@@ -145,7 +141,7 @@ pub fn record(record: &AccessRecord<'_>) {
     let full = BUFFER.with(|buffer| {
         let mut buffer = buffer.lock().unwrap_or_else(PoisonError::into_inner);
         if buffer.lines.len() > MAX_PENDING_BYTES {
-            shared.dropped.fetch_add(1, Ordering::Relaxed);
+            DROPPED_LINES.inc();
             return false;
         }
         let ThreadBuffer {

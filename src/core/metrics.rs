@@ -131,6 +131,11 @@ impl Metrics {
             revocations.clone(),
         );
         registry.register(
+            "access_log_dropped_lines",
+            "JSON access-log lines dropped because the log reader fell behind (requests are never held)",
+            crate::core::access_log::DROPPED_LINES.clone(),
+        );
+        registry.register(
             "revocations_subscribed",
             "1 while this replica holds its subscription to the store's revocations channel",
             revocations_subscribed.clone(),
@@ -356,6 +361,7 @@ mod tests {
             "authgate_jwks_fetches_total{url=\"http://auth:3000/api/auth/jwks\",outcome=\"failed\"} 0",
             "authgate_config_reloads_total{outcome=\"ok\"} 0",
             "authgate_upstream_errors_total{reason=\"upstream_timeout\"} 0",
+            "authgate_access_log_dropped_lines_total 0",
         ] {
             assert!(text.contains(series), "{series} in\n{text}");
         }
