@@ -7,6 +7,8 @@
 #   authgate-limit-local  authgate-hs256 plus a per-user limit decided in process, :18087
 #   authgate-limit-redis  the same limit decided in a redis-server on this machine ([store]), :18088
 #                   (Redis on :18089; its CPU per request goes into the report)
+#   authgate-access  authgate-hs256 with its default JSON access log on (to a file), :18092: what
+#                   authgate's own access log costs, in the report against authgate-hs256
 #   authgate-session  authgate-hs256's routes taking a Better Auth session cookie instead, :18090,
 #                   with a real Better Auth server (tests/better-auth, npm) on :18091
 # Load: wrk -t1, keep-alive, GET /api/USER/tasks with USER's credential (alice's HS256 or EdDSA
@@ -20,6 +22,9 @@
 #      WARMUP (1 s per target)  KEEP_TMP=1 (keep logs)
 #      HYPER_BARE_BIN: a built ../shared/peers/hyper-bare (the thinnest pooled hyper 1 proxy, no
 #      auth), added as the calibration target "hyper-bare" on :18084 when set
+#      ACCESS_LOG=1: every target logs each request to a file, as production does: nginx with a
+#      JSON log_format, HAProxy with `option httplog` (to its stdout, a file), authgate with its
+#      default JSON access log (its stderr, a file); default 0: no target logs requests
 #      WITH_TLS (1 when TARGETS is unset, else 0): afterwards, authgate over TLS against HAProxy
 #      terminating TLS, by bench/tls.sh with the same SECS, ROUNDS and AUTHGATE_BIN (its own report)
 set -euo pipefail
@@ -62,6 +67,7 @@ ALL_TARGETS=(
   "authgate-limit-local  http://127.0.0.1:18087  HS256  start_authgate_limit_local  yes"
   "authgate-limit-redis  http://127.0.0.1:18088  HS256  start_authgate_limit_redis  yes"
   "authgate-session  http://127.0.0.1:18090  SESSION  start_authgate_session  yes"
+  "authgate-access  http://127.0.0.1:18092  HS256  start_authgate_access  yes"
   # TLS runs (authgate and HAProxy terminating TLS, h1/h2/handshakes) live in bench/tls.sh.
 )
 if [[ -n "${HYPER_BARE_BIN:-}" ]]; then
@@ -72,14 +78,40 @@ fi
 # The start functions: each brings its target up and returns once it accepts connections.
 # The backend (direct) is started first, whatever TARGETS says, since every other target uses it.
 start_direct() { :; }
-start_nginx_proxy() { start_nginx nginx-proxy "$BENCH_DIR/nginx-proxy.conf" 18082; }
+start_nginx_proxy() {
+  local config=$BENCH_DIR/nginx-proxy.conf
+  if [[ ${ACCESS_LOG:-0} == 1 ]]; then
+    # One JSON line per request with the fields authgate logs, buffered as a production setup would.
+    config=$BENCH_TMP/nginx-proxy-logging.conf
+    sed "s|access_log off;|log_format json escape=json '{\"time\":\"\$time_iso8601\",\"request_id\":\"\$request_id\",\"client_ip\":\"\$remote_addr\",\"method\":\"\$request_method\",\"path\":\"\$uri\",\"status\":\$status,\"upstream_ms\":\"\$upstream_response_time\",\"total_ms\":\$request_time}'; access_log $BENCH_TMP/nginx-access.log json buffer=64k flush=1s;|" \
+      "$BENCH_DIR/nginx-proxy.conf" >"$config"
+    grep -q 'access_log .*json' "$config" || die "could not turn nginx's access log on"
+  fi
+  start_nginx nginx-proxy "$config" 18082
+}
 start_haproxy() {
-  JWT_SECRET=$BENCH_SECRET haproxy -c -f "$BENCH_DIR/haproxy.cfg" >"$BENCH_TMP/haproxy-check.log" 2>&1 ||
-    { cat "$BENCH_TMP/haproxy-check.log" >&2; die "haproxy rejected bench/haproxy.cfg"; }
-  spawn haproxy env JWT_SECRET="$BENCH_SECRET" haproxy -db -f "$BENCH_DIR/haproxy.cfg"
+  local config=$BENCH_DIR/haproxy.cfg
+  if [[ ${ACCESS_LOG:-0} == 1 ]]; then
+    # httplog lines to HAProxy's stdout, which spawn sends to a file.
+    config=$BENCH_TMP/haproxy-logging.cfg
+    sed -e 's/^global$/global\n  log stdout format raw local0/' -e 's/^defaults$/defaults\n  log global\n  option httplog/' \
+      "$BENCH_DIR/haproxy.cfg" >"$config"
+  fi
+  JWT_SECRET=$BENCH_SECRET haproxy -c -f "$config" >"$BENCH_TMP/haproxy-check.log" 2>&1 ||
+    { cat "$BENCH_TMP/haproxy-check.log" >&2; die "haproxy rejected $config"; }
+  spawn haproxy env JWT_SECRET="$BENCH_SECRET" haproxy -db -f "$config"
   wait_port 18081 "$SPAWNED_PID" haproxy
 }
 start_authgate_hs256() { start_authgate authgate-hs256; }
+# authgate-hs256 with its default JSON access log on, to its stderr (a file).
+start_authgate_access() {
+  port_free_or_die 18092
+  local config=$BENCH_TMP/gateway-access.toml
+  sed -e 's/127.0.0.1:18083/127.0.0.1:18092/' -e 's/^access = false/access = true/' "$AUTHGATE_CONFIG" >"$config"
+  grep -q '^access = true' "$config" || die "could not turn authgate's access log on in $config"
+  spawn authgate-access env BETTER_AUTH_SECRET="$BENCH_SECRET" "$AUTHGATE_BIN" --config "$config"
+  wait_port 18092 "$SPAWNED_PID" authgate-access
+}
 start_hyper_bare() {
   port_free_or_die 18084
   spawn hyper-bare "$HYPER_BARE_BIN" 127.0.0.1:18084 127.0.0.1:18080
@@ -177,7 +209,7 @@ printf 'authgate bench: %d target(s) x %d connection count(s) x %d round(s) x %d
 
 need_tools nginx haproxy wrk curl
 build_authgate
-port_free_or_die 18080 18081 18082 18083 18085 18086 18087 18088 18089 18090 18091
+port_free_or_die 18080 18081 18082 18083 18085 18086 18087 18088 18089 18090 18091 18092
 bench_init
 raise_nofile 16384  # haproxy asks for 2 x maxconn (8000) + a few
 
@@ -186,6 +218,10 @@ sample_busy
 TOKEN_HS256=$(mint_token alice) || die "could not mint a token (pyjwt?)"
 export TOKEN_HS256
 [[ -n "${AUTHGATE_CONFIG:-}" ]] || authgate_config
+if [[ ${ACCESS_LOG:-0} == 1 ]]; then
+  sed -i 's/^access = false/access = true/' "$AUTHGATE_CONFIG"
+  grep -q '^access = true' "$AUTHGATE_CONFIG" || die "could not turn authgate's access log on"
+fi
 mkdir -p "$BENCH_TMP/jwks"
 TOKEN_EDDSA=$(python3 "$BENCH_DIR/mint_eddsa.py" "$BENCH_TMP/jwks/jwks.json" http://127.0.0.1:3000 alice) ||
   die "could not mint an EdDSA token (pip install 'pyjwt[crypto]')"
@@ -313,6 +349,7 @@ done
   printf 'nginx\t%s\n' "$(nginx -v 2>&1 | head -n 1)"
   printf 'haproxy\t%s\n' "$(haproxy -v 2>&1 | head -n 1)"
   printf 'wrk\t%s\n' "$(wrk -v 2>&1 | head -n 1 || true)"
+  printf 'access logs\t%s\n' "$([[ ${ACCESS_LOG:-0} == 1 ]] && echo 'on for every target (ACCESS_LOG=1): nginx JSON log_format to a file, HAProxy httplog to a file, authgate JSON to a file' || echo 'off (authgate-access alone logs)')"
   printf 'authgate\t%s, workers=%s, pin_workers=%s\n' "$AUTHGATE_BIN" \
     "${AUTHGATE_WORKERS:-default (one per core)}" "${AUTHGATE_PIN:-default (true)}"
   printf 'load\twrk -t1 -c{%s} -d%ss, keep-alive, GET /api/USER/tasks with USER'"'"'s credential (alice'"'"'s HS256 bearer token; EdDSA for authgate-eddsa; a Better Auth session cookie for authgate-session), %s round(s) alternating between targets, %ss warm-up each\n' \

@@ -127,6 +127,9 @@ def main(meta_path, results_path):
     versus_hs256("authgate-eddsa", "EdDSA (JWKS) vs HS256 through authgate",
                  "Target: EdDSA ≥ 0.9 × HS256 (the verified-token cache makes a repeated token skip "
                  "signature verification).")
+    versus_hs256("authgate-access", "authgate's JSON access log on vs off",
+                 "Target: at least 0.97 (the access log costs at most 3 %). authgate-access writes one JSON "
+                 "line per request to its stderr, a file.")
     versus_hs256("authgate-session", "Better Auth session cookie vs HS256 bearer through authgate",
                  "Target: a cookie-authenticated request with a warm session cache ≥ 0.9 × an HS256 "
                  "bearer request. The cookie's signature is checked on every request; Better Auth "
