@@ -627,11 +627,17 @@ async fn run_demo() -> Result<(), String> {
         .to_string()
         .parse()
         .map_err(|_| "bad backend address".to_string())?;
-    let listener = match TcpListener::bind(config.server.listen).await {
-        Ok(listener) => listener,
-        Err(_) => TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
-            .await
-            .map_err(|err| format!("cannot bind the gateway: {err}"))?,
+    let (listener, port_note) = match TcpListener::bind(config.server.listen).await {
+        Ok(listener) => (listener, String::new()),
+        Err(err) => (
+            TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+                .await
+                .map_err(|err| format!("cannot bind the gateway: {err}"))?,
+            format!(
+                "  note         {} is not free ({err}), so the gateway took another port\n",
+                config.server.listen
+            ),
+        ),
     };
     let gateway_addr = listener.local_addr().map_err(|err| err.to_string())?;
     let live = Live::new(config).map_err(|err| err.to_string())?;
@@ -653,7 +659,8 @@ async fn run_demo() -> Result<(), String> {
     println!(
         "authgate demo\n\
          \x20 gateway      {base}  (forwarding to the task backend on {backend_addr})\n\
-         \x20 secret       a fresh random HS256 secret for this run\n\n\
+         \x20 secret       a fresh random HS256 secret for this run\n\
+         {port_note}\n\
          tokens (valid for 1 hour):\n\
          \x20 ALICE={alice}\n\
          \x20 BOB={bob}\n\n\
