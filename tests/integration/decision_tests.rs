@@ -454,3 +454,34 @@ fn demo_refuses_a_config_it_would_not_use() {
         text(&output)
     );
 }
+
+/// With 8080 taken, the demo still starts, on another port, and says so.
+#[test]
+fn the_demo_says_when_it_takes_another_port() {
+    use std::io::{BufRead, BufReader};
+    // Held for the test (or already held by something else: busy either way).
+    let _busy = std::net::TcpListener::bind("127.0.0.1:8080");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_authgate"))
+        .arg("demo")
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut head = String::new();
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        head.push_str(&line);
+        head.push('\n');
+        if line.starts_with("tokens") {
+            break;
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        head.contains("note         127.0.0.1:8080 is not free"),
+        "{head}"
+    );
+    assert!(!head.contains("http://127.0.0.1:8080 "), "{head}");
+}
