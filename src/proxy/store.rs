@@ -294,6 +294,22 @@ impl RedisStore {
         Ok(connection)
     }
 
+    /// Opens this serving thread's connection now, so its first decisions do not pay for
+    /// connecting within `op_timeout` (they would fall back to `on_error` instead). Called by
+    /// each worker as it starts.
+    pub fn warm_up(&self) {
+        let Ok(mut connection) = self.connection() else {
+            return;
+        };
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(
+                CONNECT_TIMEOUT,
+                redis::cmd("PING").query_async::<String>(&mut connection),
+            )
+            .await;
+        });
+    }
+
     /// Runs one store command under the breaker, answered by `deadline` or failed; the caller
     /// counts the outcome per decision.
     async fn run<T>(

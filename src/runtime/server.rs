@@ -143,6 +143,9 @@ pub(crate) async fn serve_with(
     };
     // Per-connection limits are read once: changing them needs a restart (a reload says so).
     let limits = *live.gateway().server_limits();
+    if let Some(store) = live.gateway().store() {
+        store.warm_up();
+    }
     // Graceful shutdown by hand: hyper-util's GracefulShutdown does not take connections that
     // can upgrade (WebSocket). Each connection watches `draining` and finishes its requests.
     let (drain, draining) = tokio::sync::watch::channel(false);

@@ -918,3 +918,35 @@ async fn a_replica_that_lost_its_subscription_reads_what_it_missed() {
     );
     wait_until_subscribed(&gateway).await;
 }
+
+/// Each serving thread opens its store connection as it starts, not with its first decision
+/// (which would have to connect within `op_timeout` or fall back to `on_error`): with two workers,
+/// Redis sees the background probe's connection and one per worker before any request.
+#[tokio::test]
+async fn workers_connect_to_the_store_before_their_first_request() {
+    let redis = RedisServer::start();
+    let backend = Backend::start().await;
+    let config = config("per_user = \"1000/m\"", Some(&store_table(&redis, ""))).replacen(
+        "[server]",
+        "[server]\nworkers = 2",
+        1,
+    );
+    assert!(config.contains("workers = 2"));
+    let _replica = Replica::start(&config, backend.addr, "warm");
+    let started = Instant::now();
+    loop {
+        let clients = redis.command(&["CLIENT", "LIST", "TYPE", "normal"]);
+        // The command's own connection is one of them.
+        let gateway_clients = clients.lines().count().saturating_sub(1);
+        if gateway_clients >= 3 {
+            assert_eq!(gateway_clients, 3, "{clients}");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "connections before any request: {gateway_clients}\n{clients}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(backend.count(), 0);
+}
