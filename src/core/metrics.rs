@@ -59,6 +59,9 @@ pub struct Metrics {
     pub request_duration: Histogram,
     pub upstream_duration: Histogram,
     pub upstream_errors: Family<ReasonLabels, Counter>,
+    // The backend's name (src/proxy/upstream/dns.rs)
+    pub upstream_dns_lookups: Family<ResultLabels, Counter>,
+    pub upstream_dns_stale: Counter,
     pub jwks_fetches: Family<JwksLabels, Counter>,
     pub open_connections: Gauge,
     /// HTTP/1.1 keep-alive connections parked without buffers (src/runtime/keepalive.rs).
@@ -95,6 +98,8 @@ impl Metrics {
         let request_duration = latency_histogram();
         let upstream_duration = latency_histogram();
         let upstream_errors = Family::<ReasonLabels, Counter>::default();
+        let upstream_dns_lookups = Family::<ResultLabels, Counter>::default();
+        let upstream_dns_stale = Counter::default();
         let jwks_fetches = Family::<JwksLabels, Counter>::default();
         let open_connections = Gauge::default();
         let parked_connections = Gauge::default();
@@ -166,6 +171,17 @@ impl Metrics {
             upstream_errors.clone(),
         );
         registry.register(
+            "upstream_dns_lookups",
+            "Lookups of the upstream's host name, by result (ok, failed)",
+            upstream_dns_lookups.clone(),
+        );
+        registry.register(
+            "upstream_dns_stale",
+            "New upstream connections made to the last known addresses because a lookup failed \
+             or was late",
+            upstream_dns_stale.clone(),
+        );
+        registry.register(
             "jwks_fetches",
             "JWKS fetch attempts, by URL and outcome",
             jwks_fetches.clone(),
@@ -234,6 +250,9 @@ impl Metrics {
         for reason in ["upstream_unavailable", "upstream_timeout"] {
             let _ = upstream_errors.get_or_create(&ReasonLabels { reason });
         }
+        for result in ["ok", "failed"] {
+            let _ = upstream_dns_lookups.get_or_create(&ResultLabels { result });
+        }
         Arc::new(Metrics {
             session_lookups,
             session_cache_hits,
@@ -245,6 +264,8 @@ impl Metrics {
             request_duration,
             upstream_duration,
             upstream_errors,
+            upstream_dns_lookups,
+            upstream_dns_stale,
             jwks_fetches,
             open_connections,
             parked_connections,

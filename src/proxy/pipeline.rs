@@ -216,11 +216,14 @@ impl Gateway {
                     .iter()
                     .flat_map(|route| route.claim_headers.iter().map(|h| &h.name)),
             ),
-            default_upstream: config.upstream.as_ref().map(Upstream::new),
+            default_upstream: config
+                .upstream
+                .as_ref()
+                .map(|upstream| Upstream::new(upstream, &metrics)),
             named_upstreams: config
                 .named_upstreams
                 .iter()
-                .map(|(_, upstream)| Upstream::new(upstream))
+                .map(|(_, upstream)| Upstream::new(upstream, &metrics))
                 .collect(),
             server_limits: config.limits,
             access_log: config.log.access,

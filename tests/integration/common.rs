@@ -219,6 +219,11 @@ pub async fn start_gateway_with(mut config: Config, upstream: SocketAddr) -> Gat
     if let Some(default) = config.upstream.as_mut() {
         default.authority = upstream.to_string().parse().unwrap();
     }
+    start_gateway_as_configured(config).await
+}
+
+/// A gateway with `config` as it is, upstream included.
+pub async fn start_gateway_as_configured(config: Config) -> GatewayHandle {
     let live = Live::new(config).unwrap();
     let gateway = live.gateway();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -278,3 +278,109 @@ async fn the_backend_sees_its_own_host() {
     );
     assert_eq!(received.header_values("x-forwarded-host"), ["gateway.test"]);
 }
+
+/// A backend that closes every connection after one answer, so that each request through the
+/// gateway needs a new upstream connection. Returns its address and the request heads it read.
+async fn closing_backend() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let heads = Arc::new(Mutex::new(Vec::new()));
+    let log = heads.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match stream.read(&mut byte).await {
+                        Ok(1) => head.push(byte[0]),
+                        _ => return,
+                    }
+                }
+                log.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&head).into_owned());
+                let _ = stream
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\nConnection: close\r\n\r\n{\"ok\":true}",
+                    )
+                    .await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    (addr, heads)
+}
+
+/// The backend's host name is looked up off the request path (src/proxy/upstream/dns.rs): new
+/// upstream connections reuse the last answer, so that a resolver that stalls cannot turn into
+/// connect timeouts. Twenty requests, each on a new upstream connection to `localhost`, cost one
+/// lookup; an IP literal costs none.
+#[tokio::test]
+async fn new_upstream_connections_reuse_one_lookup_of_the_backend_name() {
+    let (backend, heads) = closing_backend().await;
+    let mut config = parse_config(BASE_CONFIG);
+    config.upstream.as_mut().unwrap().authority =
+        format!("localhost:{}", backend.port()).parse().unwrap();
+    let gateway = start_gateway_as_configured(config).await;
+    get_tasks_as_alice(gateway.addr, 20).await;
+    let heads = heads.lock().unwrap().clone();
+    assert_eq!(
+        heads.len(),
+        20,
+        "every request reached the backend on its own connection"
+    );
+    for head in &heads {
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("\r\nx-user-id: alice\r\n"),
+            "{head}"
+        );
+    }
+    let metrics = gateway.live.metrics().render();
+    assert!(
+        metrics.contains("authgate_upstream_dns_lookups_total{result=\"ok\"} 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("authgate_upstream_dns_lookups_total{result=\"failed\"} 0\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("authgate_upstream_dns_stale_total 0\n"),
+        "{metrics}"
+    );
+
+    // An IP literal is never looked up.
+    let (backend, heads) = closing_backend().await;
+    let gateway = start_gateway(BASE_CONFIG, backend).await;
+    get_tasks_as_alice(gateway.addr, 3).await;
+    assert_eq!(heads.lock().unwrap().len(), 3);
+    let metrics = gateway.live.metrics().render();
+    assert!(
+        metrics.contains("authgate_upstream_dns_lookups_total{result=\"ok\"} 0\n"),
+        "{metrics}"
+    );
+}
+
+/// `times` requests for alice's tasks, each answered 200.
+async fn get_tasks_as_alice(gateway: SocketAddr, times: usize) {
+    let auth = bearer(&token_for("alice"));
+    for _ in 0..times {
+        let response = request(
+            gateway,
+            "GET",
+            "/api/alice/tasks",
+            &[("Authorization", &auth)],
+            b"",
+        )
+        .await;
+        assert_eq!(
+            response.status,
+            200,
+            "{:?}",
+            String::from_utf8_lossy(&response.body)
+        );
+    }
+}

@@ -34,13 +34,17 @@ use tower_service::Service;
 
 use crate::config::UpstreamConfig;
 use crate::core::error::GatewayError;
+use crate::core::metrics::Metrics;
 use crate::proxy::body::{BodyTooLarge, RequestBody};
 use crate::request::authz::multipart::ScanRefusal;
 
+pub(crate) mod dns;
 pub mod h1;
 pub(crate) mod tls;
 
-type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+use dns::{CachedResolver, UpstreamAddresses};
+
+type Connector = hyper_rustls::HttpsConnector<HttpConnector<CachedResolver>>;
 type Sender = http1::SendRequest<RequestBody>;
 
 /// An idle pooled connection older than this is closed instead of reused: backends close theirs
@@ -57,8 +61,8 @@ pub(crate) struct Upstream {
     host: HeaderValue,
     pools: Arc<Pools>,
     timeout: Duration,
-    /// `host:port` that the lean path (src/proxy/upstream/h1/) dials.
-    lean_address: (String, u16),
+    /// The backend host's addresses (src/proxy/upstream/dns.rs), for both clients.
+    addresses: Arc<UpstreamAddresses>,
     /// For an `https://` backend: the TLS client the lean path wraps its connections in, and the
     /// name the backend's certificate must carry.
     lean_tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
@@ -233,8 +237,27 @@ impl Lease {
 }
 
 impl Upstream {
-    pub fn new(config: &UpstreamConfig) -> Upstream {
-        let mut connector = HttpConnector::new();
+    /// `metrics` counts the lookups of the backend's name.
+    pub fn new(config: &UpstreamConfig, metrics: &Arc<Metrics>) -> Upstream {
+        let default_port = if config.scheme == Scheme::HTTPS {
+            443
+        } else {
+            80
+        };
+        let bare_host = config
+            .authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let addresses = UpstreamAddresses::new(
+            bare_host,
+            config.authority.port_u16().unwrap_or(default_port),
+            Some(metrics.clone()),
+        );
+        let mut connector = HttpConnector::new_with_resolver(CachedResolver {
+            addresses: addresses.clone(),
+            wait: config.connect_timeout,
+        });
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(config.connect_timeout));
         // http:// stays plain TCP; https:// gets TLS, never falling back to plain (src/runtime/tls.rs).
@@ -246,20 +269,10 @@ impl Upstream {
             .path_and_query("/")
             .build()
             .unwrap_or_default();
-        let default_port = if config.scheme == Scheme::HTTPS {
-            443
-        } else {
-            80
-        };
         let host = match config.authority.port_u16() {
             Some(port) if port == default_port => config.authority.host(),
             _ => config.authority.as_str(),
         };
-        let bare_host = config
-            .authority
-            .host()
-            .trim_start_matches('[')
-            .trim_end_matches(']');
         // Config validation checked the scheme and TLS settings; a host that is not a valid
         // server name cannot get a certificate either, so such a backend only ever gets 502s.
         let lean_tls = match (&config.tls, ServerName::try_from(bare_host.to_string())) {
@@ -278,10 +291,7 @@ impl Upstream {
                 .unwrap_or_else(|_| HeaderValue::from_static("localhost")),
             pools: Arc::default(),
             timeout: config.timeout,
-            lean_address: (
-                bare_host.to_string(),
-                config.authority.port_u16().unwrap_or(default_port),
-            ),
+            addresses,
             lean_tls,
             is_https: config.scheme == Scheme::HTTPS,
             connect_timeout: config.connect_timeout,
@@ -480,11 +490,21 @@ impl Upstream {
     /// A new connection: TCP, and TLS over it for an `https://` backend (never plain for one),
     /// both within `connect_timeout`.
     async fn connect_lean(&self) -> Result<h1::Conn, Attempt> {
-        let (host, port) = &self.lean_address;
+        let deadline = Instant::now() + self.connect_timeout;
+        let addresses = match self.addresses.get(deadline).await {
+            Ok(addresses) => addresses,
+            Err(why) => {
+                tracing::warn!(error = %why, "cannot find the upstream's address");
+                return Err(Attempt::Failed);
+            }
+        };
         let connecting = async {
-            let stream = tokio::net::TcpStream::connect((host.as_str(), *port))
+            let stream = tokio::net::TcpStream::connect(&addresses[..])
                 .await
-                .map_err(|err| format!("cannot connect to the upstream: {err}"))?;
+                .map_err(|err| {
+                    self.addresses.connect_failed();
+                    format!("cannot connect to the upstream: {err}")
+                })?;
             // The head goes in one write; Nagle would hold a second one back for an ACK.
             let _ = stream.set_nodelay(true);
             match &self.lean_tls {
@@ -500,13 +520,14 @@ impl Upstream {
                     .map_err(|err| format!("upstream TLS handshake failed: {err}")),
             }
         };
-        match tokio::time::timeout(self.connect_timeout, connecting).await {
+        match tokio::time::timeout_at(deadline, connecting).await {
             Ok(Ok(stream)) => Ok(h1::Conn::new(stream)),
             Ok(Err(why)) => {
                 tracing::warn!(error = %why, "cannot open an upstream connection");
                 Err(Attempt::Failed)
             }
             Err(_) => {
+                self.addresses.connect_failed();
                 tracing::warn!(timeout = ?self.connect_timeout, "upstream connect timed out");
                 Err(Attempt::Failed)
             }
@@ -549,6 +570,7 @@ impl Upstream {
     async fn connect(&self) -> Result<Sender, Attempt> {
         let mut connector = self.connector.clone();
         let io = connector.call(self.address.clone()).await.map_err(|err| {
+            self.addresses.connect_failed();
             tracing::warn!(error = %err, "cannot connect to the upstream");
             Attempt::Failed
         })?;

@@ -8,10 +8,10 @@ use crate::core::tls::{unused_client_config, UpstreamTls};
 
 /// The connector of the upstream client: plain TCP for `http://`, TLS for `https://` (never
 /// falling back to plain for an https upstream).
-pub(crate) fn upstream_connector(
-    mut http: HttpConnector,
+pub(crate) fn upstream_connector<R>(
+    mut http: HttpConnector<R>,
     tls: Option<&UpstreamTls>,
-) -> hyper_rustls::HttpsConnector<HttpConnector> {
+) -> hyper_rustls::HttpsConnector<HttpConnector<R>> {
     // The TLS layer decides the scheme; the TCP connector must accept https URIs.
     http.enforce_http(false);
     let builder = hyper_rustls::HttpsConnectorBuilder::new();
