@@ -99,6 +99,17 @@ impl Gateway {
         &self.jwks
     }
 
+    /// The upstreams (`host:port`) whose host name has no known address yet: a lookup is started
+    /// for each. Empty when every backend can be connected to. For readiness, and at start-up.
+    pub fn upstreams_without_address(&self) -> Vec<String> {
+        self.default_upstream
+            .iter()
+            .chain(&self.named_upstreams)
+            .filter(|upstream| !upstream.address_known())
+            .map(|upstream| upstream.authority().to_string())
+            .collect()
+    }
+
     /// The shared store, when `[store]` is set.
     pub fn store(&self) -> Option<&Arc<RedisStore>> {
         self.store.as_ref()

@@ -90,11 +90,18 @@ async fn answer(
                 )
             });
             let store_refusing = store.as_ref().is_some_and(|(_, refusing)| *refusing);
+            let unresolved = gateway.upstreams_without_address();
             let mut body = if !waiting.is_empty() {
                 serde_json::json!({
                     "status": "not_ready",
                     "reason": "no signing keys fetched yet",
                     "jwks_waiting": waiting,
+                })
+            } else if !unresolved.is_empty() {
+                serde_json::json!({
+                    "status": "not_ready",
+                    "reason": "the upstream's host name has no address yet (DNS lookup failed or pending)",
+                    "upstreams_unresolved": unresolved,
                 })
             } else if store_refusing {
                 serde_json::json!({
@@ -107,7 +114,7 @@ async fn answer(
             if let Some((store, _)) = store {
                 body["store"] = store;
             }
-            let status = if waiting.is_empty() && !store_refusing {
+            let status = if waiting.is_empty() && unresolved.is_empty() && !store_refusing {
                 StatusCode::OK
             } else {
                 StatusCode::SERVICE_UNAVAILABLE

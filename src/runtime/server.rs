@@ -146,6 +146,9 @@ pub(crate) async fn serve_with(
     if let Some(store) = live.gateway().store() {
         store.warm_up();
     }
+    // Look the backends' names up now rather than at the first request (one lookup per name,
+    // whichever worker asks first).
+    let _ = live.gateway().upstreams_without_address();
     // Graceful shutdown by hand: hyper-util's GracefulShutdown does not take connections that
     // can upgrade (WebSocket). Each connection watches `draining` and finishes its requests.
     let (drain, draining) = tokio::sync::watch::channel(false);

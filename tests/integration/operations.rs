@@ -137,6 +137,17 @@ async fn reload_under_load_loses_no_request_and_refuses_invalid_files() {
     std::fs::remove_file(&path).ok();
 }
 
+/// Whether /readyz answers 200 within 5 s.
+async fn turns_ready(admin: SocketAddr) -> bool {
+    for _ in 0..100 {
+        if admin_get(admin, "/readyz").await.status == 200 {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
 async fn admin_get(addr: SocketAddr, path: &str) -> RawResponse {
     request(addr, "GET", path, &[], b"").await
 }
@@ -188,6 +199,55 @@ async fn readyz_follows_the_key_sources() {
             });
         }
     });
+    assert!(turns_ready(admin).await, "readyz never turned 200");
+    assert_eq!(admin_get(admin, "/nope").await.status, 404);
+}
+
+/// A replica that cannot find its backend takes no traffic: /readyz is 503 naming the upstream
+/// while its host name has no address (src/proxy/upstream/dns.rs), and 200 once one is known.
+#[tokio::test]
+async fn readyz_waits_for_the_upstream_host_to_have_an_address() {
+    let backend = Backend::start().await;
+    let config = BASE_CONFIG.replace(
+        "url = \"http://127.0.0.1:1\"",
+        "url = \"http://backend.invalid:8000\"\nconnect_timeout = \"300ms\"",
+    );
+    let gateway = start_gateway_as_configured(parse_config(&config)).await;
+    let admin = start_admin(gateway.live.clone()).await;
+    let not_ready = admin_get(admin, "/readyz").await;
+    assert_eq!(not_ready.status, 503);
+    let body = not_ready.json();
+    assert_eq!(body["status"], "not_ready");
+    assert_eq!(
+        body["upstreams_unresolved"][0], "backend.invalid:8000",
+        "{body}"
+    );
+    // A request meanwhile: 502 within connect_timeout, never a hang; nothing reached a backend.
+    let auth = bearer(&token_for("alice"));
+    let started = Instant::now();
+    let response = request(
+        gateway.addr,
+        "GET",
+        "/api/alice/tasks",
+        &[("Authorization", &auth)],
+        b"",
+    )
+    .await;
+    assert_eq!(response.status, 502);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(backend.count(), 0);
+
+    // The same backend by a name that resolves: ready.
+    let config = BASE_CONFIG.replace(
+        "url = \"http://127.0.0.1:1\"",
+        &format!("url = \"http://localhost:{}\"", backend.addr.port()),
+    );
+    let gateway = start_gateway_as_configured(parse_config(&config)).await;
+    let admin = start_admin(gateway.live.clone()).await;
     let mut ready = false;
     for _ in 0..100 {
         if admin_get(admin, "/readyz").await.status == 200 {
@@ -196,8 +256,20 @@ async fn readyz_follows_the_key_sources() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(ready, "readyz never turned 200");
-    assert_eq!(admin_get(admin, "/nope").await.status, 404);
+    assert!(
+        ready,
+        "readyz never turned 200 for an upstream named localhost"
+    );
+    let response = request(
+        gateway.addr,
+        "GET",
+        "/api/alice/tasks",
+        &[("Authorization", &auth)],
+        b"",
+    )
+    .await;
+    assert_eq!(response.status, 200);
+    assert_eq!(backend.only().header_values("x-user-id"), ["alice"]);
 }
 
 #[tokio::test]

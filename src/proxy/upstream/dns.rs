@@ -179,6 +179,23 @@ impl UpstreamAddresses {
         }
     }
 
+    /// Whether a new connection has an address to go to; when none is known yet, starts a lookup
+    /// (if none runs). For readiness: a replica that cannot find its backend takes no traffic.
+    pub(crate) fn known_or_look_up(self: &Arc<Self>) -> bool {
+        if self.literal.is_some() {
+            return true;
+        }
+        let mut state = self.state();
+        if state.known.is_some() {
+            return true;
+        }
+        if !state.looking_up {
+            state.looking_up = true;
+            tokio::spawn(self.clone().look_up());
+        }
+        false
+    }
+
     /// A connect to the known addresses failed: look the name up again before the next one.
     pub(crate) fn connect_failed(&self) {
         if self.literal.is_none() {

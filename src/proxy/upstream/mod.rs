@@ -59,6 +59,8 @@ pub(crate) struct Upstream {
     address: Uri,
     /// The `Host` the backend is sent: the configured authority, without a default port.
     host: HeaderValue,
+    /// `host:port` as configured, for messages.
+    authority: String,
     pools: Arc<Pools>,
     timeout: Duration,
     /// The backend host's addresses (src/proxy/upstream/dns.rs), for both clients.
@@ -292,6 +294,7 @@ impl Upstream {
             pools: Arc::default(),
             timeout: config.timeout,
             addresses,
+            authority: config.authority.to_string(),
             lean_tls,
             is_https: config.scheme == Scheme::HTTPS,
             connect_timeout: config.connect_timeout,
@@ -485,6 +488,17 @@ impl Upstream {
                 }
             }
         }
+    }
+
+    /// Whether the backend's host has a known address (an IP literal always has); starts a
+    /// lookup when it has none.
+    pub(crate) fn address_known(&self) -> bool {
+        self.addresses.known_or_look_up()
+    }
+
+    /// `host:port` as configured.
+    pub(crate) fn authority(&self) -> &str {
+        &self.authority
     }
 
     /// A new connection: TCP, and TLS over it for an `https://` backend (never plain for one),
