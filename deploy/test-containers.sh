@@ -858,7 +858,11 @@ for line in body.decode(errors="replace").splitlines():
     fi
     wait "$LOAD_PID" || true
     read -r total ok five other errs <<<"$(load_summary "$out")"
-    DETAIL="rolling restart in ${rolled}s (each back UP at:$steps) under load: $total requests, $ok 2xx, $five 5xx, $other other, $errs client errors"
+    local dns="" g_i
+    for g_i in 0 1 2; do
+      dns="$dns gateway-$((g_i + 1)):$(metric_sum "${G[$g_i]}" authgate_upstream_dns_lookups_total 'result="failed"')/$(metric_sum "${G[$g_i]}" authgate_upstream_dns_stale_total)"
+    done
+    DETAIL="rolling restart in ${rolled}s (each back UP at:$steps) under load: $total requests, $ok 2xx, $five 5xx, $other other, $errs client errors; upstream DNS lookups failed / connections made to the last known address, per replica since its restart:$dns"
     [ "$total" -gt 0 ] && [ "$five" = 0 ] && [ "$errs" = 0 ]
   }
   check "fleet: rolling restart under load gives zero 5xx" rolling_restart
