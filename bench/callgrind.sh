@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # User-space instructions per proxied request, counted by valgrind's callgrind: far steadier on a
 # noisy machine than req/s. Not exact, though: how many requests one wake-up handles depends on
-# timing even under valgrind, so runs of the same build differ by up to about 4%.
-# Runs authgate (workers = 1) under callgrind in front of the nginx backend twice, serving N1 and
-# then N2 keep-alive requests (h2load --h1, 4 connections, GET /api/alice/tasks with an HS256
-# token), and reports (Ir(N2) - Ir(N1)) / (N2 - N1), which cancels start-up and shutdown.
+# timing even under valgrind, so runs of the same build differ by a few percent.
+# Runs one authgate (workers = 1) under callgrind in front of the nginx backend; after a warm-up
+# its counters are zeroed, it serves a batch of N1 and then, zeroed again, N2 keep-alive requests
+# (h2load --h1, 4 connections, GET /api/alice/tasks with an HS256 token), each batch dumped by
+# callgrind_control, so that start-up and one-time initialisation are never counted. Reports the
+# instructions per request of each batch and the top functions of the N2 batch, per request.
 # Kernel time is not counted: pair it with bench/compare.sh for the whole picture.
 # env: N1 (1000)  N2 (6000)  AUTHGATE_BIN (default: cargo build --release)  KEEP_TMP=1
-#      TOP (15: how many functions to list by exclusive cost from the N2 run)
+#      TOP (15: how many functions to list by exclusive cost from the N2 batch)
 set -euo pipefail
 # shellcheck source=SCRIPTDIR/lib.sh
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
@@ -33,48 +35,96 @@ start_backend
 AUTHGATE_WORKERS=1 authgate_config
 TOKEN=$(mint_token alice) || die "could not mint a token"
 
-# Total Ir of one authgate run serving $1 requests.
-count_run() {
-  local n=$1 out=$BENCH_TMP/callgrind.$1 pid
-  spawn "authgate-callgrind-$n" env BETTER_AUTH_SECRET="$BENCH_SECRET" \
-    valgrind --tool=callgrind --callgrind-out-file="$out" "$AUTHGATE_BIN" --config "$AUTHGATE_CONFIG"
-  pid=$SPAWNED_PID
-  wait_port 18083 "$pid" "authgate-callgrind-$n" 60
+# One authgate process under callgrind. Its counters are zeroed once it has served a warm-up
+# batch (start-up, lazy initialisation such as governor's clock calibration, which spins for a
+# wall-clock time and so costs a different number of instructions on every run, and the first
+# connections are not counted), then dumped after exactly N1 and, zeroed again, N2 requests: each
+# dump holds only the serving of its batch.
+CG_OUT=$BENCH_TMP/callgrind.out
+spawn authgate-callgrind env BETTER_AUTH_SECRET="$BENCH_SECRET" \
+  valgrind --tool=callgrind --callgrind-out-file="$CG_OUT" "$AUTHGATE_BIN" --config "$AUTHGATE_CONFIG"
+CG_PID=$SPAWNED_PID
+wait_port 18083 "$CG_PID" authgate-callgrind 60
+
+load() { # N: N keep-alive requests, every answer a 2xx
   local codes
-  codes=$(h2load --h1 -n "$n" -c 4 -H "Authorization: Bearer $TOKEN" \
+  codes=$(h2load --h1 -n "$1" -c 4 -H "Authorization: Bearer $TOKEN" \
     http://127.0.0.1:18083/api/alice/tasks | grep -E '^status codes')
-  [[ $codes == *"$n 2xx"* ]] || die "expected $n 2xx answers, h2load said: $codes"
-  kill -TERM "$pid"
-  wait "$pid" 2>/dev/null || true
-  callgrind_annotate "$out" >"$out.txt" 2>/dev/null
-  awk '/PROGRAM TOTALS/ && !done {gsub(",", "", $1); print $1; done = 1}' "$out.txt"
+  [[ $codes == *"$1 2xx"* ]] || die "expected $1 2xx answers, h2load said: $codes"
 }
 
-log "callgrind run with $N1 requests"
-IR1=$(count_run "$N1")
-log "callgrind run with $N2 requests"
-IR2=$(count_run "$N2")
+# count_batch N: zero the counters, serve N requests, dump; prints the dump's total Ir.
+count_batch() {
+  local n=$1 before dump
+  callgrind_control -z "$CG_PID" >/dev/null || die "callgrind_control could not zero the counters"
+  load "$n"
+  before=$(ls "$CG_OUT".* 2>/dev/null | wc -l)
+  callgrind_control -d "batch-$n" "$CG_PID" >/dev/null || die "callgrind_control could not dump"
+  dump=$(ls -t "$CG_OUT".* | head -n 1)
+  (($(ls "$CG_OUT".* | wc -l) > before)) || die "no callgrind dump appeared for the $n-request batch"
+  mv "$dump" "$BENCH_TMP/callgrind.$n"
+  callgrind_annotate --threshold=100 "$BENCH_TMP/callgrind.$n" >"$BENCH_TMP/callgrind.$n.txt" 2>/dev/null
+  awk '/PROGRAM TOTALS/ && !done {gsub(",", "", $1); print $1; done = 1}' "$BENCH_TMP/callgrind.$n.txt"
+}
+
+log "warm-up: 500 requests (not counted)"
+load 500
+log "callgrind batch of $N1 requests"
+IR1=$(count_batch "$N1")
+log "callgrind batch of $N2 requests"
+IR2=$(count_batch "$N2")
+kill -TERM "$CG_PID"
+wait "$CG_PID" 2>/dev/null || true
+PER1=$((IR1 / N1))
+PER2=$((IR2 / N2))
 PER_REQUEST=$(((IR2 - IR1) / (N2 - N1)))
 
 OUT=$ROOT_DIR/bench/results/$(date -u +%F)-callgrind.md
+n=1
+while [[ -e $OUT ]]; do OUT=$ROOT_DIR/bench/results/$(date -u +%F)-callgrind-$n.md; n=$((n + 1)); done
 {
   echo "# authgate instructions per request (callgrind), $(date -u '+%F %T UTC')"
   echo
   echo "commit $(git -C "$ROOT_DIR" rev-parse --short HEAD 2>/dev/null || echo unknown);" \
-    "workers = 1; h2load --h1 -c 4; GET /api/alice/tasks, HS256, nginx backend"
+    "workers = 1; h2load --h1 -c 4; GET /api/alice/tasks, HS256, nginx backend;" \
+    "counters zeroed after a 500-request warm-up, then one batch of $N1 and one of $N2 requests"
   echo
-  echo "| run | requests | total Ir |"
-  echo "|---|---:|---:|"
-  echo "| 1 | $N1 | $IR1 |"
-  echo "| 2 | $N2 | $IR2 |"
+  echo "| batch | requests | total Ir | Ir per request |"
+  echo "|---|---:|---:|---:|"
+  echo "| 1 | $N1 | $IR1 | $PER1 |"
+  echo "| 2 | $N2 | $IR2 | $PER2 |"
   echo
-  echo "**user-space instructions per request: $PER_REQUEST**"
+  echo "**user-space instructions per request: $PER2** ($N2-request batch; the difference of the"
+  echo "two batches gives $PER_REQUEST)"
   echo
-  echo "Top $TOP functions by exclusive Ir in the $N2-request run (start-up included):"
+  echo "Top $TOP functions by exclusive instructions per request, $N2-request batch (inlined code"
+  echo "is counted in the function it was inlined into):"
   echo
-  echo '```'
-  awk '/file:function/ {on = 1; getline; next} on && NF && shown < top {print substr($0, 1, 160); shown++}' \
-    top="$TOP" "$BENCH_TMP/callgrind.$N2.txt"
-  echo '```'
+  echo "| Ir per request | share | function |"
+  echo "|---:|---:|---|"
+  python3 - "$BENCH_TMP/callgrind.$N2.txt" "$N2" "$TOP" <<'PY'
+import re, sys
+path, n, top = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+rows, total = [], None
+for line in open(path):
+    m = re.match(r"\s*([\d,]+)\s+\(\s*[\d.]+%\)\s+(.*)$", line)
+    if not m:
+        continue
+    ir = int(m.group(1).replace(",", ""))
+    name = m.group(2).strip()
+    if "PROGRAM TOTALS" in name:
+        total = ir
+        continue
+    name = re.sub(r"\s*\[[^\]]*\]$", "", name).replace("???:", "")
+    name = re.sub(r"^\./[^:]*:", "", name)
+    rows.append((ir, name))
+# A dump taken while the process runs also charges the frames on the stack at that moment (the
+# thread's entry, the runtime's loop) with everything below them: those are not places.
+rows = [(ir, name) for ir, name in rows if not total or ir < 0.95 * total]
+rows.sort(reverse=True)
+for ir, name in rows[:top]:
+    share = 100 * ir / total if total else 0
+    print(f"| {ir / n:,.0f} | {share:.1f}% | `{name.replace('|', '/')[:140]}` |")
+PY
 } | tee "$OUT"
 log "saved to $OUT"
