@@ -11,6 +11,9 @@
 #                   authgate's own access log costs, in the report against authgate-hs256
 #   authgate-session  authgate-hs256's routes taking a Better Auth session cookie instead, :18090,
 #                   with a real Better Auth server (tests/better-auth, npm) on :18091
+#   nginx-log       nginx (as above) with a JSON access log to a file, :18093
+#   haproxy-log     haproxy (as above) with `option httplog` to a file, :18094: with authgate-access,
+#                   the logs-on table, in the same run as the logs-off one
 # Load: wrk -t1, keep-alive, GET /api/USER/tasks with USER's credential (alice's HS256 or EdDSA
 # token, or the session cookie of a user signed up with Better Auth), for each connection count in
 # CONNS, ROUNDS rounds that alternate between the targets, SECS seconds per run.
@@ -68,6 +71,8 @@ ALL_TARGETS=(
   "authgate-limit-redis  http://127.0.0.1:18088  HS256  start_authgate_limit_redis  yes"
   "authgate-session  http://127.0.0.1:18090  SESSION  start_authgate_session  yes"
   "authgate-access  http://127.0.0.1:18092  HS256  start_authgate_access  yes"
+  "nginx-log       http://127.0.0.1:18093  HS256  start_nginx_log       no"
+  "haproxy-log     http://127.0.0.1:18094  HS256  start_haproxy_log     yes"
   # TLS runs (authgate and HAProxy terminating TLS, h1/h2/handshakes) live in bench/tls.sh.
 )
 if [[ -n "${HYPER_BARE_BIN:-}" ]]; then
@@ -78,30 +83,39 @@ fi
 # The start functions: each brings its target up and returns once it accepts connections.
 # The backend (direct) is started first, whatever TARGETS says, since every other target uses it.
 start_direct() { :; }
-start_nginx_proxy() {
-  local config=$BENCH_DIR/nginx-proxy.conf
-  if [[ ${ACCESS_LOG:-0} == 1 ]]; then
-    # One JSON line per request with the fields authgate logs, buffered as a production setup would.
-    config=$BENCH_TMP/nginx-proxy-logging.conf
-    sed "s|access_log off;|log_format json escape=json '{\"time\":\"\$time_iso8601\",\"request_id\":\"\$request_id\",\"client_ip\":\"\$remote_addr\",\"method\":\"\$request_method\",\"path\":\"\$uri\",\"status\":\$status,\"upstream_ms\":\"\$upstream_response_time\",\"total_ms\":\$request_time}'; access_log $BENCH_TMP/nginx-access.log json buffer=64k flush=1s;|" \
-      "$BENCH_DIR/nginx-proxy.conf" >"$config"
+# nginx_proxy NAME PORT LOG(0|1): the nginx plain proxy on PORT, with LOG=1 one JSON access-log
+# line per request (the fields authgate logs) to a file, buffered as a production setup would.
+nginx_proxy() {
+  local name=$1 port=$2 config=$BENCH_TMP/$1.conf
+  sed "s/127.0.0.1:18082/127.0.0.1:$port/" "$BENCH_DIR/nginx-proxy.conf" >"$config"
+  grep -q "127.0.0.1:$port" "$config" || die "could not set nginx's port in $config"
+  if [[ $3 == 1 ]]; then
+    sed -i "s|access_log off;|log_format json escape=json '{\"time\":\"\$time_iso8601\",\"request_id\":\"\$request_id\",\"client_ip\":\"\$remote_addr\",\"method\":\"\$request_method\",\"path\":\"\$uri\",\"status\":\$status,\"upstream_ms\":\"\$upstream_response_time\",\"total_ms\":\$request_time}'; access_log $BENCH_TMP/$name-access.log json buffer=64k flush=1s;|" \
+      "$config"
     grep -q 'access_log .*json' "$config" || die "could not turn nginx's access log on"
   fi
-  start_nginx nginx-proxy "$config" 18082
+  start_nginx "$name" "$config" "$port"
 }
-start_haproxy() {
-  local config=$BENCH_DIR/haproxy.cfg
-  if [[ ${ACCESS_LOG:-0} == 1 ]]; then
-    # httplog lines to HAProxy's stdout, which spawn sends to a file.
-    config=$BENCH_TMP/haproxy-logging.cfg
-    sed -e 's/^global$/global\n  log stdout format raw local0/' -e 's/^defaults$/defaults\n  log global\n  option httplog/' \
-      "$BENCH_DIR/haproxy.cfg" >"$config"
+# haproxy_proxy NAME PORT LOG(0|1): HAProxy doing authgate's work on PORT, with LOG=1 httplog
+# lines to its stdout, which spawn sends to a file.
+haproxy_proxy() {
+  local name=$1 port=$2 config=$BENCH_TMP/$1.cfg
+  sed "s/^  bind 127.0.0.1:18081\$/  bind 127.0.0.1:$port/" "$BENCH_DIR/haproxy.cfg" >"$config"
+  grep -q "bind 127.0.0.1:$port" "$config" || die "could not set HAProxy's port in $config"
+  if [[ $3 == 1 ]]; then
+    sed -i -e 's/^global$/global\n  log stdout format raw local0/' -e 's/^defaults$/defaults\n  log global\n  option httplog/' "$config"
+    grep -q 'option httplog' "$config" || die "could not turn HAProxy's access log on"
   fi
-  JWT_SECRET=$BENCH_SECRET haproxy -c -f "$config" >"$BENCH_TMP/haproxy-check.log" 2>&1 ||
-    { cat "$BENCH_TMP/haproxy-check.log" >&2; die "haproxy rejected $config"; }
-  spawn haproxy env JWT_SECRET="$BENCH_SECRET" haproxy -db -f "$config"
-  wait_port 18081 "$SPAWNED_PID" haproxy
+  JWT_SECRET=$BENCH_SECRET haproxy -c -f "$config" >"$BENCH_TMP/$name-check.log" 2>&1 ||
+    { cat "$BENCH_TMP/$name-check.log" >&2; die "haproxy rejected $config"; }
+  spawn "$name" env JWT_SECRET="$BENCH_SECRET" haproxy -db -f "$config"
+  wait_port "$port" "$SPAWNED_PID" "$name"
 }
+start_nginx_proxy() { nginx_proxy nginx-proxy 18082 "${ACCESS_LOG:-0}"; }
+start_haproxy() { haproxy_proxy haproxy 18081 "${ACCESS_LOG:-0}"; }
+# Access logs on, in the same run as the targets above without them (compare with authgate-access).
+start_nginx_log() { nginx_proxy nginx-log 18093 1; }
+start_haproxy_log() { haproxy_proxy haproxy-log 18094 1; }
 start_authgate_hs256() { start_authgate authgate-hs256; }
 # authgate-hs256 with its default JSON access log on, to its stderr (a file).
 start_authgate_access() {
@@ -209,7 +223,7 @@ printf 'authgate bench: %d target(s) x %d connection count(s) x %d round(s) x %d
 
 need_tools nginx haproxy wrk curl
 build_authgate
-port_free_or_die 18080 18081 18082 18083 18085 18086 18087 18088 18089 18090 18091 18092
+port_free_or_die 18080 18081 18082 18083 18085 18086 18087 18088 18089 18090 18091 18092 18093 18094
 bench_init
 raise_nofile 16384  # haproxy asks for 2 x maxconn (8000) + a few
 

@@ -139,7 +139,17 @@ start_nginx() {
   wait_port "$port" "$SPAWNED_PID" "$name"
 }
 
-start_backend() { start_nginx nginx-backend "$BENCH_DIR/nginx-backend.conf" 18080; }
+# With CLIENT_CPUS set (a taskset CPU list), the backend runs on those CPUs, beside the load
+# generator, so that the proxy under test has the other CPUs to itself.
+start_backend() {
+  if [[ -n "${CLIENT_CPUS:-}" ]]; then
+    spawn nginx-backend taskset -c "$CLIENT_CPUS" nginx -c "$BENCH_DIR/nginx-backend.conf" \
+      -e "$BENCH_TMP/nginx-backend.err" -g "daemon off; pid $BENCH_TMP/nginx-backend.pid;"
+    wait_port 18080 "$SPAWNED_PID" nginx-backend
+  else
+    start_nginx nginx-backend "$BENCH_DIR/nginx-backend.conf" 18080
+  fi
+}
 
 # Writes the config to use into AUTHGATE_CONFIG: bench/gateway.bench.toml, plus
 # `workers = $AUTHGATE_WORKERS` and `pin_workers = $AUTHGATE_PIN` under [server] when set.

@@ -135,6 +135,38 @@ def main(meta_path, results_path):
                  "bearer request. The cookie's signature is checked on every request; Better Auth "
                  "(a real server on this machine) is asked once per cache_ttl (30 s).")
 
+    def ratio_rows(pairs):
+        """Same-round ratios of each (a, b) pair present in this run: one row per connection count."""
+        lines = []
+        for a, b, label in pairs:
+            for conns in runs:
+                ra = {r["round"]: float(r["rps"]) for r in rows if int(r["conns"]) == conns and r["target"] == a}
+                rb = {r["round"]: float(r["rps"]) for r in rows if int(r["conns"]) == conns and r["target"] == b}
+                paired = [k for k in ra if k in rb and rb[k]]
+                if not paired:
+                    continue
+                mean_ratio = mean(ra[k] for k in paired) / mean(rb[k] for k in paired)
+                per = ", ".join(f"{ra[k] / rb[k]:.2f}" for k in paired)
+                lines.append(f"| {conns} | {label} | {a} ÷ {b} | {mean_ratio:.2f} | {per} |")
+        return lines
+
+    logging = ratio_rows([
+        ("authgate-hs256", "haproxy", "off"), ("authgate-access", "haproxy-log", "on"),
+        ("authgate-hs256", "nginx", "off"), ("authgate-access", "nginx-log", "on"),
+    ])
+    if any("| on |" in line for line in logging):
+        out.append("## Access logs off and on, same run")
+        out.append("")
+        out.append("Each peer with its access log off and on, side by side in the same rounds: nginx-log writes "
+                   "a JSON log_format line per request to a file (buffer=64k), haproxy-log an httplog line "
+                   "to a file, authgate-access its default JSON access log to a file. Target: authgate's "
+                   "ratios with logs on no worse than with logs off. Per-round ratios pair the runs of one round.")
+        out.append("")
+        out.append("| connections | access logs | ratio | mean req/s ratio | per-round ratios |")
+        out.append("|---:|---|---|---:|---|")
+        out.extend(logging)
+        out.append("")
+
     local_rows = [r for r in rows if r["target"] == "authgate-limit-local"]
     redis_rows = [r for r in rows if r["target"] == "authgate-limit-redis"]
     if local_rows and redis_rows:

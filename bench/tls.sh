@@ -1,8 +1,15 @@
 #!/usr/bin/env bash
 # TLS side by side: authgate terminating TLS itself next to HAProxy terminating TLS with the same
 # certificate, both doing the same JWT work in front of the same nginx backend (:18080).
-#   authgate-tls  https://127.0.0.1:18443  bench/gateway.bench.toml + [server.tls]
-#   haproxy-tls   https://127.0.0.1:18444  bench/haproxy.cfg with `bind ... ssl crt <pem> alpn h2,http/1.1`
+#   authgate  https://127.0.0.1:18443  bench/gateway.bench.toml + [server.tls]
+#             http://127.0.0.1:18083   (plain measures only) bench/gateway.bench.toml
+#   haproxy   https://127.0.0.1:18444  bench/haproxy.cfg with `bind ... ssl crt <pem> alpn h2,http/1.1`
+#             http://127.0.0.1:18081   (plain measures only) bench/haproxy.cfg
+# With PIN_ARMS=1 authgate runs twice, side by side in the same rounds: authgate-pinned
+# (pin_workers = true: 18443, 18083) and authgate-unpinned (pin_workers = false: 18445, 18085).
+# With CLIENT_CPUS=LIST (a taskset CPU list, e.g. 1) the load generators and the backend run on
+# those CPUs only, so the proxies' workers do not share their CPUs with the client unless the
+# proxies put them there; the proxies themselves are never restricted.
 # The certificate is made with openssl in the temp dir at every run (KEY=ec: P-256, KEY=rsa:
 # RSA-2048); no key is kept.
 #
@@ -13,11 +20,15 @@
 #              keeps the TLS session, so these are resumed (abbreviated) handshakes
 #   full       $FULL_CLIENTS parallel `openssl s_time -new`: a full handshake per connection, one
 #              unauthenticated GET each (401 from both targets; the handshake dominates)
+#   plain      wrk -t1 -c$CONNS, keep-alive requests over plain HTTP/1.1 (no TLS)
+#   plain-new  wrk -t1 -c$CONNS with `Connection: close` over plain HTTP: a new TCP connection per
+#              request
 # Writes bench/results/<date>-tls.md (<date>-tls-rsa.md with KEY=rsa) and prints it. Bounded: a watchdog stops everything after
 # MAX_SECS (default: twice the expected time plus a minute).
 #
 # env: SECS (5)  ROUNDS (2)  CONNS (32)  STREAMS (10)  FULL_CLIENTS (2)  KEY (ec|rsa, ec)
-#      MEASURES ("h1 h2 resumed full")  AUTHGATE_BIN  AUTHGATE_WORKERS  AUTHGATE_PIN  KEEP_TMP=1
+#      MEASURES ("h1 h2 resumed full"; also plain, plain-new)  AUTHGATE_BIN  AUTHGATE_WORKERS
+#      AUTHGATE_PIN (ignored with PIN_ARMS=1)  PIN_ARMS (0)  CLIENT_CPUS  KEEP_TMP=1
 set -euo pipefail
 # shellcheck source=SCRIPTDIR/lib.sh
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
@@ -36,12 +47,32 @@ done
 [[ $KEY == ec || $KEY == rsa ]] || die "KEY must be ec or rsa"
 read -r -a MEASURE_LIST <<<"$MEASURES"
 for m in "${MEASURE_LIST[@]}"; do
-  [[ " h1 h2 resumed full " == *" $m "* ]] || die "MEASURES: unknown measure '$m'"
+  [[ " h1 h2 resumed full plain plain-new " == *" $m "* ]] || die "MEASURES: unknown measure '$m'"
 done
-TARGETS=(
-  "authgate-tls https://127.0.0.1:18443 18443"
-  "haproxy-tls  https://127.0.0.1:18444 18444"
-)
+PLAIN=0
+[[ " $MEASURES " == *" plain"* ]] && PLAIN=1
+PIN_ARMS=${PIN_ARMS:-0}
+[[ $PIN_ARMS == 0 || $PIN_ARMS == 1 ]] || die "PIN_ARMS must be 0 or 1"
+# The load generators (and, in lib.sh, the backend) on CLIENT_CPUS when set.
+CLIENT=()
+if [[ -n "${CLIENT_CPUS:-}" ]]; then
+  command -v taskset >/dev/null || die "CLIENT_CPUS needs taskset (util-linux)"
+  taskset -c "$CLIENT_CPUS" true 2>/dev/null || die "CLIENT_CPUS=$CLIENT_CPUS is not a CPU list taskset accepts here"
+  CLIENT=(taskset -c "$CLIENT_CPUS")
+fi
+# name, TLS port, plain port, pin_workers (- for HAProxy, "default" for authgate's default)
+if [[ $PIN_ARMS == 1 ]]; then
+  TARGETS=(
+    "authgate-pinned 18443 18083 true"
+    "authgate-unpinned 18445 18085 false"
+    "haproxy 18444 18081 -"
+  )
+else
+  TARGETS=(
+    "authgate 18443 18083 ${AUTHGATE_PIN:-default}"
+    "haproxy 18444 18081 -"
+  )
+fi
 NT=${#TARGETS[@]}
 NM=${#MEASURE_LIST[@]}
 EXPECTED=$((NM * NT * ROUNDS * (SECS + 2) + 20))
@@ -63,7 +94,7 @@ if ! command -v h2load >/dev/null 2>&1; then
     warn "could not install nghttp2-client: the h2 runs are skipped"
 fi
 build_authgate
-port_free_or_die 18080 18443 18444
+port_free_or_die 18080 18443 18444 18445 18081 18083 18085
 bench_init
 raise_nofile 16384
 
@@ -83,41 +114,56 @@ CERT_DESC=$(openssl x509 -in "$TLS_DIR/cert.pem" -noout -text | sed -n 's/^ *Pub
 
 # ----- the targets -----
 TOKEN=$(mint_token alice) || die "could not mint a token (pyjwt?)"
-AUTHGATE_TLS_CONFIG=$BENCH_TMP/gateway-tls.toml
-{
-  sed 's/127.0.0.1:18083/127.0.0.1:18443/' "$BENCH_DIR/gateway.bench.toml" |
-    if [[ -n "${AUTHGATE_WORKERS:-}" ]]; then sed "/^\[server\]/a workers = $AUTHGATE_WORKERS"; else cat; fi |
-    if [[ -n "${AUTHGATE_PIN:-}" ]]; then sed "/^\[server\]/a pin_workers = $AUTHGATE_PIN"; else cat; fi
-  printf '\n[server.tls]\ncert = "%s"\nkey = "%s"\n' "$TLS_DIR/cert.pem" "$TLS_DIR/key.pem"
-  # The `full` runs send no token from one address: authgate's brute-force guard would answer 429
-  # for a minute afterwards (HAProxy has no such guard). It is not what is measured here.
-  printf '\n[rate_limit]\nauth_failures = "off"\n'
-} >"$AUTHGATE_TLS_CONFIG"
-[[ -z "${AUTHGATE_WORKERS:-}" ]] || grep -q "^workers = $AUTHGATE_WORKERS\$" "$AUTHGATE_TLS_CONFIG" ||
-  die "could not set workers in $AUTHGATE_TLS_CONFIG"
-[[ -z "${AUTHGATE_PIN:-}" ]] || grep -q "^pin_workers = $AUTHGATE_PIN\$" "$AUTHGATE_TLS_CONFIG" ||
-  die "could not set pin_workers in $AUTHGATE_TLS_CONFIG"
-BETTER_AUTH_SECRET=$BENCH_SECRET "$AUTHGATE_BIN" check --config "$AUTHGATE_TLS_CONFIG" >"$BENCH_TMP/check-tls.log" 2>&1 ||
-  { cat "$BENCH_TMP/check-tls.log" >&2; die "authgate check rejected $AUTHGATE_TLS_CONFIG"; }
+# authgate_variant NAME PORT PIN TLS(0|1): writes $BENCH_TMP/NAME.toml, checks it, starts authgate.
+authgate_variant() {
+  local name=$1 port=$2 pin=$3 tls=$4 config=$BENCH_TMP/$1.toml
+  {
+    sed "s/127.0.0.1:18083/127.0.0.1:$port/" "$BENCH_DIR/gateway.bench.toml" |
+      if [[ -n "${AUTHGATE_WORKERS:-}" ]]; then sed "/^\[server\]/a workers = $AUTHGATE_WORKERS"; else cat; fi |
+      if [[ $pin != default ]]; then sed "/^\[server\]/a pin_workers = $pin"; else cat; fi
+    if [[ $tls == 1 ]]; then
+      printf '\n[server.tls]\ncert = "%s"\nkey = "%s"\n' "$TLS_DIR/cert.pem" "$TLS_DIR/key.pem"
+    fi
+    # The `full` runs send no token from one address: authgate's brute-force guard would answer 429
+    # for a minute afterwards (HAProxy has no such guard). It is not what is measured here.
+    printf '\n[rate_limit]\nauth_failures = "off"\n'
+  } >"$config"
+  [[ -z "${AUTHGATE_WORKERS:-}" ]] || grep -q "^workers = $AUTHGATE_WORKERS\$" "$config" ||
+    die "could not set workers in $config"
+  [[ $pin == default ]] || grep -q "^pin_workers = $pin\$" "$config" || die "could not set pin_workers in $config"
+  grep -q "127.0.0.1:$port" "$config" || die "could not set the listen port in $config"
+  BETTER_AUTH_SECRET=$BENCH_SECRET "$AUTHGATE_BIN" check --config "$config" >"$BENCH_TMP/check-$name.log" 2>&1 ||
+    { cat "$BENCH_TMP/check-$name.log" >&2; die "authgate check rejected $config"; }
+  spawn "$name" env BETTER_AUTH_SECRET="$BENCH_SECRET" "$AUTHGATE_BIN" --config "$config"
+  wait_port "$port" "$SPAWNED_PID" "$name"
+}
 HAPROXY_TLS_CONFIG=$BENCH_TMP/haproxy-tls.cfg
 sed "s|^  bind 127.0.0.1:18081\$|  bind 127.0.0.1:18444 ssl crt $TLS_DIR/haproxy.pem alpn h2,http/1.1|" \
   "$BENCH_DIR/haproxy.cfg" >"$HAPROXY_TLS_CONFIG"
 grep -q '18444 ssl crt' "$HAPROXY_TLS_CONFIG" || die "could not put the TLS bind line into the HAProxy config"
 
-log "starting the backend, authgate-tls and haproxy-tls"
+log "starting the backend${CLIENT_CPUS:+ (on CPUs $CLIENT_CPUS)}, then the targets"
 start_backend
-spawn authgate-tls env BETTER_AUTH_SECRET="$BENCH_SECRET" "$AUTHGATE_BIN" --config "$AUTHGATE_TLS_CONFIG"
-wait_port 18443 "$SPAWNED_PID" authgate-tls
+for line in "${TARGETS[@]}"; do
+  read -r name tls_port plain_port pin <<<"$line"
+  [[ $pin == - ]] && continue
+  authgate_variant "$name-tls" "$tls_port" "$pin" 1
+  if ((PLAIN)); then authgate_variant "$name-plain" "$plain_port" "$pin" 0; fi
+done
 JWT_SECRET=$BENCH_SECRET haproxy -c -f "$HAPROXY_TLS_CONFIG" >"$BENCH_TMP/haproxy-check.log" 2>&1 ||
   { cat "$BENCH_TMP/haproxy-check.log" >&2; die "haproxy rejected the TLS config"; }
 spawn haproxy-tls env JWT_SECRET="$BENCH_SECRET" haproxy -db -f "$HAPROXY_TLS_CONFIG"
 wait_port 18444 "$SPAWNED_PID" haproxy-tls
+if ((PLAIN)); then
+  spawn haproxy-plain env JWT_SECRET="$BENCH_SECRET" haproxy -db -f "$BENCH_DIR/haproxy.cfg"
+  wait_port 18081 "$SPAWNED_PID" haproxy-plain
+fi
 
 # ----- sanity checks over TLS: the answers must be right before anything is timed -----
 for line in "${TARGETS[@]}"; do
-  read -r name url _ <<<"$line"
-  curl_tls=(-s --max-time 5 --cacert "$TLS_DIR/cert.pem" --resolve "localhost:${url##*:}:127.0.0.1")
-  host_url="https://localhost:${url##*:}"
+  read -r name tls_port _ <<<"$line"
+  curl_tls=(-s --max-time 5 --cacert "$TLS_DIR/cert.pem" --resolve "localhost:$tls_port:127.0.0.1")
+  host_url="https://localhost:$tls_port"
   code=$(curl "${curl_tls[@]}" -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $TOKEN" "$host_url$PATH_OK" || true)
   [[ $code == 200 ]] || warn "$name: GET $PATH_OK with alice's token over TLS answered $code, expected 200"
   got=$(curl "${curl_tls[@]}" --http2 -o /dev/null -w '%{http_code} %{http_version}' -H "Authorization: Bearer $TOKEN" "$host_url$PATH_OK" || true)
@@ -152,7 +198,7 @@ client_cpu() { awk -v secs="$SECS" '{ printf "%.0f", ($1 + $2) * 100 / secs }' "
 run_wrk() { # MEASURE ROUND NAME URL [extra wrk args...]
   local m=$1 r=$2 name=$3 url=$4; shift 4
   local out res
-  out=$(timeout --foreground --signal=INT $((SECS + 20)) /usr/bin/time -f '%U %S' -o "$CLIENT_TIME" wrk -t1 -c"$CONNS" -d"${SECS}s" --latency --timeout 5s \
+  out=$(timeout --foreground --signal=INT $((SECS + 20)) /usr/bin/time -f '%U %S' -o "$CLIENT_TIME" "${CLIENT[@]}" wrk -t1 -c"$CONNS" -d"${SECS}s" --latency --timeout 5s \
     -s "$BENCH_TMP/report.lua" -H "Authorization: Bearer $TOKEN" "$@" "$url$PATH_OK" 2>&1) ||
     { warn "$name $m round $r: wrk failed"; return 0; }
   printf '### %s round=%s target=%s\n%s\n' "$m" "$r" "$name" "$out" >>"$BENCH_TMP/raw.log"
@@ -169,7 +215,7 @@ run_wrk() { # MEASURE ROUND NAME URL [extra wrk args...]
 run_h2load() { # ROUND NAME URL
   local r=$1 name=$2 url=$3 out rate failed f_n e_n x_n c4 c5
   command -v h2load >/dev/null 2>&1 || return 0
-  out=$(timeout --foreground $((SECS + 20)) /usr/bin/time -f '%U %S' -o "$CLIENT_TIME" h2load -t1 -c"$CONNS" -m"$STREAMS" -D"$SECS" \
+  out=$(timeout --foreground $((SECS + 20)) /usr/bin/time -f '%U %S' -o "$CLIENT_TIME" "${CLIENT[@]}" h2load -t1 -c"$CONNS" -m"$STREAMS" -D"$SECS" \
     -H "authorization: Bearer $TOKEN" "$url$PATH_OK" 2>&1) || { warn "$name h2 round $r: h2load failed"; echo "$out" >&2; return 0; }
   printf '### h2 round=%s target=%s\n%s\n' "$r" "$name" "$out" >>"$BENCH_TMP/raw.log"
   rate=$(sed -n 's/^finished in [0-9.]*[a-z]*, \([0-9.]*\) req\/s.*/\1/p' <<<"$out")
@@ -188,7 +234,7 @@ run_full() { # ROUND NAME PORT: FULL_CLIENTS parallel s_time -new for SECS, conn
   local pids=()
   start=$(date +%s.%N)
   for i in $(seq "$FULL_CLIENTS"); do
-    timeout $((SECS + 20)) openssl s_time -connect "127.0.0.1:$port" -new -time "$SECS" -www "$PATH_OK" \
+    timeout $((SECS + 20)) "${CLIENT[@]}" openssl s_time -connect "127.0.0.1:$port" -new -time "$SECS" -www "$PATH_OK" \
       >"$BENCH_TMP/s_time-$i.log" 2>&1 &
     pids+=($!)
   done
@@ -205,27 +251,33 @@ run_full() { # ROUND NAME PORT: FULL_CLIENTS parallel s_time -new for SECS, conn
 
 log "warm-up: 1 s per target"
 for line in "${TARGETS[@]}"; do
-  read -r name url _ <<<"$line"
-  timeout 20 wrk -t1 -c"$CONNS" -d1s -H "Authorization: Bearer $TOKEN" "$url$PATH_OK" >/dev/null 2>&1 || warn "$name: warm-up failed"
+  read -r name tls_port plain_port _ <<<"$line"
+  timeout 20 "${CLIENT[@]}" wrk -t1 -c"$CONNS" -d1s -H "Authorization: Bearer $TOKEN" "https://127.0.0.1:$tls_port$PATH_OK" >/dev/null 2>&1 || warn "$name: warm-up failed"
+  if ((PLAIN)); then
+    timeout 20 "${CLIENT[@]}" wrk -t1 -c"$CONNS" -d1s -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$plain_port$PATH_OK" >/dev/null 2>&1 || warn "$name: plain warm-up failed"
+  fi
 done
 
 for m in "${MEASURE_LIST[@]}"; do
   for r in $(seq "$ROUNDS"); do
     for line in "${TARGETS[@]}"; do
-      read -r name url port <<<"$line"
+      read -r name port plain_port _ <<<"$line"
+      url=https://127.0.0.1:$port
       case $m in
         h1) run_wrk h1 "$r" "$name" "$url" ;;
         h2) run_h2load "$r" "$name" "$url" ;;
         resumed) run_wrk resumed "$r" "$name" "$url" -H "Connection: close" ;;
         full) run_full "$r" "$name" "$port" ;;
+        plain) run_wrk plain "$r" "$name" "http://127.0.0.1:$plain_port" ;;
+        plain-new) run_wrk plain-new "$r" "$name" "http://127.0.0.1:$plain_port" -H "Connection: close" ;;
       esac
     done
   done
 done
 
 for line in "${TARGETS[@]}"; do
-  read -r name url _ <<<"$line"
-  code=$(curl -s -k --max-time 5 -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $TOKEN" "$url$PATH_OK" || true)
+  read -r name tls_port _ <<<"$line"
+  code=$(curl -s -k --max-time 5 -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $TOKEN" "https://127.0.0.1:$tls_port$PATH_OK" || true)
   [[ $code == 200 ]] || warn "$name: after the load, GET $PATH_OK answered $code, expected 200"
 done
 
@@ -243,8 +295,14 @@ META=$BENCH_TMP/meta.tsv
   printf 'busy before\t%s%% of all cores in the second before the run\n' "$BUSY_PCT"
   printf 'loadavg at the end\t%s\n' "$(cut -d' ' -f1-3 /proc/loadavg)"
   printf 'certificate\t%s, self-signed, the same PEM for both targets\n' "$CERT_DESC"
-  printf 'settings\tSECS=%s ROUNDS=%s CONNS=%s STREAMS=%s FULL_CLIENTS=%s AUTHGATE_WORKERS=%s AUTHGATE_PIN=%s\n' \
-    "$SECS" "$ROUNDS" "$CONNS" "$STREAMS" "$FULL_CLIENTS" "${AUTHGATE_WORKERS:-default}" "${AUTHGATE_PIN:-default}"
+  printf 'settings\tSECS=%s ROUNDS=%s CONNS=%s STREAMS=%s FULL_CLIENTS=%s AUTHGATE_WORKERS=%s AUTHGATE_PIN=%s PIN_ARMS=%s\n' \
+    "$SECS" "$ROUNDS" "$CONNS" "$STREAMS" "$FULL_CLIENTS" "${AUTHGATE_WORKERS:-default}" "${AUTHGATE_PIN:-default}" "$PIN_ARMS"
+  if [[ -n "${CLIENT_CPUS:-}" ]]; then
+    printf 'load generator CPUs\t%s (taskset: wrk, h2load, openssl and the nginx backend); the proxies unrestricted\n' "$CLIENT_CPUS"
+  else
+    printf 'load generator CPUs\tall (no taskset)\n'
+  fi
+  printf 'targets\t%s\n' "$(printf '%s; ' "${TARGETS[@]}")"
   printf 'haproxy\t%s\n' "$(haproxy -v 2>&1 | head -n 1)"
   printf 'openssl\t%s\n' "$(openssl version 2>&1 | head -n 1)"
   printf 'wrk\t%s\n' "$(wrk -v 2>&1 | head -n 1 || true)"
@@ -254,6 +312,8 @@ META=$BENCH_TMP/meta.tsv
 mkdir -p "$BENCH_DIR/results"
 stem=$BENCH_DIR/results/$(date -u +%Y-%m-%d)-tls
 [[ $KEY == rsa ]] && stem=$stem-rsa
+[[ $PIN_ARMS == 1 ]] && stem=$stem-pinning
+[[ -n "${CLIENT_CPUS:-}" ]] && stem=$stem-client-cpu${CLIENT_CPUS//[^0-9]/_}
 out=$stem.md
 n=1
 while [[ -e $out ]]; do out=$stem-$n.md; n=$((n + 1)); done
@@ -266,7 +326,11 @@ titles = {
     "h2": "HTTP/2 over TLS (h2load, ALPN h2), requests/s",
     "resumed": "New connection per request, TLS session resumed (wrk, Connection: close), connections/s",
     "full": "Full TLS handshakes (parallel openssl s_time -new), handshakes/s",
+    "plain": "HTTP/1.1 keep-alive, plain (wrk), requests/s",
+    "plain-new": "New connection per request, plain (wrk, Connection: close), connections/s",
 }
+targets = list(dict.fromkeys(r["target"] for r in rows))
+authgates = [t for t in targets if t != "haproxy"]
 print("# TLS: authgate vs HAProxy terminating TLS\n")
 print("| | |\n|---|---|")
 for key, value in meta:
@@ -281,29 +345,42 @@ if warnings:
     print()
 print("Read the numbers as ratios: load generator, backend and proxy share 2 cores.\n")
 print("Client CPU: the load generator's CPU time as % of one core (wrk and h2load are single-threaded:")
-print("near 100 the client, not the target, sets the rate).\n")
-print("| measure | authgate-tls | haproxy-tls | authgate / haproxy | authgate p99 | haproxy p99 | client CPU (authgate / haproxy runs) | failed |")
-print("|---|---|---|---|---|---|---|---|")
-for measure in ["h1", "h2", "resumed", "full"]:
+print("near 100 the client, not the target, sets the rate). Per-round ratios pair the runs of one round.\n")
+head = "| measure | " + " | ".join(targets) + " | " + " | ".join(f"{t} / haproxy (per round)" for t in authgates)
+head += " | p99 ms (" + ", ".join(targets) + ") | client CPU (" + ", ".join(targets) + ") | failed |"
+print(head)
+print("|---" * (len(targets) + len(authgates) + 4) + "|")
+def runs(sel, target):
+    return {r["round"]: r for r in sel if r["target"] == target}
+for measure in ["plain", "plain-new", "h1", "h2", "resumed", "full"]:
     sel = [r for r in rows if r["measure"] == measure]
     if not sel:
         continue
-    def stats(target):
-        vals = [float(r["rate"]) for r in sel if r["target"] == target]
-        p99 = [float(r["p99_us"]) for r in sel if r["target"] == target and r["p99_us"] not in ("-", "")]
-        return vals, p99
-    a, ap99 = stats("authgate-tls")
-    h, hp99 = stats("haproxy-tls")
     fmt = lambda vals: f"{statistics.mean(vals):,.0f} ({min(vals):,.0f}–{max(vals):,.0f})" if vals else "-"
-    ratio = f"{statistics.mean(a) / statistics.mean(h):.2f}" if a and h and statistics.mean(h) else "-"
-    p = lambda vals: f"{statistics.mean(vals) / 1000:.2f} ms" if vals else "-"
-    failed = sum(int(r["failed"]) for r in sel if r["failed"] not in ("-", ""))
-    def cpu(target):
-        vals = [float(r["client_cpu"]) for r in sel if r["target"] == target and r["client_cpu"] not in ("-", "")]
+    cells = [fmt([float(r["rate"]) for r in runs(sel, t).values()]) for t in targets]
+    hap = runs(sel, "haproxy")
+    for t in authgates:
+        mine = runs(sel, t)
+        rounds = [k for k in mine if k in hap and float(hap[k]["rate"]) > 0]
+        if not rounds:
+            cells.append("-")
+            continue
+        mean = statistics.mean(float(mine[k]["rate"]) for k in rounds) / statistics.mean(float(hap[k]["rate"]) for k in rounds)
+        per = ", ".join(f"{float(mine[k]['rate']) / float(hap[k]['rate']):.2f}" for k in rounds)
+        cells.append(f"**{mean:.2f}** ({per})")
+    def p99(t):
+        vals = [float(r["p99_us"]) for r in runs(sel, t).values() if r["p99_us"] not in ("-", "")]
+        return f"{statistics.mean(vals) / 1000:.2f}" if vals else "-"
+    def cpu(t):
+        vals = [float(r["client_cpu"]) for r in runs(sel, t).values() if r["client_cpu"] not in ("-", "")]
         return f"{statistics.mean(vals):.0f}%" if vals else "-"
-    print(f"| {titles[measure]} | {fmt(a)} | {fmt(h)} | {ratio} | {p(ap99)} | {p(hp99)} | {cpu('authgate-tls')} / {cpu('haproxy-tls')} | {failed} |")
+    failed = sum(int(r["failed"]) for r in sel if r["failed"] not in ("-", ""))
+    cells.append(", ".join(p99(t) for t in targets))
+    cells.append(", ".join(cpu(t) for t in targets))
+    cells.append(str(failed))
+    print(f"| {titles[measure]} | " + " | ".join(cells) + " |")
 print("\nMean over the rounds (min–max in parentheses). Every run:\n")
-print("| measure | round | target | rate/s | p50 | p99 | failed | client CPU |\n|---|---|---|---|---|---|---|---|")
+print("| measure | round | target | rate/s | p50 us | p99 us | failed | client CPU |\n|---|---|---|---|---|---|---|---|")
 for r in rows:
     print(f"| {r['measure']} | {r['round']} | {r['target']} | {float(r['rate']):,.0f} | {r['p50_us']} | {r['p99_us']} | {r['failed']} | {r['client_cpu']} |")
 EOF
