@@ -28,7 +28,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_rustls::TlsAcceptor;
 
 use crate::core::metrics::{CertificateLabels, Metrics, OutcomeLabels, ReasonLabels};
-use crate::core::tls::{load_cert_pair, provider, LoadedCert, ServerTlsConfig, ALPN};
+use crate::core::tls::{load_cert_pair, server_provider, LoadedCert, ServerTlsConfig, ALPN};
 
 /// The keys of the moment.
 struct Keys {
@@ -215,12 +215,14 @@ impl TlsListener {
             );
         }
         let store = CertStore::new(config, metrics.clone());
-        let mut server = ServerConfig::builder_with_provider(provider())
+        let mut server = ServerConfig::builder_with_provider(server_provider())
             .with_protocol_versions(&[&TLS12, &TLS13])
             .map_err(|err| format!("TLS setup: {err}"))?
             .with_no_client_auth()
             .with_cert_resolver(store.clone());
         server.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+        // The server's cipher suite order (`server_provider`), not the client's.
+        server.ignore_client_order = true;
         // Session resumption with stateless tickets (keys rotate every 6 hours), as HAProxy and
         // nginx do by default: rustls' default is a 256-entry in-memory cache, which more than a
         // few hundred clients evict, so that every reconnect pays a full handshake. TLS 1.3

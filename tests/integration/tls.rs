@@ -529,6 +529,60 @@ async fn tls12_and_tls13_are_accepted() {
     }
 }
 
+/// The server picks the cipher suite by its own order, AES-128-GCM first, whatever the client
+/// prefers (rustls' client, like OpenSSL's, lists AES-256-GCM first); a client that offers only
+/// AES-256-GCM or ChaCha20-Poly1305 still gets it.
+#[tokio::test]
+async fn the_server_prefers_aes_128_gcm_and_accepts_the_other_suites() {
+    use rustls::CipherSuite::*;
+    let backend = Backend::start().await;
+    let (ca, _dir, gateway) = gw_test_gateway("suites", "", backend.addr).await;
+    for (version, expect) in [
+        (&TLS13, TLS13_AES_128_GCM_SHA256),
+        (&TLS12, TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256),
+    ] {
+        let config = client_config_versions(&ca.der, &[b"http/1.1"], &[version]);
+        let offered: Vec<_> = config
+            .crypto_provider()
+            .cipher_suites
+            .iter()
+            .map(|suite| suite.suite())
+            .collect();
+        assert_ne!(
+            offered.first(),
+            Some(&expect),
+            "the client must prefer another suite first"
+        );
+        let stream = tls_connect(gateway.addr, "gw.test", config).await;
+        let chosen = stream
+            .get_ref()
+            .1
+            .negotiated_cipher_suite()
+            .map(|s| s.suite());
+        assert_eq!(chosen, Some(expect), "{version:?}");
+        let mut sender = Sender::h1(stream).await;
+        assert_eq!(sender.get("gw.test", "/health", &[]).await.status, 200);
+    }
+    for only in [TLS13_AES_256_GCM_SHA384, TLS13_CHACHA20_POLY1305_SHA256] {
+        let mut provider = authgate::core::tls::provider().as_ref().clone();
+        provider.cipher_suites.retain(|suite| suite.suite() == only);
+        let mut roots = RootCertStore::empty();
+        roots.add(ca.der.clone()).unwrap();
+        let config = ClientConfig::builder_with_provider(Arc::new(provider))
+            .with_protocol_versions(&[&TLS13])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let stream = tls_connect(gateway.addr, "gw.test", config).await;
+        let chosen = stream
+            .get_ref()
+            .1
+            .negotiated_cipher_suite()
+            .map(|s| s.suite());
+        assert_eq!(chosen, Some(only));
+    }
+}
+
 #[tokio::test]
 async fn sessions_resume_with_tickets_over_tls12_and_tls13() {
     let backend = Backend::start().await;
