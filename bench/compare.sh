@@ -365,7 +365,7 @@ done
   printf 'wrk\t%s\n' "$(wrk -v 2>&1 | head -n 1 || true)"
   printf 'access logs\t%s\n' "$([[ ${ACCESS_LOG:-0} == 1 ]] && echo 'on for every target (ACCESS_LOG=1): nginx JSON log_format to a file, HAProxy httplog to a file, authgate JSON to a file' || echo 'off (authgate-access alone logs)')"
   printf 'authgate\t%s, workers=%s, pin_workers=%s\n' "$AUTHGATE_BIN" \
-    "${AUTHGATE_WORKERS:-default (one per core)}" "${AUTHGATE_PIN:-default (true)}"
+    "${AUTHGATE_WORKERS:-default (one per core)}" "${AUTHGATE_PIN:-default (false)}"
   printf 'load\twrk -t1 -c{%s} -d%ss, keep-alive, GET /api/USER/tasks with USER'"'"'s credential (alice'"'"'s HS256 bearer token; EdDSA for authgate-eddsa; a Better Auth session cookie for authgate-session), %s round(s) alternating between targets, %ss warm-up each\n' \
     "$(IFS=,; echo "${CONN_LIST[*]}")" "$SECS" "$ROUNDS" "$WARMUP"
   for c in "${!REDIS_CPU[@]}"; do printf 'redis cpu c=%s\t%s\n' "$c" "${REDIS_CPU[$c]}"; done

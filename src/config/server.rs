@@ -27,7 +27,7 @@ pub(super) fn validate_server(
     let mut server = ServerConfig {
         listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
         workers: None,
-        pin_workers: true,
+        pin_workers: false,
         trusted_proxies: Vec::new(),
         tls: None,
         redirect_http: None,

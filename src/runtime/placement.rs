@@ -1,6 +1,12 @@
-//! Where the serving threads run (`server.pin_workers`).
+//! Where the serving threads run (`server.pin_workers`, off by default).
 //!
-//! Workers are bound only when there is exactly one per CPU this process may run on (its
+//! Off by default because binding costs more than it buys wherever authgate shares its CPUs: on
+//! the 2-core bench machine, pinned workers served 16-29 % fewer new connections per second than
+//! unbound ones, plain and TLS, and 14-24 % less keep-alive throughput once the load generator and
+//! the backend ran on a CPU of their own (a pinned worker cannot leave the CPU they load); what
+//! binding buys is the keep-alive tail below (bench/results/2026-12-05-tls-pinning*.md).
+//!
+//! When on, workers are bound only when there is exactly one per CPU this process may run on (its
 //! affinity mask, which `taskset`, a cpuset or `docker --cpuset-cpus` set): the thread-per-core
 //! layout of nginx's `worker_cpu_affinity auto` or HAProxy's `cpu-map`. With fewer workers than
 //! CPUs (a CPU quota, or `server.workers` set lower) binding would only take choices away from

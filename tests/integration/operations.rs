@@ -666,21 +666,21 @@ fn thread_cpus(pid: u32) -> (Vec<Cpus>, Vec<(String, Cpus)>) {
     (workers, others)
 }
 
-/// `server.pin_workers` (default true): with one worker per CPU the process may use, each
+/// `server.pin_workers = true`: with one worker per CPU the process may use, each
 /// worker thread is bound to a CPU of its own and together they cover all of them, while every
 /// other thread, including the blocking threads a worker's runtime starts to resolve the
-/// upstream's host name, keeps the whole mask; with `pin_workers = false` no thread is bound.
+/// upstream's host name, keeps the whole mask; by default (false) no thread is bound.
 /// Either way requests are served, with the identity from the token. (On a one-CPU machine both
 /// cases look alike.)
 #[cfg(target_os = "linux")]
 #[test]
-fn workers_are_bound_one_per_cpu_unless_pin_workers_is_false() {
+fn workers_are_bound_one_per_cpu_only_when_pin_workers_is_true() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let backend = runtime.block_on(Backend::start());
     let process_cpus = allowed_cpus(&std::fs::read_to_string("/proc/self/status").unwrap());
     let path = temp_path("pinning");
     let token = token_for("alice");
-    for pin in [None, Some(false)] {
+    for pin in [None, Some(true)] {
         let port = free_port();
         let setting = pin.map_or(String::new(), |pin| format!("\npin_workers = {pin}"));
         // A host name, not an address: the lean client resolves it on a blocking thread.
@@ -717,7 +717,11 @@ fn workers_are_bound_one_per_cpu_unless_pin_workers_is_false() {
         // themselves.
         let one_each: Vec<Vec<usize>> = process_cpus.iter().map(|&cpu| vec![cpu]).collect();
         let unbound = vec![process_cpus.clone(); process_cpus.len()];
-        let want = if pin.is_none() { &one_each } else { &unbound };
+        let want = if pin == Some(true) {
+            &one_each
+        } else {
+            &unbound
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
         let (workers, others) = loop {
             let (workers, others) = thread_cpus(child.id());
