@@ -1,7 +1,7 @@
 //! Where the serving threads run (`server.pin_workers`, off by default).
 //!
 //! Off by default because binding costs more than it buys wherever authgate shares its CPUs: on
-//! the 2-core bench machine, pinned workers served 16-29 % fewer new connections per second than
+//! the 2-core bench machine, pinned workers served 11-29 % fewer new connections per second than
 //! unbound ones, plain and TLS, and 14-24 % less keep-alive throughput once the load generator and
 //! the backend ran on a CPU of their own (a pinned worker cannot leave the CPU they load); what
 //! binding buys is the keep-alive tail below (bench/results/2026-12-05-tls-pinning*.md).
