@@ -10,6 +10,7 @@
 # Kernel time is not counted: pair it with bench/compare.sh for the whole picture.
 # env: N1 (1000)  N2 (6000)  AUTHGATE_BIN (default: cargo build --release)  KEEP_TMP=1
 #      TOP (15: how many functions to list by exclusive cost from the N2 batch)
+#      ACCESS_LOG=1: authgate's JSON access log on (to a file), to count what it costs
 set -euo pipefail
 # shellcheck source=SCRIPTDIR/lib.sh
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
@@ -33,6 +34,10 @@ port_free_or_die 18080 18083
 bench_init
 start_backend
 AUTHGATE_WORKERS=1 authgate_config
+if [[ ${ACCESS_LOG:-0} == 1 ]]; then
+  sed -i 's/^access = false/access = true/' "$AUTHGATE_CONFIG"
+  grep -q '^access = true' "$AUTHGATE_CONFIG" || die "could not turn authgate's access log on"
+fi
 TOKEN=$(mint_token alice) || die "could not mint a token"
 
 # One authgate process under callgrind. Its counters are zeroed once it has served a warm-up
@@ -87,7 +92,8 @@ while [[ -e $OUT ]]; do OUT=$ROOT_DIR/bench/results/$(date -u +%F)-callgrind-$n.
   echo
   echo "commit $(git -C "$ROOT_DIR" rev-parse --short HEAD 2>/dev/null || echo unknown);" \
     "workers = 1; h2load --h1 -c 4; GET /api/alice/tasks, HS256, nginx backend;" \
-    "counters zeroed after a 500-request warm-up, then one batch of $N1 and one of $N2 requests"
+    "counters zeroed after a 500-request warm-up, then one batch of $N1 and one of $N2 requests;" \
+    "access log $([[ ${ACCESS_LOG:-0} == 1 ]] && echo on || echo off)"
   echo
   echo "| batch | requests | total Ir | Ir per request |"
   echo "|---|---:|---:|---:|"

@@ -241,7 +241,7 @@ fn format_line(
     out.extend_from_slice(b"Z\",\"level\":\"INFO\",\"message\":\"request\",\"request_id\":\"");
     escape_into(out, record.request_id);
     out.extend_from_slice(b"\",\"client_ip\":\"");
-    let _ = write!(out, "{}", record.client_ip);
+    write_ip(out, record.client_ip);
     out.extend_from_slice(b"\",\"method\":\"");
     escape_into(out, record.method);
     out.extend_from_slice(b"\",\"path\":\"");
@@ -281,6 +281,24 @@ impl std::fmt::Display for Millis {
     }
 }
 
+/// An IP address as `Display` writes it; IPv4, the common case, without `core::fmt`.
+fn write_ip(out: &mut Vec<u8>, ip: std::net::IpAddr) {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let mut integers = itoa::Buffer::new();
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                out.extend_from_slice(integers.format(octet).as_bytes());
+            }
+        }
+        std::net::IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
 /// Milliseconds with three decimals (microseconds): `12.345`.
 fn write_millis(out: &mut Vec<u8>, duration: Duration) {
     let micros = u64::try_from(duration.as_micros()).unwrap_or(u64::MAX);
@@ -295,33 +313,75 @@ fn write_millis(out: &mut Vec<u8>, duration: Duration) {
     ]);
 }
 
+/// Bytes a JSON string cannot hold as they are: control characters, DEL, `"` and `\`. One table
+/// lookup per byte: every field of every access-log line goes through here.
+const NEEDS_ESCAPE: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        table[byte] =
+            byte < 0x20 || byte == 0x7f || byte == b'"' as usize || byte == b'\\' as usize;
+        byte += 1;
+    }
+    table
+};
+
+/// Whether one of the eight bytes of `word` is below 0x20, `"`, `\\` or DEL (exact for bytes below
+/// 0x80; a byte of 0x80 or more is never flagged, and never needs escaping).
+fn may_need_escape(word: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
+    let below_space = word.wrapping_sub(ONES * 0x20) & !word & HIGH;
+    below_space
+        | has_zero(word ^ (ONES * u64::from(b'"')))
+        | has_zero(word ^ (ONES * u64::from(b'\\')))
+        | has_zero(word ^ (ONES * 0x7f))
+        != 0
+}
+
 /// A JSON string's contents: quotes, backslashes and control characters escaped; other text,
-/// UTF-8 included, as is.
+/// UTF-8 included, as is (copied in runs between the bytes that need escaping).
 fn escape_into(out: &mut Vec<u8>, text: &str) {
     let bytes = text.as_bytes();
-    if !bytes
-        .iter()
-        .any(|&b| b < 0x20 || b == b'"' || b == b'\\' || b == 0x7f)
-    {
-        out.extend_from_slice(bytes);
+    // Eight bytes at a time (a short tail padded with a byte that needs nothing) up to the first
+    // word that may hold one to escape: most fields have none, and are copied in one piece.
+    let mut clean = 0;
+    while clean < bytes.len() {
+        let take = (bytes.len() - clean).min(8);
+        let mut word = [b'a'; 8];
+        word[..take].copy_from_slice(&bytes[clean..clean + take]);
+        if may_need_escape(u64::from_le_bytes(word)) {
+            break;
+        }
+        clean += take;
+    }
+    out.extend_from_slice(&bytes[..clean]);
+    if clean == bytes.len() {
         return;
     }
-    for &b in bytes {
+    let mut run_start = clean;
+    for (at, &b) in bytes.iter().enumerate().skip(clean) {
+        if !NEEDS_ESCAPE[usize::from(b)] {
+            continue;
+        }
+        out.extend_from_slice(&bytes[run_start..at]);
+        run_start = at + 1;
         match b {
             b'"' => out.extend_from_slice(b"\\\""),
             b'\\' => out.extend_from_slice(b"\\\\"),
             b'\n' => out.extend_from_slice(b"\\n"),
             b'\r' => out.extend_from_slice(b"\\r"),
             b'\t' => out.extend_from_slice(b"\\t"),
-            b if b < 0x20 || b == 0x7f => {
+            b => {
                 const HEX: &[u8; 16] = b"0123456789abcdef";
                 out.extend_from_slice(b"\\u00");
                 out.push(HEX[usize::from(b >> 4)]);
                 out.push(HEX[usize::from(b & 0xf)]);
             }
-            b => out.push(b),
         }
     }
+    out.extend_from_slice(&bytes[run_start..]);
 }
 
 /// `YYYY-MM-DDTHH:MM:SS` (UTC) for a unix time.
@@ -405,6 +465,55 @@ mod tests {
             assert_eq!(text.matches('\n').count(), 1, "{text}");
             let parsed: serde_json::Value = serde_json::from_str(&text).unwrap();
             assert_eq!(parsed["user"], user);
+        }
+    }
+
+    #[test]
+    fn a_character_to_escape_is_found_at_any_position() {
+        for special in ['"', '\\', '\n', '\u{1}', '\u{1f}', '\u{7f}'] {
+            for at in 0..24 {
+                for filler in ['a', 'é', '~', ' '] {
+                    let mut piece: String = std::iter::repeat_n(filler, 24).collect();
+                    let index = piece.char_indices().nth(at).map(|(i, _)| i).unwrap();
+                    piece.insert(index, special);
+                    let mut out = b"\"".to_vec();
+                    escape_into(&mut out, &piece);
+                    out.push(b'"');
+                    let back: String = serde_json::from_slice(&out)
+                        .unwrap_or_else(|err| panic!("{err}: {}", String::from_utf8_lossy(&out)));
+                    assert_eq!(back, piece);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.201.99.255",
+            "::1",
+            "2001:db8::8:800:200c:417a",
+            "::ffff:1.2.3.4",
+        ] {
+            let ip: std::net::IpAddr = ip.parse().unwrap();
+            let mut out = Vec::new();
+            write_ip(&mut out, ip);
+            assert_eq!(String::from_utf8(out).unwrap(), ip.to_string());
+        }
+    }
+
+    #[test]
+    fn every_character_escapes_to_json_that_reads_back_the_same() {
+        let mut text: String = (0u8..=127).map(char::from).collect();
+        text.push_str("ünï\u{2028}end\"");
+        for piece in [text.as_str(), "", "plain", "\"", "a\\", "\u{0}x"] {
+            let mut out = b"\"".to_vec();
+            escape_into(&mut out, piece);
+            out.push(b'"');
+            let back: String = serde_json::from_slice(&out).unwrap();
+            assert_eq!(back, piece);
         }
     }
 
