@@ -1,6 +1,7 @@
 //! Prometheus metrics (prometheus-client), shared by every config generation: a reload swaps the
 //! gateway, not the counters.
 
+use std::cell::RefCell;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -52,9 +53,16 @@ pub struct CertificateLabels {
     pub certificate: String,
 }
 
+/// Per-thread `authgate_requests_total` handles kept at most (routes x methods x status classes in
+/// use); past it the cache starts over.
+const MAX_CACHED_REQUEST_COUNTERS: usize = 256;
+
 pub struct Metrics {
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
+    /// `requests` handles, per thread: the family's own lookup hashes the three labels (SipHash)
+    /// and takes its lock on every request.
+    request_counters: thread_local::ThreadLocal<RefCell<Vec<(RequestLabels, Counter)>>>,
     pub refusals: Family<ReasonLabels, Counter>,
     pub request_duration: Histogram,
     pub upstream_duration: Histogram,
@@ -254,6 +262,7 @@ impl Metrics {
             let _ = upstream_dns_lookups.get_or_create(&ResultLabels { result });
         }
         Arc::new(Metrics {
+            request_counters: thread_local::ThreadLocal::new(),
             session_lookups,
             session_cache_hits,
             revocations,
@@ -297,13 +306,32 @@ impl Metrics {
         status: u16,
         took: Duration,
     ) {
-        self.requests
-            .get_or_create(&RequestLabels {
-                route,
-                method: method_label(method),
-                status: status_class(status),
-            })
-            .inc();
+        let labels = RequestLabels {
+            route,
+            method: method_label(method),
+            status: status_class(status),
+        };
+        let mut counters = self.request_counters.get_or_default().borrow_mut();
+        // The labels are 'static strings: the same label is the same pointer (a reload's new
+        // route strings miss and are looked up again; the bound keeps that from growing).
+        let same = |known: &RequestLabels| {
+            std::ptr::eq(known.route, labels.route)
+                && std::ptr::eq(known.method, labels.method)
+                && std::ptr::eq(known.status, labels.status)
+        };
+        match counters.iter().find(|(known, _)| same(known)) {
+            Some((_, counter)) => {
+                counter.inc();
+            }
+            None => {
+                if counters.len() >= MAX_CACHED_REQUEST_COUNTERS {
+                    counters.clear();
+                }
+                let counter = self.requests.get_or_create(&labels).clone();
+                counter.inc();
+                counters.push((labels, counter));
+            }
+        }
         self.request_duration.observe(took.as_secs_f64());
     }
 
@@ -386,5 +414,53 @@ mod tests {
         ] {
             assert!(text.contains(series), "{series} in\n{text}");
         }
+    }
+
+    #[test]
+    fn requests_are_counted_by_route_method_and_class_from_every_thread() {
+        let metrics = Metrics::new();
+        // Two strings with the same text at different addresses, as a reload makes them.
+        let route: &'static str = Box::leak(String::from("/api/{user_id}/tasks").into_boxed_str());
+        let reloaded: &'static str =
+            Box::leak(String::from("/api/{user_id}/tasks").into_boxed_str());
+        let took = Duration::from_millis(1);
+        std::thread::scope(|scope| {
+            for _ in 0..3 {
+                scope.spawn(|| {
+                    for _ in 0..10 {
+                        metrics.record_request(route, &http::Method::GET, 200, took);
+                    }
+                    metrics.record_request(reloaded, &http::Method::GET, 204, took);
+                    metrics.record_request(route, &http::Method::POST, 403, took);
+                    metrics.record_request("none", &http::Method::GET, 404, took);
+                });
+            }
+        });
+        let text = metrics.render();
+        for series in [
+            "authgate_requests_total{route=\"/api/{user_id}/tasks\",method=\"GET\",status=\"2xx\"} 33",
+            "authgate_requests_total{route=\"/api/{user_id}/tasks\",method=\"POST\",status=\"4xx\"} 3",
+            "authgate_requests_total{route=\"none\",method=\"GET\",status=\"4xx\"} 3",
+        ] {
+            assert!(text.contains(series), "{series} in\n{text}");
+        }
+        // Past its bound the per-thread cache starts over, and still counts right.
+        for i in 0..(MAX_CACHED_REQUEST_COUNTERS + 10) {
+            let route: &'static str = Box::leak(format!("/r{}", i % 3).into_boxed_str());
+            metrics.record_request(route, &http::Method::GET, 200, took);
+        }
+        let text = metrics.render();
+        let total: u64 = (0..3)
+            .map(|i| {
+                let prefix = format!(
+                    "authgate_requests_total{{route=\"/r{i}\",method=\"GET\",status=\"2xx\"}} "
+                );
+                text.lines()
+                    .find_map(|line| line.strip_prefix(prefix.as_str()))
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .unwrap_or(0)
+            })
+            .sum();
+        assert_eq!(total, (MAX_CACHED_REQUEST_COUNTERS + 10) as u64);
     }
 }
