@@ -150,9 +150,8 @@ impl UpstreamAddresses {
                     return Ok(known.clone());
                 }
             }
-            if !state.looking_up && (now >= state.due || state.known.is_none()) {
-                state.looking_up = true;
-                tokio::spawn(self.clone().look_up());
+            if now >= state.due || state.known.is_none() {
+                self.start_lookup(&mut state);
             }
             (state.known.clone(), state.generation)
         };
@@ -189,10 +188,7 @@ impl UpstreamAddresses {
         if state.known.is_some() {
             return true;
         }
-        if !state.looking_up {
-            state.looking_up = true;
-            tokio::spawn(self.clone().look_up());
-        }
+        self.start_lookup(&mut state);
         false
     }
 
@@ -206,7 +202,18 @@ impl UpstreamAddresses {
         }
     }
 
+    /// Starts a lookup unless one runs (`state` is this one's, locked).
+    fn start_lookup(self: &Arc<Self>, state: &mut State) {
+        if !state.looking_up {
+            state.looking_up = true;
+            tokio::spawn(self.clone().look_up());
+        }
+    }
+
     async fn look_up(self: Arc<Self>) {
+        // Ends the lookup however the task ends: a task dropped with its runtime must not leave
+        // `looking_up` set, or no lookup would ever start again.
+        let _in_flight = LookupInFlight(self.clone());
         let result = (self.lookup)(self.host.clone(), self.port).await;
         let result = match result {
             Ok(addresses) if addresses.is_empty() => Err("the name has no address".to_string()),
@@ -222,7 +229,6 @@ impl UpstreamAddresses {
         {
             let mut state = self.state();
             let now = Instant::now();
-            state.looking_up = false;
             state.generation = state.generation.wrapping_add(1);
             match result {
                 Ok(addresses) => {
@@ -256,13 +262,23 @@ impl UpstreamAddresses {
                 }
             }
         }
-        self.looked_up.notify_waiters();
     }
 
     fn count_stale(&self) {
         if let Some(metrics) = &self.metrics {
             metrics.upstream_dns_stale.inc();
         }
+    }
+}
+
+/// A running lookup; dropped when it ends, finished or not: lets the next one start and wakes
+/// the connections waiting for it.
+struct LookupInFlight(Arc<UpstreamAddresses>);
+
+impl Drop for LookupInFlight {
+    fn drop(&mut self) {
+        self.0.state().looking_up = false;
+        self.0.looked_up.notify_waiters();
     }
 }
 
@@ -484,6 +500,33 @@ mod tests {
         let addresses = UpstreamAddresses::with_lookup("backend", 8000, None, scripted(&failing));
         let err = addresses.get(soon()).await.unwrap_err();
         assert!(err.to_string().contains("DNS lookup failed"), "{err}");
+    }
+
+    #[test]
+    fn a_lookup_dropped_with_its_runtime_does_not_stop_the_next_one() {
+        let s = script(Some(vec![addr(1)]));
+        *s.stall.lock().unwrap() = Duration::from_secs(3600);
+        let addresses = UpstreamAddresses::with_lookup("backend", 8000, None, scripted(&s));
+        let first = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        let err = first
+            .block_on(addresses.get(Instant::now() + Duration::from_secs(1)))
+            .unwrap_err();
+        assert!(matches!(err, NoAddress::TimedOut), "{err}");
+        drop(first);
+        *s.stall.lock().unwrap() = Duration::ZERO;
+        let second = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let found = second
+            .block_on(addresses.get(Instant::now() + Duration::from_secs(2)))
+            .unwrap();
+        assert_eq!(&*found, &[addr(1)]);
+        assert_eq!(s.calls.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test(start_paused = true)]
