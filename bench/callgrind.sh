@@ -11,6 +11,8 @@
 # env: N1 (1000)  N2 (6000)  AUTHGATE_BIN (default: cargo build --release)  KEEP_TMP=1
 #      TOP (15: how many functions to list by exclusive cost from the N2 batch)
 #      ACCESS_LOG=1: authgate's JSON access log on (to a file), to count what it costs
+#      PROTO=h2c: the load over HTTP/2 with prior knowledge (h2load -c 4 -m 10) instead of HTTP/1.1,
+#      to count what the HTTP/2 server costs per request without TLS
 set -euo pipefail
 # shellcheck source=SCRIPTDIR/lib.sh
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
@@ -18,6 +20,12 @@ source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
 N1=${N1:-1000}
 N2=${N2:-6000}
 TOP=${TOP:-15}
+PROTO=${PROTO:-h1}
+case $PROTO in
+  h1) LOAD_ARGS=(--h1 -c 4); LOAD_DESC="h2load --h1 -c 4" ;;
+  h2c) LOAD_ARGS=(-c 4 -m 10); LOAD_DESC="h2load -c 4 -m 10 (HTTP/2, prior knowledge)" ;;
+  *) die "PROTO must be h1 or h2c" ;;
+esac
 for v in N1 N2 TOP; do [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer"; done
 ((N2 > N1)) || die "N2 must be larger than N1"
 
@@ -53,7 +61,7 @@ wait_port 18083 "$CG_PID" authgate-callgrind 60
 
 load() { # N: N keep-alive requests, every answer a 2xx
   local codes
-  codes=$(h2load --h1 -n "$1" -c 4 -H "Authorization: Bearer $TOKEN" \
+  codes=$(h2load "${LOAD_ARGS[@]}" -n "$1" -H "Authorization: Bearer $TOKEN" \
     http://127.0.0.1:18083/api/alice/tasks | grep -E '^status codes')
   [[ $codes == *"$1 2xx"* ]] || die "expected $1 2xx answers, h2load said: $codes"
 }
@@ -91,7 +99,7 @@ while [[ -e $OUT ]]; do OUT=$ROOT_DIR/bench/results/$(date -u +%F)-callgrind-$n.
   echo "# authgate instructions per request (callgrind), $(date -u '+%F %T UTC')"
   echo
   echo "commit $(git -C "$ROOT_DIR" rev-parse --short HEAD 2>/dev/null || echo unknown);" \
-    "workers = 1; h2load --h1 -c 4; GET /api/alice/tasks, HS256, nginx backend;" \
+    "workers = 1; $LOAD_DESC; GET /api/alice/tasks, HS256, nginx backend;" \
     "counters zeroed after a 500-request warm-up, then one batch of $N1 and one of $N2 requests;" \
     "access log $([[ ${ACCESS_LOG:-0} == 1 ]] && echo on || echo off)"
   echo
