@@ -119,7 +119,7 @@ fn main() -> ExitCode {
     // JSON access lines have a writer of their own (src/core/access_log.rs); dropped after the
     // gateway stops, it writes what is left.
     let _access_log_guard = (matches!(command, Command::Run) && format == LogFormat::Json)
-        .then(|| authgate::core::access_log::start(Box::new(std::io::stderr())));
+        .then(|| authgate::core::access_log::start(authgate::core::access_log::Sink::stderr()));
     match command {
         Command::Run => match Config::load(&config_path) {
             Ok(config) => run_gateway(config, config_path),

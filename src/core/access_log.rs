@@ -4,8 +4,9 @@
 //! `dyn` formatting, writes floats with every digit, allocates, and hands each line to the writer
 //! thread on its own. Here each serving thread appends the line to a buffer of its own (an
 //! uncontended lock), formatting integers directly; a writer thread takes the buffers every
-//! `FLUSH_EVERY`, or sooner when one fills, and writes them out in line-aligned pieces of at most
-//! `PIPE_BUF` bytes, so lines never interleave with the other log lines on the same stream.
+//! `FLUSH_EVERY`, or sooner when one fills, and writes them out in line-aligned pieces that the
+//! kernel keeps whole (`Sink`), so lines never interleave with the other log lines on the same
+//! stream.
 //!
 //! The line has the fields, order and values of the `tracing` line it replaces (`timestamp`,
 //! `level`, `message`, the request fields, `target`), with times in milliseconds to the
@@ -28,6 +29,10 @@ const MAX_PENDING_BYTES: usize = 4 * 1024 * 1024;
 /// Writes to a pipe up to this size are atomic (POSIX `PIPE_BUF`), so other writers' lines cannot
 /// land inside ours.
 const ATOMIC_WRITE_BYTES: usize = 4096;
+/// One write to a regular file is never split by other writes (Linux moves the file offset and
+/// copies the data under a lock), so there a piece can be as large as a whole buffer; the bound
+/// keeps one system call short.
+const FILE_WRITE_BYTES: usize = 256 * 1024;
 
 /// One request, as logged.
 pub struct AccessRecord<'a> {
@@ -100,8 +105,40 @@ impl Drop for AccessLogGuard {
     }
 }
 
+/// Where the lines go, and the largest piece one write may carry there.
+pub struct Sink {
+    out: Box<dyn Write + Send>,
+    piece: usize,
+}
+
+impl Sink {
+    /// Standard error: whole buffers at a time when it is a regular file, pieces of at most
+    /// `PIPE_BUF` otherwise (a pipe, as under a container runtime, a terminal, a socket).
+    pub fn stderr() -> Sink {
+        use std::os::fd::AsFd;
+        let stderr = std::io::stderr();
+        let piece = stderr
+            .as_fd()
+            .try_clone_to_owned()
+            .map(std::fs::File::from)
+            .map_or(ATOMIC_WRITE_BYTES, |file| write_piece_for(&file));
+        Sink {
+            out: Box::new(stderr),
+            piece,
+        }
+    }
+}
+
+/// `FILE_WRITE_BYTES` for a regular file, `ATOMIC_WRITE_BYTES` for anything else or when unsure.
+fn write_piece_for(file: &std::fs::File) -> usize {
+    match file.metadata() {
+        Ok(meta) if meta.file_type().is_file() => FILE_WRITE_BYTES,
+        _ => ATOMIC_WRITE_BYTES,
+    }
+}
+
 /// Sends access lines to `sink` from now on (once per process; later calls change nothing).
-pub fn start(sink: Box<dyn Write + Send>) -> AccessLogGuard {
+pub fn start(sink: Sink) -> AccessLogGuard {
     let shared = Arc::new(Shared {
         buffers: Mutex::new(Vec::new()),
         wake: Mutex::new(false),
@@ -158,7 +195,7 @@ pub fn record(record: &AccessRecord<'_>) {
     }
 }
 
-fn write_loop(shared: &Shared, mut sink: Box<dyn Write + Send>) {
+fn write_loop(shared: &Shared, mut sink: Sink) {
     let mut spare = Vec::with_capacity(WAKE_AT_BYTES * 2);
     loop {
         {
@@ -183,23 +220,23 @@ fn write_loop(shared: &Shared, mut sink: Box<dyn Write + Send>) {
                 }
                 std::mem::swap(&mut buffer.lines, &mut spare);
             }
-            write_lines(&mut *sink, &spare);
+            write_lines(&mut *sink.out, &spare, sink.piece);
             spare.clear();
         }
-        let _ = sink.flush();
+        let _ = sink.out.flush();
         if stopping {
             return;
         }
     }
 }
 
-/// Writes whole lines in pieces of at most `ATOMIC_WRITE_BYTES` (a longer line alone).
-fn write_lines(sink: &mut dyn Write, mut lines: &[u8]) {
+/// Writes whole lines in pieces of at most `piece` bytes (a longer line alone).
+fn write_lines(sink: &mut dyn Write, mut lines: &[u8], piece: usize) {
     while !lines.is_empty() {
-        let window = &lines[..lines.len().min(ATOMIC_WRITE_BYTES)];
+        let window = &lines[..lines.len().min(piece)];
         let end = match window.iter().rposition(|&b| b == b'\n') {
-            Some(last_newline) if lines.len() > ATOMIC_WRITE_BYTES => last_newline + 1,
-            _ if lines.len() <= ATOMIC_WRITE_BYTES => lines.len(),
+            Some(last_newline) if lines.len() > piece => last_newline + 1,
+            _ if lines.len() <= piece => lines.len(),
             // One line longer than the window: up to its end.
             _ => lines
                 .iter()
@@ -536,7 +573,7 @@ mod tests {
         lines.extend_from_slice(&[b'x'; 5000]);
         lines.push(b'\n');
         let mut pieces = Pieces(Vec::new());
-        write_lines(&mut pieces, &lines);
+        write_lines(&mut pieces, &lines, ATOMIC_WRITE_BYTES);
         assert_eq!(pieces.0.concat(), lines);
         for piece in &pieces.0 {
             assert!(piece.ends_with(b"\n"));
@@ -544,5 +581,21 @@ mod tests {
                 piece.len() <= ATOMIC_WRITE_BYTES || !piece[..piece.len() - 1].contains(&b'\n')
             );
         }
+        let mut whole = Pieces(Vec::new());
+        write_lines(&mut whole, &lines, FILE_WRITE_BYTES);
+        assert_eq!(whole.0, vec![lines]);
+    }
+
+    #[test]
+    fn a_regular_file_takes_whole_buffers_and_a_pipe_pipe_sized_pieces() {
+        let dir = std::env::temp_dir().join(format!("authgate-sink-{}", std::process::id()));
+        let file = std::fs::File::create(&dir).unwrap();
+        assert_eq!(write_piece_for(&file), FILE_WRITE_BYTES);
+        drop(file);
+        std::fs::remove_file(&dir).unwrap();
+        let (reader, writer) = std::io::pipe().unwrap();
+        let writer = std::fs::File::from(std::os::fd::OwnedFd::from(writer));
+        assert_eq!(write_piece_for(&writer), ATOMIC_WRITE_BYTES);
+        drop(reader);
     }
 }
