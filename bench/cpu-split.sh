@@ -12,6 +12,9 @@
 #   authgate  authgate, HS256, :18083
 # env: SECS (4)  ROUNDS (3)  CONNS (32)  AUTHGATE_BIN (default: cargo build --release)
 #      AUTHGATE_WORKERS  AUTHGATE_PIN  KEEP_TMP=1
+#      PROTO=h2c: HTTP/2 with prior knowledge from h2load (-t1, CONNS connections, STREAMS (10)
+#      streams each) to HAProxy and authgate only (the nginx proxy here speaks HTTP/1.1), and the
+#      budget of the 1.2x HAProxy target for HTTP/2 instead of 1.25x
 # Writes bench/results/<date>-cpu-split.md (or -N.md when that exists).
 set -euo pipefail
 # shellcheck source=SCRIPTDIR/lib.sh
@@ -20,7 +23,18 @@ source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
 SECS=${SECS:-4}
 ROUNDS=${ROUNDS:-3}
 CONNS=${CONNS:-32}
-for v in SECS ROUNDS CONNS; do [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer"; done
+STREAMS=${STREAMS:-10}
+PROTO=${PROTO:-h1}
+for v in SECS ROUNDS CONNS STREAMS; do [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer"; done
+case $PROTO in
+  h1) TARGETS=(nginx haproxy authgate); GOAL=1.25; LOAD_DESC="wrk -t1 -c$CONNS -d${SECS}s keep-alive" ;;
+  h2c)
+    TARGETS=(haproxy authgate); GOAL=1.2
+    LOAD_DESC="h2load -t1 -c$CONNS -m$STREAMS -D$SECS, HTTP/2 with prior knowledge"
+    command -v h2load >/dev/null || die "PROTO=h2c needs h2load (apt-get install nghttp2-client)"
+    ;;
+  *) die "PROTO must be h1 or h2c" ;;
+esac
 
 need_tools nginx haproxy wrk curl
 if [[ ! -x /usr/bin/time ]]; then
@@ -65,23 +79,40 @@ ticks() {
 
 ROWS=$BENCH_TMP/rows
 : >"$ROWS"
+# run_load TARGET: the load's output, normalised to "REQUESTS RATE NON_2XX"; its CPU in wrk.time.
+run_load() {
+  local url out
+  url="http://127.0.0.1:$(port_of "$1")/api/alice/tasks"
+  if [[ $PROTO == h2c ]]; then
+    out=$(timeout --foreground --signal=INT $((SECS + 20)) /usr/bin/time -f '%U %S' -o "$BENCH_TMP/wrk.time" \
+      h2load -t1 -c"$CONNS" -m"$STREAMS" -D"$SECS" -H "Authorization: Bearer $TOKEN" "$url" 2>&1) || return 1
+    grep -q 'Application protocol: h2c' <<<"$out" || { warn "$1: h2load did not speak h2c"; return 1; }
+    local n rate ok2xx
+    n=$(awk '/^requests:/ {print $8}' <<<"$out")
+    rate=$(awk '/^finished in/ {print $4}' <<<"$out")
+    ok2xx=$(awk '/^status codes:/ {print $3}' <<<"$out")
+    echo "$n $rate $((${n:-0} - ${ok2xx:-0}))"
+  else
+    out=$(timeout --foreground --signal=INT $((SECS + 20)) /usr/bin/time -f '%U %S' -o "$BENCH_TMP/wrk.time" \
+      wrk -t1 -c"$CONNS" -d"${SECS}s" -H "Authorization: Bearer $TOKEN" "$url" 2>&1) || return 1
+    echo "$(awk '/requests in/ {print $1}' <<<"$out") $(awk '/Requests\/sec/ {print $2}' <<<"$out")" \
+      "$(grep -q Non-2xx <<<"$out" && echo 1 || echo 0)"
+  fi
+}
+
 for round in $(seq "$ROUNDS"); do
-  for target in nginx haproxy authgate; do
+  for target in "${TARGETS[@]}"; do
     # shellcheck disable=SC2046
     read -r pu0 ps0 < <(ticks $(pids_of $target))
     # shellcheck disable=SC2086
     read -r bu0 bs0 < <(ticks $BACKEND_PIDS)
-    out=$(timeout --foreground --signal=INT $((SECS + 20)) /usr/bin/time -f '%U %S' -o "$BENCH_TMP/wrk.time" \
-      wrk -t1 -c"$CONNS" -d"${SECS}s" -H "Authorization: Bearer $TOKEN" \
-      "http://127.0.0.1:$(port_of $target)/api/alice/tasks" 2>&1) || { warn "$target round $round: wrk failed"; continue; }
+    read -r requests rate bad < <(run_load "$target") || { warn "$target round $round: the load failed"; continue; }
     # shellcheck disable=SC2046
     read -r pu1 ps1 < <(ticks $(pids_of $target))
     # shellcheck disable=SC2086
     read -r bu1 bs1 < <(ticks $BACKEND_PIDS)
-    requests=$(awk '/requests in/ {print $1}' <<<"$out")
-    [[ $requests =~ ^[0-9]+$ && $requests -gt 0 ]] || { warn "$target round $round: no request count from wrk"; continue; }
-    grep -q "Non-2xx" <<<"$out" && warn "$target round $round: non-2xx answers"
-    rate=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+    [[ $requests =~ ^[0-9]+$ && $requests -gt 0 ]] || { warn "$target round $round: no request count from the load"; continue; }
+    [[ $bad == 0 ]] || warn "$target round $round: non-2xx answers"
     read -r wu ws <"$BENCH_TMP/wrk.time"
     echo "$round $target $rate $requests $((pu1 - pu0)) $((ps1 - ps0)) $((bu1 - bu0)) $((bs1 - bs0)) $wu $ws" >>"$ROWS"
     log "round $round $target: $rate req/s"
@@ -95,25 +126,25 @@ while [[ -e $OUT ]]; do OUT=$ROOT_DIR/bench/results/$(date -u +%F)-cpu-split-$n.
   echo "# CPU per request by process, $(date -u '+%F %T UTC')"
   echo
   echo "commit $(git -C "$ROOT_DIR" rev-parse --short HEAD 2>/dev/null || echo unknown); $(nproc) cores;" \
-    "wrk -t1 -c$CONNS -d${SECS}s keep-alive, GET /api/alice/tasks (HS256), $ROUNDS rounds alternating;" \
+    "$LOAD_DESC, GET /api/alice/tasks (HS256), $ROUNDS rounds alternating;" \
     "busy before: ${BUSY_PCT}% of all cores"
   echo
-  python3 - "$ROWS" "$TICK" <<'PY'
+  python3 - "$ROWS" "$TICK" "$GOAL" <<'PY'
 import sys
 from collections import defaultdict
 
-rows, tick = sys.argv[1], float(sys.argv[2])
+rows, tick, goal = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
 runs = defaultdict(list)
 for line in open(rows):
     r, target, rate, n, pu, ps, bu, bs, wu, ws = line.split()
     n = int(n)
     per = lambda ticks: float(ticks) / tick * 1e6 / n  # µs per request
     parts = {"proxy user": per(pu), "proxy sys": per(ps), "backend user": per(bu),
-             "backend sys": per(bs), "wrk user": float(wu) * 1e6 / n, "wrk sys": float(ws) * 1e6 / n}
+             "backend sys": per(bs), "client user": float(wu) * 1e6 / n, "client sys": float(ws) * 1e6 / n}
     parts["total"] = sum(parts.values())
     runs[target].append((float(rate), parts))
 
-cols = ["proxy user", "proxy sys", "backend user", "backend sys", "wrk user", "wrk sys", "total"]
+cols = ["proxy user", "proxy sys", "backend user", "backend sys", "client user", "client sys", "total"]
 print("Microseconds of CPU per request (mean over rounds; min–max of the total in the last column).")
 print()
 print("| target | req/s | " + " | ".join(cols) + " | total spread |")
@@ -130,24 +161,25 @@ for target in ("nginx", "haproxy", "authgate"):
     print(f"| {target} | {rate:,.0f} | " + " | ".join(f"{m[c]:.2f}" for c in cols)
           + f" | {min(totals):.2f}–{max(totals):.2f} |")
 print()
-if {"nginx", "haproxy", "authgate"} <= mean.keys():
-    a, h, g = mean["authgate"], mean["haproxy"], mean["nginx"]
+if {"haproxy", "authgate"} <= mean.keys():
+    a, h, g = mean["authgate"], mean["haproxy"], mean.get("nginx")
     rest = a["total"] - a["proxy user"]
     print("What the throughput targets ask, when throughput is total CPU per request (the machine")
     print("is saturated):")
     print()
-    print(f"- 1.25x HAProxy: authgate's total at most {h['total'] / 1.25:.2f} µs/request;"
-          f" 1.0x nginx: at most {g['total']:.2f}.")
+    goals = [(f"{goal:g}x HAProxy", h["total"] / goal)] + ([("1.0x nginx", g["total"])] if g else [])
+    print("- " + "; ".join(f"{name}: authgate's total at most {budget:.2f} µs/request" for name, budget in goals) + ".")
     print(f"- authgate now: {a['total']:.2f}, of which {a['proxy user']:.2f} is its own user time"
-          f" and {rest:.2f} is the kernel, the backend and wrk.")
-    for name, budget in (("1.25x HAProxy", h["total"] / 1.25), ("1.0x nginx", g["total"])):
+          f" and {rest:.2f} is the kernel, the backend and the load generator.")
+    for name, budget in goals:
         room = budget - rest
         if room <= 0:
             print(f"- {name}: out of reach even with no user time at all"
                   f" ({rest:.2f} > {budget:.2f}).")
         else:
+            peer = f"; the nginx plain proxy, no auth: {g['proxy user']:.2f}" if g else ""
             print(f"- {name}: authgate's user time would have to fall to {room:.2f} µs/request"
-                  f" (now {a['proxy user']:.2f}; the nginx plain proxy, no auth: {g['proxy user']:.2f}).")
+                  f" (now {a['proxy user']:.2f}; HAProxy's: {h['proxy user']:.2f}{peer}).")
 PY
 } | tee "$OUT"
 if ((${#BENCH_WARNINGS[@]})); then
