@@ -320,9 +320,10 @@ impl Worker {
             // HTTP/1.1 connections, plain or TLS, park between requests (src/runtime/keepalive.rs);
             // HTTP/2 ones (h2c, or h2 by ALPN) keep hyper's state for their lifetime.
             let state = ConnState::new();
-            let service = {
+            // One request through the gateway; the service of either protocol calls it.
+            let call = {
                 let state = state.clone();
-                service_fn(move |request: http::Request<hyper::body::Incoming>| {
+                move |request: http::Request<hyper::body::Incoming>| {
                     let in_flight = InFlight::start(&state);
                     let body_guard = (!http_body::Body::is_end_stream(request.body()))
                         .then(|| BodyGuard::start(&state));
@@ -335,7 +336,7 @@ impl Worker {
                         hsts.clone(),
                         in_flight,
                     )
-                })
+                }
             };
             let protocol = match tls {
                 None => match first_bytes(&stream, limits.keepalive(), &mut draining).await {
@@ -371,7 +372,7 @@ impl Worker {
                 Protocol::Http1(io) => keepalive::serve(
                     io,
                     &builders.http1,
-                    service,
+                    service_fn(call),
                     state,
                     limits.keepalive(),
                     &parked,
@@ -381,6 +382,10 @@ impl Worker {
                 .map_err(Into::into),
                 // Boxed: h2 state is large and most connections never need it.
                 Protocol::Http2(io) => {
+                    // Each stream's request future boxed: hyper spawns it as a task of its own,
+                    // moving it several times on the way, and a pointer moves for less than the
+                    // future (HTTP/1.1 polls it in place, and keeps it inline).
+                    let service = service_fn(move |request| Box::pin(call(request)));
                     let io = TokioIo::new(io);
                     let idle = IdleStreams {
                         state,
