@@ -275,9 +275,14 @@ impl Gateway {
                 (err.into_response().map(Either::Right), Some(reason))
             }
         };
+        // Marked never to be indexed: over HTTP/2 an id that is new on every response would fill
+        // the connection's HPACK table, push out the fields that do repeat (server, date,
+        // content-type), and make the encoder compare each new id with every one stored.
+        let mut response_id = request_id.clone();
+        response_id.set_sensitive(true);
         response
             .headers_mut()
-            .insert(X_REQUEST_ID.clone(), request_id.clone());
+            .insert(X_REQUEST_ID.clone(), response_id);
         if let Some(cors) = &self.cors {
             cors.label(origin, response.headers_mut());
         }

@@ -261,6 +261,37 @@ async fn a_response_stalled_by_http2_flow_control_does_not_hold_the_connection()
     drop(response);
 }
 
+/// Over one HTTP/2 connection, more responses than the HPACK table holds ids: each response
+/// carries the id its request reached the backend with, a new one every time (the response's id
+/// is sent as never indexed, so the ids do not crowd the table).
+#[tokio::test]
+async fn http2_responses_carry_the_request_id_the_backend_saw() {
+    use http_body_util::BodyExt;
+    let (backend, gateway) = setup().await;
+    let (mut sender, _connection) = pinging_h2_client(gateway.addr, None).await;
+    let mut ids = Vec::new();
+    for _ in 0..80 {
+        let response = sender.send_request(alice_h2_get()).await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.version(), http::Version::HTTP_2);
+        let id = response.headers()["x-request-id"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert_eq!(response.headers()["content-type"], "application/json");
+        response.into_body().collect().await.unwrap();
+        ids.push(id);
+    }
+    let received = backend.received();
+    assert_eq!(received.len(), ids.len());
+    for (seen, id) in received.iter().zip(&ids) {
+        assert_eq!(seen.header_values("x-request-id"), [id.as_str()]);
+        assert_eq!(seen.header_values("x-user-id"), ["alice"]);
+    }
+    let distinct: std::collections::HashSet<_> = ids.iter().collect();
+    assert_eq!(distinct.len(), ids.len(), "request ids repeat: {ids:?}");
+}
+
 #[tokio::test]
 async fn request_timeout_bounds_the_whole_exchange() {
     let backend = Backend::start_with_delay(Duration::from_secs(3)).await;
