@@ -159,6 +159,50 @@ async fn websocket_valid_token_is_spliced_and_echoes() {
     assert_eq!(*seen.lock().unwrap(), vec!["alice"]);
 }
 
+/// An https backend that accepts connections and never answers, so the TLS handshake stalls:
+/// opening the upstream connection, TLS included, is bounded by `connect_timeout` for an upgrade
+/// as for any request. 502 from both paths, where the upgrade's used to wait for the response
+/// timeout (504).
+#[tokio::test]
+async fn a_stalled_upstream_tls_handshake_gets_502_within_connect_timeout_for_upgrades_too() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            held.push(stream);
+        }
+    });
+    let toml = ws_config("").replace(
+        "url = \"http://127.0.0.1:1\"",
+        &format!(
+            "url = \"https://{backend}\"\ninsecure_skip_verify = true\nconnect_timeout = \"300ms\""
+        ),
+    );
+    let gateway = start_gateway_as_configured(parse_config(&toml)).await;
+    let token = token_for("alice");
+    let (status, mut stream) = handshake(gateway.addr, "/api/alice/ws", Some(&token)).await;
+    assert_eq!(status, 502);
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
+    let text = String::from_utf8_lossy(&rest);
+    assert!(text.contains("upstream_unavailable"), "answer: {text}");
+    let plain = request(
+        gateway.addr,
+        "GET",
+        "/api/alice/tasks",
+        &[("Authorization", &bearer(&token))],
+        b"",
+    )
+    .await;
+    assert_eq!(plain.status, 502);
+    assert_eq!(plain.json()["error"], "upstream_unavailable");
+    assert!(accepted.load(Ordering::SeqCst) >= 2);
+}
+
 #[tokio::test]
 async fn websocket_handshake_is_authorized_like_any_request() {
     let (backend, seen) = echo_backend(false).await;

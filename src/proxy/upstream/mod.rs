@@ -581,7 +581,21 @@ impl Upstream {
         }
     }
 
+    /// A new connection for the hyper client: the name, TCP, TLS for an `https://` backend and
+    /// the HTTP/1.1 handshake, all within one `connect_timeout` (the connector bounds the lookup
+    /// and the TCP connect separately, and a TLS handshake not at all).
     async fn connect(&self) -> Result<Sender, Attempt> {
+        match tokio::time::timeout(self.connect_timeout, self.open()).await {
+            Ok(opened) => opened,
+            Err(_) => {
+                self.addresses.connect_failed();
+                tracing::warn!(timeout = ?self.connect_timeout, "upstream connect timed out");
+                Err(Attempt::Failed)
+            }
+        }
+    }
+
+    async fn open(&self) -> Result<Sender, Attempt> {
         let mut connector = self.connector.clone();
         let io = connector.call(self.address.clone()).await.map_err(|err| {
             self.addresses.connect_failed();
