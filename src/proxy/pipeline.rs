@@ -99,13 +99,14 @@ impl Gateway {
         &self.jwks
     }
 
-    /// The upstreams (`host:port`) whose host name has no known address yet: a lookup is started
-    /// for each. Empty when every backend can be connected to. For readiness, and at start-up.
-    pub fn upstreams_without_address(&self) -> Vec<String> {
+    /// Starts a lookup for each upstream whose host name has no known address yet (one runs at a
+    /// time per name), and returns those upstreams (`host:port`): empty when every backend can be
+    /// connected to. For readiness, and at start-up.
+    pub fn start_resolving_upstreams(&self) -> Vec<String> {
         self.default_upstream
             .iter()
             .chain(&self.named_upstreams)
-            .filter(|upstream| !upstream.address_known())
+            .filter(|upstream| !upstream.address_known_or_look_up())
             .map(|upstream| upstream.authority().to_string())
             .collect()
     }

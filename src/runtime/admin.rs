@@ -90,7 +90,7 @@ async fn answer(
                 )
             });
             let store_refusing = store.as_ref().is_some_and(|(_, refusing)| *refusing);
-            let unresolved = gateway.upstreams_without_address();
+            let unresolved = gateway.start_resolving_upstreams();
             let mut body = if !waiting.is_empty() {
                 serde_json::json!({
                     "status": "not_ready",

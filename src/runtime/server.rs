@@ -148,7 +148,7 @@ pub(crate) async fn serve_with(
     }
     // Look the backends' names up now rather than at the first request (one lookup per name,
     // whichever worker asks first).
-    let _ = live.gateway().upstreams_without_address();
+    let _ = live.gateway().start_resolving_upstreams();
     // Graceful shutdown by hand: hyper-util's GracefulShutdown does not take connections that
     // can upgrade (WebSocket). Each connection watches `draining` and finishes its requests.
     let (drain, draining) = tokio::sync::watch::channel(false);

@@ -492,7 +492,7 @@ impl Upstream {
 
     /// Whether the backend's host has a known address (an IP literal always has); starts a
     /// lookup when it has none.
-    pub(crate) fn address_known(&self) -> bool {
+    pub(crate) fn address_known_or_look_up(&self) -> bool {
         self.addresses.known_or_look_up()
     }
 
