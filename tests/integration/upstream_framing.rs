@@ -252,6 +252,12 @@ fn script(target: &str) -> Reply {
             b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n4\r\ndefg\r\n0\r\n\r\n".to_vec(),
         ),
         "close-after" => Reply::SendThenClose(ok("{\"closing\":true}")),
+        "hop-by-hop" => raw(
+            "HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Internal-Token\r\nX-Internal-Token: s3cret\r\n\
+             Keep-Alive: timeout=5\r\nProxy-Authenticate: Basic\r\ncontent-length: 2\r\n\r\nok",
+        ),
+        // Says close, but leaves the connection open: only the word keeps it from reuse.
+        "asks-close" => raw("HTTP/1.1 200 OK\r\nConnection: close\r\ncontent-length: 2\r\n\r\nok"),
         "refuse-early" => Reply::AnswerWithoutReadingBody(
             b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\n\r\n".to_vec(),
         ),
@@ -336,6 +342,61 @@ async fn a_close_delimited_response_is_relayed_whole_and_its_connection_is_not_r
         seen.iter().map(|s| s.connection).collect::<Vec<_>>(),
         [1, 2],
         "a new connection after a close-delimited body"
+    );
+}
+
+/// The backend's hop-by-hop fields stop at the gateway: `Connection`, what it nominates,
+/// `Keep-Alive` and `Proxy-Authenticate`. A `Connection: close` from the backend is honoured even
+/// when it leaves the connection open: that connection is not used again.
+#[tokio::test]
+async fn hop_by_hop_response_fields_stop_here_and_a_close_is_honoured() {
+    let (backend, gateway, auth) = framing_setup().await;
+    let raw = raw_exchange(
+        gateway.addr,
+        &build_request(
+            "GET",
+            "/api/alice/tasks/hop-by-hop",
+            &[("Authorization", &auth)],
+            b"",
+        ),
+    )
+    .await;
+    let response = parse_response(&raw);
+    assert_eq!(response.status, 200);
+    assert_eq!(response.body, b"ok");
+    let text = String::from_utf8_lossy(&raw).to_ascii_lowercase();
+    for field in [
+        "x-internal-token",
+        "s3cret",
+        "\r\nkeep-alive:",
+        "proxy-authenticate",
+    ] {
+        assert!(
+            !text.contains(field),
+            "{field:?} reached the client: {text:?}"
+        );
+    }
+    // The only Connection field is the gateway's own answer to the client's close.
+    let connection: Vec<_> = response
+        .headers
+        .iter()
+        .filter(|(name, _)| name.eq_ignore_ascii_case("connection"))
+        .map(|(_, value)| value.to_ascii_lowercase())
+        .collect();
+    assert_eq!(connection, ["close"]);
+
+    assert_eq!(
+        get(&gateway, &auth, "/api/alice/tasks/asks-close")
+            .await
+            .status,
+        200
+    );
+    assert_eq!(get(&gateway, &auth, "/api/alice/tasks").await.status, 200);
+    let seen = backend.seen();
+    assert_eq!(
+        seen.iter().map(|s| s.connection).collect::<Vec<_>>(),
+        [1, 1, 2],
+        "reused after the hop-by-hop answer, not after the one that said close"
     );
 }
 

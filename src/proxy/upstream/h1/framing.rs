@@ -5,7 +5,7 @@
 use crate::proxy::upstream::h1::conn::MAX_HEAD_BYTES;
 use bytes::{Bytes, BytesMut};
 use http::header::TRANSFER_ENCODING;
-use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH};
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH};
 use http::StatusCode;
 
 /// As hyper's client: more fields than this is a malformed response.
@@ -65,15 +65,6 @@ pub(crate) fn parse_length(bytes: &[u8]) -> Option<u64> {
             .iter()
             .fold(0, |total, digit| total * 10 + u64::from(digit - b'0')),
     )
-}
-
-pub(crate) fn asks_to_close(headers: &HeaderMap) -> bool {
-    headers.get_all(CONNECTION).iter().any(|value| {
-        value
-            .as_bytes()
-            .split(|&b| b == b',')
-            .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"))
-    })
 }
 
 #[derive(Debug, PartialEq)]

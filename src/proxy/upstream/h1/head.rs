@@ -1,7 +1,6 @@
 //! The lean HTTP/1.1 client's response head: parsed in place with httparse, informational answers skipped, and the body's framing decided strictly (a Content-Length and Transfer-Encoding together, disagreeing lengths, a coding other than chunked, a bare LF: 502).
 
 use crate::proxy::upstream::h1::conn::MAX_HEAD_BYTES;
-use crate::proxy::upstream::h1::framing::asks_to_close;
 use crate::proxy::upstream::h1::framing::decode_chunked;
 use crate::proxy::upstream::h1::framing::framing;
 use crate::proxy::upstream::h1::framing::has_bare_lf;
@@ -32,10 +31,10 @@ pub(crate) fn take_final_head(
 ) -> Result<Option<Head>, &'static str> {
     loop {
         match parse_head(buffer)? {
-            Some(head) if head.0 == StatusCode::SWITCHING_PROTOCOLS => {
+            Some(head) if head.status == StatusCode::SWITCHING_PROTOCOLS => {
                 return Err("101 to a request without Upgrade")
             }
-            Some(head) if head.0.is_informational() => {
+            Some(head) if head.status.is_informational() => {
                 *informational += 1;
                 if *informational > MAX_INFORMATIONAL {
                     return Err("too many 1xx responses");
@@ -48,14 +47,22 @@ pub(crate) fn take_final_head(
     }
 }
 
-/// Status, version, fields, and the reason phrase when the backend's is not the standard one
-/// (hyper's server writes it back as given; it was checked for control characters).
-pub(crate) type Head = (
-    StatusCode,
-    Version,
-    HeaderMap,
-    Option<hyper::ext::ReasonPhrase>,
-);
+/// One response head.
+pub(crate) struct Head {
+    pub(crate) status: StatusCode,
+    pub(crate) version: Version,
+    /// The fields, less a `Connection` field that holds nothing but `close` and `keep-alive`:
+    /// that one speaks only of this connection (`closes` keeps what it said), and leaving it out
+    /// here spares every response a lookup, a copy and a removal in the hop-by-hop pass (nginx
+    /// sends `Connection: keep-alive` on each). One that nominates other fields stays, so that
+    /// they are removed with it.
+    pub(crate) headers: HeaderMap,
+    /// The reason phrase when the backend's is not the standard one (hyper's server writes it
+    /// back as given; it was checked for control characters).
+    pub(crate) reason: Option<hyper::ext::ReasonPhrase>,
+    /// A `Connection` field asked to close the connection after this response.
+    pub(crate) closes: bool,
+}
 
 /// Parses one response head off the front of `buffer`, if it is all there. The field values are
 /// slices of the head's bytes, not copies.
@@ -110,16 +117,38 @@ pub(crate) fn parse_head(buffer: &mut BytesMut) -> Result<Option<Head>, &'static
     }
     let head = buffer.split_to(length).freeze();
     let mut headers = HeaderMap::with_capacity(count.max(RESPONSE_MAP_CAPACITY));
+    let mut closes = false;
     for &(name_at, name_len, value_at, value_len) in &spans[..count] {
         let (name_at, name_len) = (name_at as usize, name_len as usize);
         let (value_at, value_len) = (value_at as usize, value_len as usize);
-        let name = HeaderName::from_bytes(&head[name_at..name_at + name_len])
-            .map_err(|_| "a response field name is malformed")?;
+        let name = &head[name_at..name_at + name_len];
         let value = HeaderValue::from_maybe_shared(head.slice(value_at..value_at + value_len))
             .map_err(|_| "a response field value is malformed")?;
+        if name.eq_ignore_ascii_case(b"connection") {
+            let mut nominates = false;
+            for token in value.as_bytes().split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                if token.eq_ignore_ascii_case(b"close") {
+                    closes = true;
+                } else if !token.is_empty() && !token.eq_ignore_ascii_case(b"keep-alive") {
+                    nominates = true;
+                }
+            }
+            if !nominates {
+                continue;
+            }
+        }
+        let name =
+            HeaderName::from_bytes(name).map_err(|_| "a response field name is malformed")?;
         headers.append(name, value);
     }
-    Ok(Some((status, version, headers, reason)))
+    Ok(Some(Head {
+        status,
+        version,
+        headers,
+        reason,
+        closes,
+    }))
 }
 
 /// A whole response as the lean client reads it, from one buffer: what `read_response` found.
@@ -157,7 +186,13 @@ pub fn read_response(
         true
     };
     let mut informational = 0;
-    let (status, version, headers, _) = loop {
+    let Head {
+        status,
+        version,
+        headers,
+        closes,
+        ..
+    } = loop {
         match take_final_head(&mut buffer, &mut informational)? {
             Some(head) => break head,
             None if !feed(&mut buffer) => return Err("incomplete"),
@@ -167,7 +202,7 @@ pub fn read_response(
     let (framing, clean) = framing(status, head_request, &headers)?;
     let mut body = Vec::new();
     let mut trailers = 0;
-    let mut reusable = clean && version == Version::HTTP_11 && !asks_to_close(&headers);
+    let mut reusable = clean && version == Version::HTTP_11 && !closes;
     match framing {
         Framing::Length(mut remaining) => {
             while remaining > 0 {

@@ -41,7 +41,6 @@ pub use head::{read_response, ReadResponse};
 
 use super::Pools;
 use crate::proxy::body::{BoxError, RequestBody};
-use crate::proxy::upstream::h1::framing::asks_to_close;
 use crate::proxy::upstream::h1::framing::framing;
 use crate::proxy::upstream::h1::framing::Framing;
 use crate::proxy::upstream::h1::head::take_final_head;
@@ -316,7 +315,13 @@ pub(crate) async fn exchange(
     }
     let mut reading = HeadReading::default();
     let mut write_failed = false;
-    let (status, version, headers, reason) = std::future::poll_fn(|cx| {
+    let Head {
+        status,
+        version,
+        headers,
+        reason,
+        closes,
+    } = std::future::poll_fn(|cx| {
         if let Some(sending) = upload.as_mut() {
             match sending.poll_send(&mut conn.stream, cx) {
                 Poll::Ready(Ok(())) => upload = None,
@@ -344,8 +349,7 @@ pub(crate) async fn exchange(
     if let Some(unsent) = upload {
         unsent.discard_rest();
     }
-    let keep_alive =
-        version == Version::HTTP_11 && clean && !asks_to_close(&headers) && !answered_early;
+    let keep_alive = version == Version::HTTP_11 && clean && !closes && !answered_early;
     let mut body = LeanBody {
         conn: Some(conn),
         framing,
@@ -483,8 +487,50 @@ mod tests {
 
     fn head_of(text: &str, head_request: bool) -> Result<(Framing, bool), &'static str> {
         let mut buffer = BytesMut::from(text.as_bytes());
-        let (status, _, headers, _) = parse_head(&mut buffer)?.expect("complete");
-        framing(status, head_request, &headers)
+        let head = parse_head(&mut buffer)?.expect("complete");
+        framing(head.status, head_request, &head.headers)
+    }
+
+    #[test]
+    fn a_connection_field_of_close_or_keep_alive_is_read_and_left_out() {
+        let parse = |text: &str| {
+            let mut buffer = BytesMut::from(text.as_bytes());
+            parse_head(&mut buffer).unwrap().expect("complete")
+        };
+        let head = parse("HTTP/1.1 200 OK\r\nConnection: keep-alive\r\ncontent-length: 0\r\n\r\n");
+        assert!(!head.closes);
+        assert!(!head.headers.contains_key(http::header::CONNECTION));
+        assert_eq!(head.headers.len(), 1);
+        for close in [
+            "close",
+            "Keep-Alive, CLOSE",
+            " close ,",
+            "keep-alive, close",
+        ] {
+            let head = parse(&format!("HTTP/1.1 200 OK\r\nconnection: {close}\r\n\r\n"));
+            assert!(head.closes, "{close:?}");
+            assert!(
+                !head.headers.contains_key(http::header::CONNECTION),
+                "{close:?}"
+            );
+        }
+        // A field that nominates others stays, for the hop-by-hop pass to remove them with it;
+        // its close still counts, and so does a close in a second field.
+        let head = parse(
+            "HTTP/1.1 200 OK\r\nconnection: x-secret\r\nconnection: close\r\nx-secret: 1\r\n\r\n",
+        );
+        assert!(head.closes);
+        assert_eq!(
+            head.headers
+                .get_all(http::header::CONNECTION)
+                .iter()
+                .collect::<Vec<_>>(),
+            ["x-secret"]
+        );
+        assert_eq!(head.headers["x-secret"], "1");
+        // A value a field may not hold is refused there too.
+        let mut buffer = BytesMut::from(&b"HTTP/1.1 200 OK\r\nconnection: close\x01\r\n\r\n"[..]);
+        assert!(parse_head(&mut buffer).is_err());
     }
 
     #[test]
